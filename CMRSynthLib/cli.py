@@ -1,0 +1,71 @@
+"""The ``cmrsynth`` command (DESIGN §9): parse, call the library, print.
+
+Exit codes: 0 success, 2 bad input (one line naming the file and the problem, no traceback), 1 any other
+failure. ``--debug`` shows the traceback of a failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import signal
+import sys
+
+from CMRSynthLib import __version__
+from CMRSynthLib.errors import InputError
+from CMRSynthLib.jobs.progress import MODES, Progress
+
+# Command name → module in CMRSynthLib.jobs. Each module has HELP, add_arguments(parser), run(args, progress).
+COMMANDS: dict[str, str] = {
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cmrsynth",
+        description="Synthetic cardiac MRI from masks and vendor style, with differential privacy and an audit.",
+    )
+    parser.add_argument("--version", action="version", version=f"cmrsynth {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, module_name in COMMANDS.items():
+        module = importlib.import_module(f"CMRSynthLib.jobs.{module_name}")
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        p.add_argument("--progress", choices=MODES, default=None,
+                       help="how to report progress: a bar on a terminal (default), JSON lines for programs, or none")
+        p.add_argument("--debug", action="store_true", help="show the full traceback of a failure")
+        module.add_arguments(p)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def _terminate(signum, frame):  # SIGTERM (GUI Cancel) unwinds like Ctrl-C, so atomic writers clean up
+    raise SystemExit(128 + signum)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    mode = args.progress or ("bar" if sys.stderr.isatty() else "none")
+    progress = Progress(mode)
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return int(args._module.run(args, progress) or 0)
+    except InputError as exc:
+        progress.error(str(exc), code=2)
+        print(f"cmrsynth {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        progress.error("cancelled", code=130)
+        print(f"cmrsynth {args.command}: cancelled", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the last line of defence turns a crash into exit 1
+        if args.debug:
+            raise
+        progress.error(f"{type(exc).__name__}: {exc}", code=1)
+        print(f"cmrsynth {args.command}: failed: {type(exc).__name__}: {exc} (run with --debug for details)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Data layer: volumes and their geometry, cohorts and cases, preprocessing, splits, the phantom cohort."""

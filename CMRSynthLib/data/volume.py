@@ -1,0 +1,208 @@
+"""One volume type everywhere: a KJI voxel array plus a 4×4 IJK-to-RAS matrix (Slicer's convention).
+
+Reading and writing go through SimpleITK; the LPS ↔ RAS flip happens here and nowhere else.
+
+Geometry algebra (ITK): a voxel index ``(i, j, k)`` sits at ``origin_LPS + D @ diag(spacing) @ (i, j, k)``
+where the columns of ``D`` are the axis directions in LPS. So ``ijk_to_lps = [[D·diag(s), o], [0, 1]]``
+and ``ijk_to_ras = LPS_TO_RAS @ ijk_to_lps``. A 2D file is read as a one-slice volume (spacing 1 along K).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from CMRSynthLib.data.conventions import LPS_TO_RAS
+from CMRSynthLib.errors import InputError
+from CMRSynthLib.files import atomic_path
+
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    return str(path).lower().endswith(IMAGE_SUFFIXES)
+
+
+@dataclass(frozen=True, eq=False)
+class Volume:
+    """A 3D voxel array in KJI order and its IJK-to-RAS matrix.
+
+    Attributes:
+        array: ``(K, J, I)`` voxels (slices, rows, columns).
+        ijk_to_ras: ``(4, 4)`` affine taking a voxel index ``(i, j, k, 1)`` to RAS millimetres.
+        metadata: free-form header fields (e.g. ``{"descrip": "SYNTHETIC ..."}``) written with the file.
+    """
+
+    array: np.ndarray
+    ijk_to_ras: np.ndarray
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.array.ndim != 3:
+            raise ValueError(f"Volume.array must be 3D (K, J, I), got shape {self.array.shape}")
+        matrix = np.asarray(self.ijk_to_ras, dtype=np.float64)
+        if matrix.shape != (4, 4) or not np.allclose(matrix[3], [0, 0, 0, 1]):
+            raise ValueError(f"Volume.ijk_to_ras must be a 4x4 affine, got {matrix!r}")
+        if abs(np.linalg.det(matrix[:3, :3])) < 1e-12:
+            raise ValueError("Volume.ijk_to_ras is singular")
+        object.__setattr__(self, "ijk_to_ras", matrix)
+
+    # -- geometry accessors (IJK order, RAS space) -----------------------------------------------
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.array.shape)
+
+    @property
+    def spacing(self) -> np.ndarray:
+        """Voxel size in mm along I, J, K."""
+        return np.linalg.norm(self.ijk_to_ras[:3, :3], axis=0)
+
+    @property
+    def origin(self) -> np.ndarray:
+        """RAS position of voxel (0, 0, 0)."""
+        return self.ijk_to_ras[:3, 3].copy()
+
+    @property
+    def direction(self) -> np.ndarray:
+        """3×3 matrix whose columns are the unit I, J, K axes in RAS."""
+        return self.ijk_to_ras[:3, :3] / self.spacing
+
+    @property
+    def voxel_volume_ml(self) -> float:
+        return float(abs(np.linalg.det(self.ijk_to_ras[:3, :3])) / 1000.0)
+
+    def with_array(self, array: np.ndarray, **metadata: str) -> "Volume":
+        """Same geometry, new voxels (same KJI shape)."""
+        if array.shape != self.array.shape:
+            raise ValueError(f"array shape {array.shape} differs from the volume's {self.array.shape}")
+        return Volume(array, self.ijk_to_ras, {**self.metadata, **metadata})
+
+    def same_geometry(self, other: "Volume", *, atol: float = 1e-4) -> bool:
+        """Same voxel grid: same shape and every voxel at the same RAS point (within ``atol`` mm)."""
+        return self.shape == other.shape and np.allclose(self.ijk_to_ras, other.ijk_to_ras, atol=atol)
+
+
+# -- SimpleITK bridge ------------------------------------------------------------------------------
+def ijk_to_ras_from_itk(spacing, origin, direction) -> np.ndarray:
+    """IJK-to-RAS from ITK's (LPS) spacing, origin and row-major direction."""
+    n = len(spacing)
+    d = np.asarray(direction, dtype=np.float64).reshape(n, n)[:3, :3]
+    lps = np.eye(4)
+    lps[:3, :3] = d * np.asarray(spacing[:3], dtype=np.float64)
+    lps[:3, 3] = np.asarray(origin[:3], dtype=np.float64)
+    return LPS_TO_RAS @ lps
+
+
+def itk_geometry(ijk_to_ras: np.ndarray) -> tuple[tuple, tuple, tuple]:
+    """ITK (LPS) spacing, origin and row-major direction from an IJK-to-RAS matrix."""
+    lps = LPS_TO_RAS @ np.asarray(ijk_to_ras, dtype=np.float64)
+    spacing = np.linalg.norm(lps[:3, :3], axis=0)
+    direction = lps[:3, :3] / spacing
+    return tuple(spacing.tolist()), tuple(lps[:3, 3].tolist()), tuple(direction.ravel().tolist())
+
+
+def to_sitk(volume: Volume):
+    import SimpleITK as sitk
+
+    array = volume.array
+    if array.dtype == np.float16:
+        array = array.astype(np.float32)
+    if array.dtype == bool:
+        array = array.astype(np.uint8)
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array))
+    spacing, origin, direction = itk_geometry(volume.ijk_to_ras)
+    image.SetSpacing(spacing)
+    image.SetOrigin(origin)
+    image.SetDirection(direction)
+    for key, value in volume.metadata.items():
+        image.SetMetaData(str(key), str(value))
+    return image
+
+
+def from_sitk(image, *, path=None) -> Volume:
+    """A SimpleITK image (2D or 3D) as a :class:`Volume`."""
+    import SimpleITK as sitk
+
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"has {image.GetNumberOfComponentsPerPixel()} components per voxel; "
+                         "a scalar (grey-level or label) image is expected", path=path)
+    dim = image.GetDimension()
+    if dim == 2:
+        image = sitk.JoinSeries(image)  # one slice, spacing 1 along K
+    elif dim != 3:
+        raise InputError(f"is {dim}D; a 3D volume is expected (4D cine files are read per frame by the "
+                         "cohort readers)", path=path)
+    array = sitk.GetArrayFromImage(image)
+    metadata = {k: image.GetMetaData(k) for k in image.GetMetaDataKeys() if k == "descrip" or k.startswith("cmrsynth")}
+    return Volume(array, ijk_to_ras_from_itk(image.GetSpacing(), image.GetOrigin(), image.GetDirection()), metadata)
+
+
+def _read_sitk(path: Path):
+    import SimpleITK as sitk
+
+    if not path.exists():
+        raise InputError("file not found", path=path)
+    if path.is_dir():
+        raise InputError("is a folder; an image file is expected here", path=path)
+    if not is_image_file(path):
+        raise InputError(f"unsupported file type; expected one of {', '.join(IMAGE_SUFFIXES)}", path=path)
+    try:
+        return sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unreadable"
+        raise InputError(f"not a readable image ({first[:160]})", path=path) from None
+
+
+def read_volume(path: str | os.PathLike) -> Volume:
+    """Read a 3D (or 2D) NIfTI, NRRD or MetaImage file. Raises :class:`InputError` naming the file."""
+    path = Path(path)
+    return from_sitk(_read_sitk(path), path=path)
+
+
+def read_frames(path: str | os.PathLike) -> list[Volume]:
+    """Read a 4D cine file (x, y, z, t) as one :class:`Volume` per frame; a 3D file gives one frame."""
+    import SimpleITK as sitk
+
+    path = Path(path)
+    image = _read_sitk(path)
+    if image.GetDimension() != 4:
+        return [from_sitk(image, path=path)]
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError("a 4D file with vector voxels is not a cine stack", path=path)
+    array = sitk.GetArrayFromImage(image)  # (T, K, J, I)
+    matrix = ijk_to_ras_from_itk(image.GetSpacing(), image.GetOrigin(), image.GetDirection())
+    return [Volume(np.ascontiguousarray(frame), matrix) for frame in array]
+
+
+def write_volume(volume: Volume, path: str | os.PathLike, *, compress: bool = True) -> Path:
+    """Write atomically (NIfTI, NRRD or MetaImage by suffix). Metadata keys go into the header."""
+    import SimpleITK as sitk
+
+    path = Path(path)
+    if not is_image_file(path):
+        raise InputError(f"unsupported output type; use one of {', '.join(IMAGE_SUFFIXES)}", path=path)
+    with atomic_path(path) as tmp:
+        sitk.WriteImage(to_sitk(volume), str(tmp), compress)
+    return path
+
+
+def check_finite(volume: Volume, *, path=None) -> None:
+    """Raise :class:`InputError` if the volume holds NaN or infinite intensities."""
+    if np.issubdtype(volume.array.dtype, np.floating) and not np.all(np.isfinite(volume.array)):
+        bad = int(np.size(volume.array) - np.count_nonzero(np.isfinite(volume.array)))
+        raise InputError(f"holds {bad} NaN or infinite intensities", path=path)
+
+
+def check_same_geometry(image: Volume, label: Volume, *, image_path=None, label_path=None) -> None:
+    """Raise :class:`InputError` if a label does not lie voxel-for-voxel on its image."""
+    if image.shape != label.shape:
+        raise InputError(f"label shape {label.shape} (KJI) differs from image shape {image.shape} "
+                         f"({image_path})", path=label_path)
+    if not image.same_geometry(label):
+        offset = float(np.abs(image.ijk_to_ras - label.ijk_to_ras).max())
+        raise InputError(f"label geometry differs from its image {image_path} (max matrix difference "
+                         f"{offset:.3g} mm)", path=label_path)

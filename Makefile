@@ -1,0 +1,37 @@
+# The two commands of the README: `make demo` (the main job) and `make test` (the suite).
+# Both create .venv on first use. torch==2.13.0 is installed first: on these machines it is a
+# local CPU wheel; a plain `torch` requirement would pull a multi-GB CUDA build.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+OUT    ?= demo-output
+
+.PHONY: install demo demo-quick test bench starters clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/cmrsynth demo --out $(OUT)
+
+demo-quick: $(STAMP)
+	$(BIN)/cmrsynth demo --quick --out $(OUT)
+
+test: $(STAMP)
+	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -n 2 --dist loadgroup -q
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks
+
+starters: $(STAMP)
+	$(BIN)/python -m CMRSynthLib.training.starters --out Resources/models
+
+clean:
+	rm -rf $(VENV) $(OUT)
