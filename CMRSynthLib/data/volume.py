@@ -21,6 +21,13 @@ from CMRSynthLib.errors import InputError
 from CMRSynthLib.files import atomic_path
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+# Writing is limited to single-file formats: a detached header (.nhdr/.mhd) names its data file, which an
+# atomic rename of the header alone would leave behind under its temporary name.
+WRITE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
+# NIfTI stores the direction as a quaternion (qform) and a float32 sform: a sheared (non-orthonormal) grid
+# cannot be represented, and ITK's NIfTI writer silently "coerces" it to the nearest rotation. Refuse instead
+# when the axes are further than this from orthonormal (|DᵀD − I| max); NRRD and MHA keep any grid exactly.
+NIFTI_ORTHONORMAL_TOL = 1e-4
 
 
 def is_image_file(path: str | os.PathLike) -> bool:
@@ -120,6 +127,8 @@ def to_sitk(volume: Volume):
     image.SetDirection(direction)
     for key, value in volume.metadata.items():
         image.SetMetaData(str(key), str(value))
+    if "descrip" in volume.metadata:  # ITK's NIfTI writer fills the header's descrip (80 chars) from this key
+        image.SetMetaData("ITK_FileNotes", str(volume.metadata["descrip"]))
     return image
 
 
@@ -179,12 +188,22 @@ def read_frames(path: str | os.PathLike) -> list[Volume]:
 
 
 def write_volume(volume: Volume, path: str | os.PathLike, *, compress: bool = True) -> Path:
-    """Write atomically (NIfTI, NRRD or MetaImage by suffix). Metadata keys go into the header."""
+    """Write atomically (NIfTI, NRRD or MetaImage by suffix). Metadata keys go into the header.
+
+    NIfTI keeps only ``descrip`` (80 characters) of the metadata and stores the geometry in float32
+    (voxel positions agree to ~1e-5 mm); NRRD and MHA keep every key and the geometry in full precision.
+    """
     import SimpleITK as sitk
 
     path = Path(path)
-    if not is_image_file(path):
-        raise InputError(f"unsupported output type; use one of {', '.join(IMAGE_SUFFIXES)}", path=path)
+    if not str(path).lower().endswith(WRITE_SUFFIXES):
+        raise InputError(f"unsupported output type; use one of {', '.join(WRITE_SUFFIXES)}", path=path)
+    if str(path).lower().endswith((".nii", ".nii.gz")):
+        direction = volume.direction
+        skew = float(np.abs(direction.T @ direction - np.eye(3)).max())
+        if skew > NIFTI_ORTHONORMAL_TOL:
+            raise InputError(f"the voxel axes are not orthogonal (deviation {skew:.3g}); NIfTI cannot store a "
+                             "sheared grid: write .nrrd or .mha instead", path=path)
     with atomic_path(path) as tmp:
         sitk.WriteImage(to_sitk(volume), str(tmp), compress)
     return path
