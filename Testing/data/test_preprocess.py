@@ -127,6 +127,9 @@ def test_oblique_anisotropic_geometry_is_exact_both_ways():
     prepared = prepare_case(make_case(labels, matrix, image=ramp), config)
 
     transform = prepared.transform
+    prepared_grid = Volume(prepared.image, transform.prepared_ijk_to_ras)
+    np.testing.assert_allclose(prepared_grid.spacing, [1.2, 1.5, 9.0])  # (columns, rows, slices) in mm
+    np.testing.assert_allclose(prepared_grid.direction, oblique_rotation(), atol=1e-12)
     kk, rr, cc = np.indices(prepared.image.shape)
     grid = np.stack([cc, rr, kk, np.ones_like(cc)])
     expected = np.einsum("a,akji->kji", gradient, np.einsum("ab,bkji->akji", transform.prepared_ijk_to_ras,
