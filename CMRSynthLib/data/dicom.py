@@ -35,10 +35,24 @@ class _SliceFile:
     instance: int
 
 
+def _has_dicom_file(folder: Path) -> bool:
+    """Whether a file directly in ``folder`` carries the DICOM Part 10 preamble ("DICM" at byte 128)."""
+    for path in folder.iterdir():
+        if path.is_file() and path.stat().st_size > 132:
+            with open(path, "rb") as handle:
+                handle.seek(128)
+                if handle.read(4) == b"DICM":
+                    return True
+    return False
+
+
 def dicom_series(folder: str | os.PathLike) -> list[str]:
     """SeriesInstanceUIDs of the DICOM files directly inside ``folder`` (empty if there are none)."""
     import SimpleITK as sitk
 
+    # GDCM prints a warning for a folder without DICOM: look for a DICOM file first.
+    if not _has_dicom_file(Path(folder)):
+        return []
     return list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
 
 
