@@ -135,7 +135,7 @@ class SliceTransform:
         """A prepared ``(K, H, W)`` array on the original geometry (same shape and IJK-to-RAS).
 
         ``order`` is 1 (linear) or 3 (B-spline) for images, 0 (nearest) for labels (pass ``fill=0``);
-        ``fill`` is the value where the original grid lies outside the prepared crop.
+        ``fill`` is the value where the original grid lies outside the prepared crop. The dtype is kept.
         """
         array = np.asarray(array)
         expected = (self.shape[0], *self.size)
