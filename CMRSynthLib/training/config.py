@@ -1,0 +1,105 @@
+"""The arguments of one training run, as a frozen dataclass (what ``cmrsynth train`` parses into).
+
+A run's *identity* is every field except the operational ones (``out``, ``device``, ``save_every``,
+``force``): resuming an unfinished run requires the same identity, and the card records it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+from CMRSynthLib.errors import InputError
+
+LR_SCHEDULES = ("constant", "cosine")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+PRESETS = ("tiny", "small", "base")
+OPERATIONAL = ("out", "device", "save_every", "force")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run. ``preset``/``image_size``/``spatial_dims`` None means: from ``init``, else the default.
+
+    Attributes:
+        data: cohort folder. family: generator family. out: checkpoint folder.
+        max_steps / epochs: the run stops at whichever comes first (epochs default 100 when neither is set).
+        spacing: in-plane mm per pixel (None: a 192 mm field of view at ``image_size``).
+        warmup: linear LR warm-up steps. grad_clip: max global gradient norm (0 = off; Opacus clips
+        per sample instead when DP is on). ema_decay: EMA decay (warmed up). save_every: steps between
+        checkpoints (0: only at the end).
+    """
+
+    data: str
+    family: str
+    out: str
+    preset: str | None = None
+    image_size: int | None = None
+    spatial_dims: int | None = None
+    spacing: float | None = None
+    max_steps: int | None = None
+    epochs: int | None = None
+    batch_size: int = 16
+    lr: float = 2e-4
+    lr_schedule: str = "cosine"
+    warmup: int = 0
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    seed: int = 0
+    train_patients: int | None = None
+    init: str | None = None
+    device: str = "auto"
+    precision: str = "auto"
+    save_every: int = 0
+    force: bool = False
+
+    def __post_init__(self):
+        _positive("--batch-size", self.batch_size)
+        for flag, value in (("--max-steps", self.max_steps), ("--epochs", self.epochs),
+                            ("--image-size", self.image_size), ("--train-patients", self.train_patients)):
+            if value is not None:
+                _positive(flag, value)
+        for flag, value in (("--warmup", self.warmup), ("--save-every", self.save_every)):
+            if int(value) != value or value < 0:
+                raise InputError(f"{flag} must be a whole number ≥ 0, got {value}")
+        if not self.lr > 0:
+            raise InputError(f"--lr must be > 0, got {self.lr}")
+        if not (self.weight_decay >= 0 and self.grad_clip >= 0):
+            raise InputError("--weight-decay and --grad-clip must be ≥ 0")
+        if not 0 <= self.ema_decay < 1:
+            raise InputError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
+        if self.spacing is not None and not self.spacing > 0:
+            raise InputError(f"--spacing must be > 0 mm, got {self.spacing}")
+        _choice("--lr-schedule", self.lr_schedule, LR_SCHEDULES)
+        _choice("--device", self.device, DEVICES)
+        _choice("--precision", self.precision, PRECISIONS)
+        if self.preset is not None:
+            _choice("--preset", self.preset, PRESETS)
+        if self.spatial_dims is not None:
+            _choice("--spatial-dims", self.spatial_dims, (2, 3))
+
+    def identity(self) -> dict:
+        """The fields that define the run (see the module docstring)."""
+        return {k: v for k, v in asdict(self).items() if k not in OPERATIONAL}
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown training arguments {unknown}")
+        return cls(**data)
+
+
+def _positive(flag: str, value) -> None:
+    if isinstance(value, bool) or int(value) != value or value <= 0:
+        raise InputError(f"{flag} must be a positive whole number, got {value}")
+
+
+def _choice(flag: str, value, allowed) -> None:
+    if value not in allowed:
+        raise InputError(f"{flag} {value!r} is not one of {', '.join(map(str, allowed))}")

@@ -1,0 +1,114 @@
+"""From a cohort folder to what the trainer needs: a dataset of member cases, the vocabulary, the split.
+
+The split is by patient (DESIGN §2.4): ``split_patients`` deals every patient to train, validation or
+holdout, stratified by vendor and pathology group; ``train_patients`` then keeps only N of the training
+patients (a seeded choice). The checkpoint card records exactly who were members, who was held out, and
+who was left unused, plus a fingerprint of the data (a hash of patient ids and file sizes: no voxels, no
+attributes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from CMRSynthLib.data.conventions import UNKNOWN
+from CMRSynthLib.errors import InputError
+from CMRSynthLib.generators.base import Vocabulary
+
+
+@dataclass(frozen=True, eq=False)
+class TrainingData:
+    """A training set and its provenance (the card's data, members, validation, holdout, unused)."""
+
+    dataset: object  # SliceDataset or StackDataset
+    vocabulary: Vocabulary
+    preprocessing: object  # PreprocessConfig
+    members: tuple[str, ...]
+    validation: tuple[str, ...]
+    holdout: tuple[str, ...]
+    unused: tuple[str, ...]
+    fingerprint: dict
+    intensity: dict  # vendor → [lo, hi] median original intensities mapped to -1 and 1 ("*" = all)
+
+
+def fingerprint(cohort) -> dict:
+    """A hash of the cohort's patient ids and file sizes, with counts; no patient data."""
+    digest = hashlib.sha256()
+    for record in sorted(cohort.records, key=lambda r: (r.patient, r.phase, r.image_path)):
+        sizes = [_size(cohort.root, p) for p in (record.image_path, record.label_path)]
+        digest.update(f"{record.patient}|{record.phase}|{sizes[0]}|{sizes[1]}\n".encode())
+    return {"sha256": digest.hexdigest(), "layout": cohort.layout, "patients": len(cohort.patients()),
+            "cases": len(cohort.records), "simulated": all(r.simulated for r in cohort.records)}
+
+
+def _size(root, path) -> int:
+    if not path:
+        return -1
+    full = Path(path) if os.path.isabs(path) else Path(root) / path
+    try:
+        return full.stat().st_size
+    except OSError:
+        return -1
+
+
+def choose_members(train: tuple[str, ...], count: int | None, *, seed: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``count`` of the training patients (a seeded choice), and the rest; all of them when None."""
+    if count is None:
+        return tuple(train), ()
+    if not 1 <= count <= len(train):
+        raise InputError(f"--train-patients must be between 1 and {len(train)} (the training split), got {count}")
+    chosen = set(random.Random(seed).sample(sorted(train), count))
+    return tuple(p for p in train if p in chosen), tuple(p for p in train if p not in chosen)
+
+
+def load_training_data(data: str | os.PathLike, *, preprocessing, spatial_dims: int, seed: int,
+                       train_patients: int | None = None, vocabulary: Vocabulary | None = None,
+                       fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)) -> TrainingData:
+    """Open the cohort, split it by patient, prepare the member cases and wrap them in a dataset.
+
+    ``vocabulary`` (from a checkpoint being fine-tuned) must know every member vendor; by default it is
+    the sorted member vendors.
+    """
+    from CMRSynthLib.data.cohorts import load_case, open_cohort
+    from CMRSynthLib.data.datasets import SliceDataset, StackDataset
+    from CMRSynthLib.data.preprocess import prepare_case
+    from CMRSynthLib.data.splits import split_patients
+
+    cohort = open_cohort(data)
+    records = [r for r in cohort.records if r.label_path]
+    if not records:
+        raise InputError("the cohort has no case with a label map; training needs image/label pairs", path=data)
+    strata = {r.patient: f"{r.vendor}/{r.group}" for r in records}
+    split = split_patients(sorted(strata), fractions=fractions, seed=seed, strata=strata)
+    members, unused = choose_members(tuple(split.train), train_patients, seed=seed)
+    if not members:
+        raise InputError(f"the training split is empty ({len(strata)} patients); add patients", path=data)
+    chosen = set(members)
+    prepared = [prepare_case(load_case(r), preprocessing) for r in records if r.patient in chosen]
+    vendors = sorted({p.record.vendor for p in prepared if p.record.vendor != UNKNOWN})
+    if vocabulary is None:
+        vocabulary = Vocabulary(vendors=tuple(vendors))
+    else:
+        unknown = sorted(set(vendors) - set(vocabulary.vendors))
+        if unknown:
+            raise InputError(f"vendors {unknown} are not in the --init model's vocabulary "
+                             f"({', '.join(vocabulary.vendors)})", path=data)
+    dataset = (SliceDataset if spatial_dims == 2 else StackDataset)(prepared, vocabulary)
+    return TrainingData(dataset=dataset, vocabulary=vocabulary, preprocessing=preprocessing, members=members,
+                        validation=tuple(split.validation), holdout=tuple(split.holdout), unused=unused,
+                        fingerprint=fingerprint(cohort), intensity=typical_intensity(prepared))
+
+
+def typical_intensity(prepared) -> dict:
+    """Median original intensity range per vendor (and over all, key "*"), for de-normalising samples."""
+    by_vendor: dict[str, list] = {}
+    for case in prepared:
+        by_vendor.setdefault(case.record.vendor, []).append(case.transform.intensity)
+        by_vendor.setdefault("*", []).append(case.transform.intensity)
+    return {vendor: [float(v) for v in np.median(np.asarray(ranges), axis=0)] for vendor, ranges in by_vendor.items()}

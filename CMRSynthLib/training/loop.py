@@ -1,0 +1,398 @@
+"""The training loop: one :class:`Trainer` for every generator family, on one process or under torchrun.
+
+A run reads a cohort (:mod:`.data`), builds the generator from a preset (or ``--init`` checkpoint), and
+takes AdamW steps on ``generator.loss(images, cond).mean()`` with LR warm-up and a constant or cosine
+schedule, global gradient clipping, an EMA of the weights (:mod:`.ema`), and mixed precision on CUDA.
+Every ``save_every`` steps and at the end it writes a checkpoint folder atomically (:mod:`.checkpoint`),
+with the trainer state needed to resume.
+
+Determinism: every random draw is a function of ``(seed, step, rank)``: the data order comes from
+:class:`.distributed.ResumableSampler` (seed + epoch) and the loss's noise and any dropout from
+generators reseeded at each step. So a resumed run needs no saved RNG state, and ends with exactly the
+weights of an uninterrupted run (on CPU).
+
+Hooks for differential privacy (``training/privacy.py``, owned by the DP work)
+-------------------------------------------------------------------------------
+The trainer builds its parts in small factory methods a subclass or the privacy object can rely on:
+
+- :meth:`Trainer.make_model` → a :class:`LossModel` (DDP-wrapped under torchrun) whose ``forward`` returns
+  the per-sample losses ``(B,)``; the loop takes ``.mean()``.
+- :meth:`Trainer.make_optimizer` → AdamW over the generator's parameters.
+- :meth:`Trainer.make_loader` → a DataLoader over the member slices (or stacks).
+
+``Trainer(config, privacy=P)`` with ``P`` implementing::
+
+    P.attach(model, optimizer, loader, *, steps, epochs) -> (model, optimizer, loader)  # e.g. Opacus make_private
+    P.epsilon() -> float               # spent so far, reported with every progress update
+    P.ledger() -> dict                 # stored as card["privacy"]
+    P.state_dict() -> dict             # JSON-able; stored in trainer_state.json["privacy"] for resuming
+    P.load_state_dict(state) -> None
+    P.identity() -> dict               # DP arguments that are part of the run's identity (resume check)
+
+When ``P`` is given the trainer does not clip the aggregated gradient (DP-SGD clips per sample), and
+``len(loader)`` after ``attach`` is the number of steps per epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from CMRSynthLib.errors import InputError
+from CMRSynthLib.generators.base import Conditions
+from CMRSynthLib.training import checkpoint as ckpt
+from CMRSynthLib.training import distributed
+from CMRSynthLib.training.config import TrainConfig
+from CMRSynthLib.training.ema import EMA
+
+DEFAULT_EPOCHS = 100
+DEFAULT_PRESET, DEFAULT_IMAGE_SIZE, DEFAULT_SPATIAL_DIMS = "small", 64, 2
+FIELD_OF_VIEW_MM = 192.0  # default in-plane field of view: spacing = FIELD_OF_VIEW_MM / image_size
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    out: Path
+    steps: int
+    total_steps: int
+    final_loss: float | None
+    resumed_from: int  # step the run resumed from (0 for a fresh run)
+    already_finished: bool = False
+
+
+class LossModel(nn.Module):
+    """The module DDP and Opacus wrap: ``forward`` is the generator's per-sample training loss ``(B,)``."""
+
+    def __init__(self, generator: nn.Module):
+        super().__init__()
+        self.generator = generator
+
+    def forward(self, images: torch.Tensor, mask: torch.Tensor, vendor: torch.Tensor, phase: torch.Tensor,
+                group: torch.Tensor, noise: torch.Generator | None = None) -> torch.Tensor:
+        return self.generator.loss(images, Conditions(mask, vendor, phase, group), generator=noise)
+
+
+def resolve_device(name: str, world: distributed.World) -> torch.device:
+    """``auto`` → CUDA, else MPS, else CPU. Refuses a device this machine does not have."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda: no CUDA device is available on this machine")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise InputError("--device mps: Apple MPS is not available on this machine")
+    return torch.device("cuda", world.local_rank) if name == "cuda" else torch.device(name)
+
+
+def lr_at(step: int, *, base: float, total: int, warmup: int, schedule: str) -> float:
+    """Learning rate for optimizer step ``step`` (0-based): linear warm-up, then constant or cosine to 0."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    if schedule == "constant":
+        return base
+    progress = (step - warmup) / max(1, total - warmup)
+    return base * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """The seed of all randomness at one step of one process."""
+    return (seed * 1_000_003 + step * 8191 + rank * 131) % (2**63 - 1)
+
+
+class Trainer:
+    """Runs one training configuration to completion (or resumes it). See the module docstring."""
+
+    def __init__(self, config: TrainConfig, *, progress=None, privacy=None,
+                 world: distributed.World | None = None):
+        from CMRSynthLib.jobs.progress import Progress
+
+        self.config = config
+        self.world = world or distributed.world_from_env()
+        self.progress = progress if (progress is not None and self.world.is_main) else Progress("none")
+        self.privacy = privacy
+        self.out = Path(config.out)
+
+    # -- the factories (hooks) -------------------------------------------------------------------
+    def make_generator(self, vocabulary, init: ckpt.CheckpointContents | None):
+        """The generator of ``config.family`` from its preset, or from ``init``'s config and weights."""
+        from CMRSynthLib.generators import build_generator, config_to_dict, preset_config
+
+        c = self.config
+        if init is not None:
+            if init.card["family"] != c.family:
+                raise InputError(f"--init is a {init.card['family']} model; --generator {c.family} cannot "
+                                 "fine-tune it", path=init.path)
+            generator = ckpt.build_from_card(init.card, path=init.path)
+            wanted = None
+            if any(v is not None for v in (c.preset, c.image_size, c.spatial_dims)):
+                wanted = preset_config(c.family, c.preset or DEFAULT_PRESET, vocabulary=vocabulary,
+                                       image_size=c.image_size or DEFAULT_IMAGE_SIZE,
+                                       spatial_dims=c.spatial_dims or DEFAULT_SPATIAL_DIMS)
+            if wanted is not None and config_to_dict(wanted) != init.card["config"]:
+                raise InputError("--preset/--image-size/--spatial-dims describe a different model than --init; "
+                                 "leave them out to fine-tune the checkpoint's own configuration", path=init.path)
+            ckpt.load_weights(generator, init.ema or init.weights, path=init.path / ckpt.WEIGHTS)
+            return generator
+        config = preset_config(c.family, c.preset or DEFAULT_PRESET, vocabulary=vocabulary,
+                               image_size=c.image_size or DEFAULT_IMAGE_SIZE,
+                               spatial_dims=c.spatial_dims or DEFAULT_SPATIAL_DIMS)
+        return build_generator(c.family, config)
+
+    def make_model(self, generator: nn.Module) -> nn.Module:
+        return distributed.wrap(LossModel(generator).to(self.device), self.world, self.device)
+
+    def make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        params = [p for p in model.parameters() if p.requires_grad]
+        return torch.optim.AdamW(params, lr=self.config.lr, weight_decay=self.config.weight_decay)
+
+    def make_loader(self, dataset) -> torch.utils.data.DataLoader:
+        from CMRSynthLib.data.datasets import collate
+
+        self.sampler = distributed.ResumableSampler(dataset, self.world, seed=self.config.seed)
+        return torch.utils.data.DataLoader(dataset, batch_size=self.config.batch_size, sampler=self.sampler,
+                                           collate_fn=collate, num_workers=0)
+
+    # -- the run -----------------------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        c = self.config
+        self.device = resolve_device(c.device, self.world)
+        distributed.start(self.world, self.device)
+        try:
+            return self._run()
+        finally:
+            distributed.stop(self.world)
+
+    def _run(self) -> TrainResult:
+        c = self.config
+        previous = self._previous_run()
+        if previous is not None and previous.trainer_state.info.get("finished") and not c.force:
+            info = previous.trainer_state.info
+            return TrainResult(self.out, info["step"], info["total_steps"], info.get("final_loss"),
+                               info["step"], already_finished=True)
+        resume = previous if previous is not None and not c.force else None
+        init = ckpt.read_checkpoint(c.init) if c.init else None
+        precision = self._precision()
+
+        torch.manual_seed(c.seed)
+        from CMRSynthLib.training.data import load_training_data
+
+        vocabulary = None
+        preprocessing = self._preprocessing(init)
+        if init is not None:
+            from CMRSynthLib.generators.base import Vocabulary
+
+            vocabulary = Vocabulary.from_dict(init.card["vocabulary"])
+        data = load_training_data(c.data, preprocessing=preprocessing, spatial_dims=self._spatial_dims(init),
+                                  seed=c.seed, train_patients=c.train_patients, vocabulary=vocabulary)
+        torch.manual_seed(c.seed)
+        generator = self.make_generator(data.vocabulary, init).to(self.device)
+        ema = EMA(generator, decay=c.ema_decay)
+        model = self.make_model(generator)
+        optimizer = self.make_optimizer(model)
+        loader = self.make_loader(data.dataset)
+        steps_per_epoch = len(loader)
+        if steps_per_epoch == 0:
+            raise InputError("the training set is empty after preprocessing", path=c.data)
+        total = self._total_steps(steps_per_epoch)
+        info = {"step": 0, "history": [], "wall_seconds": 0.0}
+        if resume is not None:
+            info = self._restore(resume, generator, ema, optimizer)
+        if self.privacy is not None:
+            model, optimizer, loader = self.privacy.attach(model, optimizer, loader, steps=total,
+                                                           epochs=total / steps_per_epoch)
+            steps_per_epoch = len(loader)
+            if resume is not None and "privacy" in info:
+                self.privacy.load_state_dict(info["privacy"])
+        scaler = torch.amp.GradScaler("cuda", enabled=precision == torch.float16)
+        if resume is not None and info.get("scaler"):
+            scaler.load_state_dict(info["scaler"])
+
+        parts = _Parts(generator, ema, model, optimizer, loader, scaler, precision, data, init)
+        return self._loop(parts, info, total=total, steps_per_epoch=steps_per_epoch)
+
+    def _loop(self, parts: "_Parts", info: dict, *, total: int, steps_per_epoch: int) -> TrainResult:
+        c = self.config
+        step = start = info["step"]
+        history = [list(h) for h in info["history"]]
+        window, window_sum, window_n = max(1, total // 100), 0.0, 0
+        t0, wall0 = time.monotonic(), float(info.get("wall_seconds", 0.0))
+        noise = torch.Generator(device=self.device)
+        self.progress.start("train", total=total, family=c.family, resumed_from=start)
+        parts.generator.train()
+        while step < total:
+            epoch, offset = divmod(step, steps_per_epoch)
+            if hasattr(self, "sampler") and parts.loader.sampler is self.sampler:
+                self.sampler.start_epoch(epoch, skip=offset * c.batch_size)
+            for batch in parts.loader:
+                loss = self._train_step(parts, batch, step, noise, total=total)
+                step += 1
+                window_sum, window_n = window_sum + loss, window_n + 1
+                if step % window == 0 or step == total:
+                    mean = distributed.mean_across(self.world, window_sum / window_n, self.device)
+                    history.append([step, mean])
+                    window_sum, window_n = 0.0, 0
+                    epsilon = self.privacy.epsilon() if self.privacy is not None else None
+                    self.progress.update(step, loss=mean, epsilon=epsilon)
+                if step == total or (c.save_every and step % c.save_every == 0):
+                    wall = wall0 + time.monotonic() - t0
+                    self._save(parts, step=step, total=total, steps_per_epoch=steps_per_epoch,
+                               history=history, wall=wall)
+                if step == total:
+                    break
+        final = history[-1][1] if history else None
+        self.progress.done(out=str(self.out), steps=step, final_loss=final)
+        return TrainResult(self.out, step, total, final, start)
+
+    def _train_step(self, parts: "_Parts", batch, step: int, noise: torch.Generator, *, total: int) -> float:
+        c = self.config
+        images, cond, _ = batch
+        images, cond = images.to(self.device), cond.to(self.device)
+        torch.manual_seed(step_seed(c.seed, step, self.world.rank))
+        noise.manual_seed(step_seed(c.seed, step, self.world.rank) + 1)
+        for group in parts.optimizer.param_groups:
+            group["lr"] = lr_at(step, base=c.lr, total=total, warmup=c.warmup, schedule=c.lr_schedule)
+        with torch.autocast(self.device.type, dtype=parts.precision, enabled=parts.precision != torch.float32):
+            losses = parts.model(images, cond.mask, cond.vendor, cond.phase, cond.group, noise)
+        loss = losses.float().mean()
+        parts.optimizer.zero_grad(set_to_none=True)
+        parts.scaler.scale(loss).backward()
+        if c.grad_clip and self.privacy is None:
+            parts.scaler.unscale_(parts.optimizer)
+            torch.nn.utils.clip_grad_norm_(parts.generator.parameters(), c.grad_clip)
+        parts.scaler.step(parts.optimizer)
+        parts.scaler.update()
+        parts.ema.update(parts.generator)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise RuntimeError(f"training diverged: the loss is {value} at step {step}; lower --lr")
+        return value
+
+    # -- checkpoints and resuming -------------------------------------------------------------------
+    def _previous_run(self) -> ckpt.CheckpointContents | None:
+        """The unfinished or finished run in ``out``, None for a new or empty folder (refuses others)."""
+        out = self.out
+        if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+            return None
+        if not (out / ckpt.CARD).is_file():
+            raise InputError("--out is not empty and holds no CMRSynth training run; choose a new or empty "
+                             "folder", path=out)
+        previous = ckpt.read_checkpoint(out, trainer_state=True)
+        if previous.trainer_state is None:
+            if self.config.force:
+                return None
+            raise InputError("--out holds a checkpoint without trainer state (it cannot be resumed); use "
+                             "--force to replace it or choose another folder", path=out)
+        stored = previous.trainer_state.info.get("arguments", {})
+        mine = self._identity()
+        if stored != mine and not self.config.force:
+            differ = sorted(k for k in set(stored) | set(mine) if stored.get(k) != mine.get(k))
+            detail = ", ".join(f"{k}: {stored.get(k)!r} → {mine.get(k)!r}" for k in differ[:4])
+            raise InputError(f"--out holds a run with other arguments ({detail}); pass the same arguments to "
+                             "resume it, --force to start over, or choose another folder", path=out)
+        return previous
+
+    def _identity(self) -> dict:
+        identity = {**self.config.identity(), "world_size": self.world.size}
+        if self.privacy is not None:
+            identity["privacy"] = self.privacy.identity()
+        return identity
+
+    def _restore(self, previous: ckpt.CheckpointContents, generator, ema: EMA, optimizer) -> dict:
+        state = previous.trainer_state
+        ckpt.load_weights(generator, previous.weights, path=previous.path / ckpt.WEIGHTS)
+        ema.load_state_dict(previous.ema, updates=state.info["ema_updates"])
+        optimizer.load_state_dict(ckpt.unpack_state(state.info["optimizer"], state.tensors))
+        info = dict(state.info)
+        info["scaler"] = ckpt.unpack_state(info.get("scaler", {}), state.tensors)
+        return info
+
+    def _save(self, parts: "_Parts", *, step: int, total: int, steps_per_epoch: int, history: list,
+              wall: float) -> None:
+        if self.world.is_main:
+            tensors: dict[str, torch.Tensor] = {}
+            finished = step == total
+            info = {"step": step, "total_steps": total, "finished": finished, "history": history,
+                    "wall_seconds": wall, "final_loss": history[-1][1] if history else None,
+                    "arguments": self._identity(), "ema_updates": parts.ema.updates,
+                    "optimizer": ckpt.pack_state(parts.optimizer.state_dict(), tensors, "optimizer"),
+                    "scaler": ckpt.pack_state(parts.scaler.state_dict(), tensors, "scaler")}
+            if self.privacy is not None:
+                info["privacy"] = self.privacy.state_dict()
+            card = self._card(parts, step=step, total=total, steps_per_epoch=steps_per_epoch,
+                              history=history, wall=wall)
+            ckpt.save_checkpoint(self.out, parts.generator, card, ema=parts.ema.state_dict(),
+                                 trainer_state=ckpt.TrainerState(tensors, info))
+            self.progress.artefact(str(self.out), "checkpoint")
+        distributed.barrier(self.world)
+
+    def _card(self, parts: "_Parts", *, step, total, steps_per_epoch, history, wall) -> dict:
+        import monai
+
+        from CMRSynthLib import __version__
+
+        data, c = parts.data, self.config
+        return {
+            "vocabulary": data.vocabulary.to_dict(), "preprocessing": data.preprocessing.to_dict(),
+            "data": data.fingerprint, "members": list(data.members), "validation": list(data.validation),
+            "holdout": list(data.holdout), "unused": list(data.unused), "intensity": data.intensity,
+            "privacy": self.privacy.ledger() if self.privacy is not None else None,
+            "training": {
+                "steps": step, "total_steps": total, "epochs": round(step / steps_per_epoch, 3),
+                "steps_per_epoch": steps_per_epoch, "seed": c.seed, "batch_size": c.batch_size,
+                "world_size": self.world.size, "device": self.device.type, "precision": str(parts.precision),
+                "arguments": c.identity(), "init": parts.init.card["model_id"] if parts.init else None,
+                "loss_curve": history, "final_loss": history[-1][1] if history else None,
+                "wall_seconds": round(wall, 1), "command": list(sys.argv),
+                "versions": {"cmrsynth": __version__, "torch": torch.__version__, "monai": monai.__version__,
+                             "python": sys.version.split()[0]},
+            },
+        }
+
+    # -- small decisions -----------------------------------------------------------------------------
+    def _precision(self) -> torch.dtype:
+        name, device = self.config.precision, self.device
+        if name in ("fp16", "bf16") and device.type != "cuda":
+            raise InputError(f"--precision {name} needs --device cuda (mixed precision is CUDA-only here)")
+        if name == "auto":
+            if device.type != "cuda":
+                return torch.float32
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
+
+    def _spatial_dims(self, init) -> int:
+        if init is not None and self.config.spatial_dims is None:
+            return int(init.card["config"].get("spatial_dims", DEFAULT_SPATIAL_DIMS))
+        return self.config.spatial_dims or DEFAULT_SPATIAL_DIMS
+
+    def _preprocessing(self, init):
+        from CMRSynthLib.data.preprocess import PreprocessConfig
+
+        if init is not None:
+            return PreprocessConfig.from_dict(init.card["preprocessing"])
+        size = self.config.image_size or DEFAULT_IMAGE_SIZE
+        spacing = self.config.spacing or round(FIELD_OF_VIEW_MM / size, 4)
+        return PreprocessConfig(spacing=(spacing, spacing), size=(size, size))
+
+    def _total_steps(self, steps_per_epoch: int) -> int:
+        c = self.config
+        epochs = c.epochs if c.epochs is not None else (None if c.max_steps is not None else DEFAULT_EPOCHS)
+        candidates = [n for n in (c.max_steps, epochs and epochs * steps_per_epoch) if n]
+        return min(candidates)
+
+
+@dataclass
+class _Parts:
+    generator: nn.Module
+    ema: EMA
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    loader: torch.utils.data.DataLoader
+    scaler: torch.amp.GradScaler
+    precision: torch.dtype
+    data: object
+    init: ckpt.CheckpointContents | None

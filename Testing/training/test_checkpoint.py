@@ -1,0 +1,129 @@
+"""Checkpoint folders: round trip, refusal of pickles / corrupt / foreign folders, atomic writes."""
+
+import json
+
+import pytest
+import torch
+
+from CMRSynthLib.errors import InputError
+from CMRSynthLib.training import checkpoint as ckpt
+from test_loop import Toy, ToyConfig, install_toy
+
+
+@pytest.fixture
+def toy(monkeypatch):
+    install_toy(monkeypatch)
+    torch.manual_seed(0)
+    return Toy(ToyConfig(width=4))
+
+
+def card():
+    return {"vocabulary": {"vendors": ["A"], "phases": ["ED", "ES"], "groups": ["NOR"]}, "members": ["p1"],
+            "holdout": ["p2"], "training": {"steps": 3}}
+
+
+def test_round_trip_keeps_weights_ema_and_card(toy, tmp_path):
+    ema = {k: v + 1 for k, v in toy.state_dict().items()}
+    written = ckpt.save_checkpoint(tmp_path / "m", toy, card(), ema=ema)
+    assert written["format"] == ckpt.FORMAT and written["version"] == ckpt.VERSION and written["privacy"] is None
+    assert written["config"] == {"width": 4, "vendors": 2} and written["family"] == "toy"
+    assert written["model_id"] == ckpt.model_id(ema) != ckpt.model_id(toy.state_dict())
+    loaded, loaded_card = ckpt.load_checkpoint(tmp_path / "m")
+    assert loaded_card == json.loads(json.dumps(written))
+    for name, value in loaded.state_dict().items():
+        assert torch.equal(value, ema[name])
+    raw, _ = ckpt.load_checkpoint(tmp_path / "m", ema=False)
+    for name, value in raw.state_dict().items():
+        assert torch.equal(value, toy.state_dict()[name])
+    assert not raw.training
+
+
+def test_packed_state_survives_json(toy):
+    optimizer = torch.optim.AdamW(toy.parameters(), lr=1e-3, betas=(0.8, 0.9))
+    toy.loss(torch.zeros(2, 1, 8, 8), _cond(2)).mean().backward()
+    optimizer.step()
+    tensors = {}
+    packed = json.loads(json.dumps(ckpt.pack_state(optimizer.state_dict(), tensors, "opt")))
+    restored = ckpt.unpack_state(packed, tensors)
+    assert restored["param_groups"][0]["betas"] == (0.8, 0.9)
+    assert set(restored["state"]) == set(optimizer.state_dict()["state"])
+    assert torch.equal(restored["state"][0]["exp_avg"], optimizer.state_dict()["state"][0]["exp_avg"])
+
+
+def _cond(n):
+    from CMRSynthLib.generators.base import Conditions
+
+    mask = torch.zeros(n, 4, 8, 8)
+    mask[:, 0] = 1
+    return Conditions(mask, torch.ones(n, dtype=torch.long), torch.zeros(n, dtype=torch.long),
+                      torch.zeros(n, dtype=torch.long))
+
+
+@pytest.mark.parametrize("name", ["model.pt", "weights.pth", "last.ckpt"])
+def test_pickles_are_refused_unopened(toy, tmp_path, name):
+    path = tmp_path / name
+    path.write_bytes(b"\x80\x04not really a pickle")
+    with pytest.raises(InputError, match="never unpickles") as error:
+        ckpt.load_checkpoint(path)
+    assert name in str(error.value)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / name).write_bytes(b"x")
+    with pytest.raises(InputError, match="never unpickles"):
+        ckpt.load_checkpoint(folder)
+
+
+def test_foreign_corrupt_and_mismatched_folders_are_refused(toy, tmp_path):
+    ckpt.save_checkpoint(tmp_path / "m", toy, card())
+    card_path = tmp_path / "m" / "card.json"
+    good = json.loads(card_path.read_text())
+    cases = [({**good, "format": "other"}, "format"), ({**good, "version": 99}, "version 99"),
+             ({**good, "family": "gan"}, "unknown generator family 'gan'"),
+             ({**good, "config": {"width": 5, "vendors": 2}}, "shape mismatch")]
+    for bad, message in cases:
+        card_path.write_text(json.dumps(bad))
+        with pytest.raises(InputError, match=message):
+            ckpt.load_checkpoint(tmp_path / "m")
+    card_path.write_text("{not json")
+    with pytest.raises(InputError, match="card.json: is not valid JSON"):
+        ckpt.load_checkpoint(tmp_path / "m")
+    card_path.write_text(json.dumps(good))
+    weights = tmp_path / "m" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:40])
+    with pytest.raises(InputError, match="model.safetensors: is not a readable safetensors"):
+        ckpt.load_checkpoint(tmp_path / "m")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="no card.json"):
+        ckpt.load_checkpoint(tmp_path / "empty")
+
+
+def test_a_failed_save_leaves_the_previous_checkpoint(toy, tmp_path, monkeypatch):
+    ckpt.save_checkpoint(tmp_path / "m", toy, {**card(), "training": {"steps": 1}})
+    before = {p.name: p.read_bytes() for p in (tmp_path / "m").iterdir()}
+
+    def killed(*args, **kwargs):
+        raise SystemExit(143)  # SIGTERM while the weights are being written
+
+    with torch.no_grad():
+        for p in toy.parameters():
+            p.add_(1)
+    monkeypatch.setattr(ckpt, "_write_folder", lambda folder, *a: ((folder / "card.json").write_text("{}"), killed()))
+    with pytest.raises(SystemExit):
+        ckpt.save_checkpoint(tmp_path / "m", toy, {**card(), "training": {"steps": 2}})
+    assert {p.name: p.read_bytes() for p in (tmp_path / "m").iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # no partial folder left beside it
+
+
+def test_starter_names_resolve_through_the_models_folder(toy, tmp_path, monkeypatch):
+    monkeypatch.setenv(ckpt.MODELS_ENV, str(tmp_path / "models"))
+    ckpt.save_checkpoint(tmp_path / "models" / "flow", toy, card())
+    generator, loaded = ckpt.load_checkpoint("flow")
+    assert loaded["family"] == "toy"
+    with pytest.raises(InputError, match="starter models: flow"):
+        ckpt.load_checkpoint("ldm")
+
+
+def test_default_models_folder_is_beside_the_package(monkeypatch):
+    monkeypatch.delenv(ckpt.MODELS_ENV, raising=False)
+    assert ckpt.models_dir().parts[-2:] == ("Resources", "models")
+    assert (ckpt.models_dir().parent.parent / "CMRSynthLib").is_dir()
