@@ -1,0 +1,173 @@
+"""Run a ``cmrsynth`` job in its own process and follow its JSON-lines progress (DESIGN §4).
+
+:class:`JobRunner` starts the job with ``QProcess`` (so it lives in the GUI's event loop, in PySide6 and in
+Slicer's PythonQt alike), parses each stdout line with :func:`CMRSynthLib.jobs.progress.read_events`,
+updates a :class:`~CMRSynthLib.gui.controller.JobStatus` and calls the listeners registered with :meth:`on`.
+
+Cancel ends the whole process tree: the job runs as ``python -m CMRSynthLib.gui.child`` which makes itself a
+process-group leader (POSIX), so SIGTERM reaches it and its workers at once; the command line turns SIGTERM
+into a clean exit in which the atomic writers delete their partial files. Whatever is still alive after the
+grace period gets SIGKILL. On Windows ``taskkill /T`` does the same for the tree.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from typing import Callable
+
+from CMRSynthLib.gui.controller import JobState, JobStatus
+from CMRSynthLib.gui.qt import QtCore, to_bytes
+from CMRSynthLib.jobs.progress import read_events
+
+KINDS = ("start", "progress", "artefact", "warning", "error", "done", "log", "finished")
+STDERR_LINES = 200
+
+
+class JobRunner:
+    """One job at a time over ``QProcess``.
+
+    Listeners: ``runner.on(kind, callback)`` with kind in :data:`KINDS`. Protocol events call
+    ``callback(status, event)``; ``"log"`` gets ``(status, line)`` for each non-protocol output line;
+    ``"finished"`` gets ``(status, None)`` once the job is done, cancelled or failed.
+    """
+
+    def __init__(self, *, grace_seconds: float = 5.0):
+        if QtCore.QCoreApplication.instance() is None:
+            self._app = QtCore.QCoreApplication([])  # console use: QProcess needs an application object
+        self.grace_seconds = grace_seconds
+        self.status = JobStatus()
+        self._listeners: dict[str, list[Callable]] = {kind: [] for kind in KINDS}
+        self._process = None
+        self._stdout = b""
+        self._stderr: list[str] = []
+        self._cancelled = False
+        self._kill_timer = None
+
+    # -- public -----------------------------------------------------------------------------------
+    def on(self, kind: str, callback: Callable) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        self._listeners[kind].append(callback)
+
+    @property
+    def running(self) -> bool:
+        return self.status.state is JobState.RUNNING
+
+    def start(self, argv: list[str], *, environment: dict[str, str] | None = None, cwd: str | None = None,
+              name: str | None = None) -> JobStatus:
+        """Start ``argv`` (program first). ``environment`` replaces the inherited one when given."""
+        if self.running:
+            raise RuntimeError("a job is already running; cancel it or wait for it first")
+        self.status = JobStatus()
+        self.status.start(name or (argv[3] if len(argv) > 3 and argv[1] == "-m" else os.path.basename(argv[0])))
+        self._stdout, self._stderr, self._cancelled = b"", [], False
+        process = QtCore.QProcess()
+        if environment is not None:
+            env = QtCore.QProcessEnvironment()
+            for key, value in environment.items():
+                env.insert(key, value)
+            process.setProcessEnvironment(env)
+        if cwd:
+            process.setWorkingDirectory(cwd)
+        process.readyReadStandardOutput.connect(self._read_stdout)
+        process.readyReadStandardError.connect(self._read_stderr)
+        process.finished.connect(self._on_finished)
+        process.errorOccurred.connect(self._on_error)
+        self._process = process
+        process.start(argv[0], list(argv[1:]))
+        return self.status
+
+    def cancel(self) -> None:
+        """Ask the job to stop (SIGTERM to its process group); kill it after ``grace_seconds``."""
+        if not self.running or self._process is None or self._cancelled:
+            return
+        self._cancelled = True
+        self._signal_tree(hard=False)
+        self._kill_timer = QtCore.QTimer()
+        self._kill_timer.setSingleShot(True)
+        self._kill_timer.timeout.connect(self._kill)
+        self._kill_timer.start(int(self.grace_seconds * 1000))
+
+    def wait(self, timeout: float | None = None) -> JobStatus:
+        """Block until the job ends (events keep flowing to listeners); cancel it after ``timeout`` seconds."""
+        timer = QtCore.QElapsedTimer()
+        timer.start()
+        while self.running:
+            if self._process is not None:
+                self._process.waitForFinished(50)
+            QtCore.QCoreApplication.processEvents()
+            if timeout is not None and timer.elapsed() > timeout * 1000 and not self._cancelled:
+                self.cancel()
+        return self.status
+
+    # -- process plumbing ---------------------------------------------------------------------------
+    def _emit(self, kind: str, payload) -> None:
+        for callback in list(self._listeners[kind]):
+            callback(self.status, payload)
+
+    def _read_stdout(self) -> None:
+        self._stdout += to_bytes(self._process.readAllStandardOutput())
+        *lines, self._stdout = self._stdout.split(b"\n")
+        self._handle_lines(lines)
+
+    def _handle_lines(self, lines: list[bytes]) -> None:
+        for raw in lines:
+            line = raw.decode("utf-8", errors="replace").rstrip("\r")
+            events = list(read_events([line]))
+            if not events:
+                if line.strip():
+                    self._emit("log", line)
+                continue
+            kind = self.status.apply(events[0])
+            if kind is not None:
+                self._emit(kind, events[0])
+
+    def _read_stderr(self) -> None:
+        text = to_bytes(self._process.readAllStandardError()).decode("utf-8", errors="replace")
+        for line in text.splitlines():
+            if line.strip():
+                self._stderr = (self._stderr + [line])[-STDERR_LINES:]
+                self._emit("log", line)
+
+    def _on_finished(self, *args) -> None:
+        if not self.running:
+            return
+        self._read_stdout()
+        self._read_stderr()
+        if self._stdout:
+            self._handle_lines([self._stdout])
+            self._stdout = b""
+        crashed = self._process.exitStatus() == QtCore.QProcess.CrashExit
+        self._end(None if crashed else int(self._process.exitCode()))
+
+    def _on_error(self, error) -> None:
+        if error == QtCore.QProcess.FailedToStart and self.running:
+            self._stderr.append(f"could not start {self._process.program()}: {self._process.errorString()}")
+            self._end(None)
+
+    def _end(self, exit_code: int | None) -> None:
+        if self._kill_timer is not None:
+            self._kill_timer.stop()
+            self._kill_timer = None
+        self.status.finish(exit_code, cancelled=self._cancelled, stderr="\n".join(self._stderr))
+        self._emit("finished", None)
+
+    def _kill(self) -> None:
+        if self.running:
+            self._signal_tree(hard=True)
+
+    def _signal_tree(self, *, hard: bool) -> None:
+        pid = int(self._process.processId())
+        if pid <= 0:
+            return
+        if sys.platform == "win32":
+            subprocess.run(["taskkill", "/PID", str(pid), "/T"] + (["/F"] if hard else []),
+                           capture_output=True, check=False)
+            return
+        try:
+            os.killpg(pid, signal.SIGKILL if hard else signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):  # not (yet) a group leader: signal the job itself
+            self._process.kill() if hard else self._process.terminate()
