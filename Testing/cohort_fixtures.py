@@ -147,3 +147,49 @@ def make_phantom_layout(root: Path) -> Path:
                          "label": label, "height": 175.0, "weight": 72.5, "simulated": True})
     write_csv(root / "cohort.csv", rows)
     return root
+
+
+# DICOM: an oblique short-axis orientation (LPS): rows along (cos, sin, 0), columns along (0, 0, -1),
+# slice normal = row × col.
+ROW = np.array([np.cos(0.4), np.sin(0.4), 0.0])
+COL = np.array([0.0, 0.0, -1.0])
+NORMAL = np.cross(ROW, COL)
+ORIGIN = np.array([-80.0, 40.5, 120.0])
+PIXEL = (1.25, 1.5)  # (column spacing along ROW, row spacing along COL) in mm
+GAP = 8.0
+
+
+def write_dicom_series(folder: Path, frames: np.ndarray, *, series_uid="1.2.826.0.1.3680043.2.1125.1.1",
+                       trigger_times=None, start_instance=1, positions=None) -> Path:
+    """Write ``frames`` (T, K, J, I) int16 as one DICOM file per (t, k) with the position, orientation,
+    instance number and (when given) trigger time tags set by hand; returns the folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    n_frames, n_slices = frames.shape[:2]
+    instance = start_instance
+    for k in range(n_slices):
+        offset = positions[k] if positions is not None else k * GAP
+        for t in range(n_frames):
+            image = sitk.GetImageFromArray(frames[t, k])
+            image.SetSpacing(PIXEL)
+            tags = {
+                "0008|0060": "MR",
+                "0008|0016": "1.2.840.10008.5.1.4.1.1.4",
+                "0008|0018": f"{series_uid}.{instance}",
+                "0020|000d": "1.2.826.0.1.3680043.2.1125.1",
+                "0020|000e": series_uid,
+                "0008|103e": "SAX cine",
+                "0020|0032": "\\".join(f"{v:.4f}" for v in ORIGIN + offset * NORMAL),
+                "0020|0037": "\\".join(f"{v:.6f}" for v in (*ROW, *COL)),
+                "0020|0013": str(instance),
+                "0018|0050": str(GAP),
+            }
+            if trigger_times is not None:
+                tags["0018|1060"] = f"{trigger_times[t]:.1f}"
+            for key, value in tags.items():
+                image.SetMetaData(key, value)
+            writer.SetFileName(str(folder / f"IM{instance:04d}.dcm"))
+            writer.Execute(image)
+            instance += 1
+    return folder

@@ -9,7 +9,9 @@ and ``ijk_to_ras = LPS_TO_RAS @ ijk_to_lps``. A 2D file is read as a one-slice v
 
 from __future__ import annotations
 
+import gzip
 import os
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
@@ -145,9 +147,51 @@ def from_sitk(image, *, path=None) -> Volume:
     elif dim != 3:
         raise InputError(f"is {dim}D; a 3D volume is expected (4D cine files are read per frame by the "
                          "cohort readers)", path=path)
-    array = sitk.GetArrayFromImage(image)
+    array = _voxels(image, path)
     metadata = {k: image.GetMetaData(k) for k in image.GetMetaDataKeys() if k == "descrip" or k.startswith("cmrsynth")}
     return Volume(array, ijk_to_ras_from_itk(image.GetSpacing(), image.GetOrigin(), image.GetDirection()), metadata)
+
+
+def _voxels(image, path) -> np.ndarray:
+    """The voxels of a SimpleITK image, C order (…, K, J, I), with a NIfTI file's non-finite values kept."""
+    import SimpleITK as sitk
+
+    array = sitk.GetArrayFromImage(image)
+    if path is not None and str(path).lower().endswith((".nii", ".nii.gz")) and array.dtype.kind == "f":
+        array = _restore_nonfinite(Path(path), array)
+    return array
+
+
+_NIFTI_FLOATS = {16: "f4", 64: "f8"}  # NIfTI-1 datatype codes of float32 / float64
+
+
+def _restore_nonfinite(path: Path, array: np.ndarray) -> np.ndarray:
+    """Put back the NaN/±inf voxels that ITK's NIfTI reader silently turns into 0.
+
+    ITK < 6 (SimpleITK 2.x) zeroes every non-finite float voxel in ``nifti_read_buffer`` (ITK pull request
+    6683 makes keeping them the default in ITK 6). A 0 is a valid intensity, so the corruption would pass
+    every check; we re-read the raw NIfTI-1 voxels (x fastest, the same order as ``array``) and restore the
+    non-finite ones so :func:`check_finite` can refuse them. NIfTI-2 files are left as ITK read them.
+    """
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rb") as handle:
+        header = handle.read(348)
+        endian = next((e for e in "<>" if len(header) == 348 and struct.unpack(e + "i", header[:4])[0] == 348), None)
+        if endian is None:
+            return array
+        code = _NIFTI_FLOATS.get(struct.unpack(endian + "h", header[70:72])[0])
+        if code is None:
+            return array
+        handle.seek(int(struct.unpack(endian + "f", header[108:112])[0]))
+        raw = np.frombuffer(handle.read(array.size * int(code[1])), dtype=endian + code)
+    if raw.size != array.size:
+        return array
+    bad = ~np.isfinite(raw)
+    if not bad.any():
+        return array
+    restored = np.array(array, copy=True)
+    restored.reshape(-1)[bad] = raw[bad]
+    return restored
 
 
 def _read_sitk(path: Path):
@@ -182,7 +226,7 @@ def read_frames(path: str | os.PathLike) -> list[Volume]:
         return [from_sitk(image, path=path)]
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError("a 4D file with vector voxels is not a cine stack", path=path)
-    array = sitk.GetArrayFromImage(image)  # (T, K, J, I)
+    array = _voxels(image, path)  # (T, K, J, I)
     matrix = ijk_to_ras_from_itk(image.GetSpacing(), image.GetOrigin(), image.GetDirection())
     return [Volume(np.ascontiguousarray(frame), matrix) for frame in array]
 

@@ -4,53 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
+
+from cohort_fixtures import COL, GAP, NORMAL, ORIGIN, PIXEL, ROW, write_dicom_series
 
 from CMRSynthLib.data.dicom import is_dicom_folder, read_dicom_series
 from CMRSynthLib.errors import InputError
-
-# An oblique short-axis orientation: rows along (cos, sin, 0), columns along (0, 0, -1) (LPS), normal = row × col.
-ROW = np.array([np.cos(0.4), np.sin(0.4), 0.0])
-COL = np.array([0.0, 0.0, -1.0])
-NORMAL = np.cross(ROW, COL)
-ORIGIN = np.array([-80.0, 40.5, 120.0])
-PIXEL = (1.25, 1.5)  # (column spacing along ROW, row spacing along COL) in mm
-GAP = 8.0
-
-
-def _write_series(folder, frames: np.ndarray, *, series_uid="1.2.826.0.1.3680043.2.1125.1.1",
-                  trigger_times=None, start_instance=1, positions=None):
-    """Write ``frames`` (T, K, J, I) int16 as one DICOM file per (t, k); returns the folder."""
-    folder.mkdir(parents=True, exist_ok=True)
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    n_frames, n_slices = frames.shape[:2]
-    instance = start_instance
-    for k in range(n_slices):
-        offset = positions[k] if positions is not None else k * GAP
-        for t in range(n_frames):
-            image = sitk.GetImageFromArray(frames[t, k])
-            image.SetSpacing(PIXEL)
-            tags = {
-                "0008|0060": "MR",
-                "0008|0016": "1.2.840.10008.5.1.4.1.1.4",
-                "0008|0018": f"{series_uid}.{instance}",
-                "0020|000d": "1.2.826.0.1.3680043.2.1125.1",
-                "0020|000e": series_uid,
-                "0008|103e": "SAX cine",
-                "0020|0032": "\\".join(f"{v:.4f}" for v in ORIGIN + offset * NORMAL),
-                "0020|0037": "\\".join(f"{v:.6f}" for v in (*ROW, *COL)),
-                "0020|0013": str(instance),
-                "0018|0050": str(GAP),
-            }
-            if trigger_times is not None:
-                tags["0018|1060"] = f"{trigger_times[t]:.1f}"
-            for key, value in tags.items():
-                image.SetMetaData(key, value)
-            writer.SetFileName(str(folder / f"IM{instance:04d}.dcm"))
-            writer.Execute(image)
-            instance += 1
-    return folder
 
 
 def _frames(n_frames, n_slices=3, rows=5, cols=6):
@@ -61,7 +19,7 @@ def _frames(n_frames, n_slices=3, rows=5, cols=6):
 
 def test_single_phase_series_geometry(tmp_path):
     frames = _frames(1)
-    folder = _write_series(tmp_path / "sax", frames)
+    folder = write_dicom_series(tmp_path / "sax", frames)
     assert is_dicom_folder(folder)
 
     volume = read_dicom_series(folder)
@@ -77,7 +35,7 @@ def test_single_phase_series_geometry(tmp_path):
 def test_cine_series_needs_a_phase_and_stacks_only_that_phase(tmp_path):
     frames = _frames(4)
     times = [0.0, 35.5, 71.0, 106.5]
-    folder = _write_series(tmp_path / "cine", frames, trigger_times=times)
+    folder = write_dicom_series(tmp_path / "cine", frames, trigger_times=times)
 
     with pytest.raises(InputError, match=r"cine series: 4 frames at each of 3 slice positions.*--frame 0\.\.3"):
         read_dicom_series(folder)
@@ -91,21 +49,21 @@ def test_cine_series_needs_a_phase_and_stacks_only_that_phase(tmp_path):
 
 
 def test_cine_with_a_missing_phase_is_not_stacked(tmp_path):
-    folder = _write_series(tmp_path / "cine", _frames(3), trigger_times=[0.0, 40.0, 80.0])
+    folder = write_dicom_series(tmp_path / "cine", _frames(3), trigger_times=[0.0, 40.0, 80.0])
     (folder / "IM0002.dcm").unlink()  # slice 0, phase 1
     with pytest.raises(InputError, match="different numbers of images per position"):
         read_dicom_series(folder, frame=0)
 
 
 def test_two_series_in_one_folder_are_listed(tmp_path):
-    folder = _write_series(tmp_path / "mixed", _frames(1), series_uid="1.2.3.4.1")
-    _write_series(folder, _frames(1), series_uid="1.2.3.4.2", start_instance=100)
+    folder = write_dicom_series(tmp_path / "mixed", _frames(1), series_uid="1.2.3.4.1")
+    write_dicom_series(folder, _frames(1), series_uid="1.2.3.4.2", start_instance=100)
     with pytest.raises(InputError, match=r"holds 2 DICOM series \(1\.2\.3\.4\.1 \(3 files\); 1\.2\.3\.4\.2 \(3 files\)\)"):
         read_dicom_series(folder)
 
 
 def test_missing_slice_is_refused(tmp_path):
-    folder = _write_series(tmp_path / "gap", _frames(1, n_slices=4), positions=[0.0, 8.0, 24.0, 32.0])
+    folder = write_dicom_series(tmp_path / "gap", _frames(1, n_slices=4), positions=[0.0, 8.0, 24.0, 32.0])
     with pytest.raises(InputError, match="slice gaps are irregular"):
         read_dicom_series(folder)
 

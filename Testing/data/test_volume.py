@@ -170,3 +170,26 @@ def test_checks_name_the_problem(tmp_path):
     with pytest.raises(InputError, match="differs from image shape"):
         check_same_geometry(image, Volume(np.zeros((2, 3, 5), np.uint8), np.eye(4)))
     check_same_geometry(image, Volume(np.zeros((2, 3, 4), np.uint8), np.eye(4)))
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii", ".nrrd", ".mha"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_non_finite_voxels_survive_reading(tmp_path, suffix, dtype):
+    """ITK's NIfTI reader zeroes NaN/inf (ITK < 6); read_volume and read_frames must keep them."""
+    array = np.arange(24, dtype=dtype).reshape(2, 3, 4)
+    array[0, 1, 2], array[1, 2, 3], array[1, 0, 0] = np.nan, np.inf, -np.inf
+    path = write_volume(Volume(array, np.eye(4)), tmp_path / f"v{suffix}")
+
+    np.testing.assert_array_equal(read_volume(path).array, array)  # NaN compares equal here
+    np.testing.assert_array_equal(read_frames(path)[0].array, array)
+    with pytest.raises(InputError, match="holds 3 NaN or infinite"):
+        check_finite(read_volume(path), path=path)
+
+
+def test_non_finite_voxels_survive_in_a_4d_nifti(tmp_path):
+    frames = np.ones((3, 2, 3, 4), np.float32)
+    frames[2, 1, 2, 3] = np.nan
+    sitk.WriteImage(sitk.GetImageFromArray(frames, isVector=False), str(tmp_path / "cine.nii.gz"))
+    volumes = read_frames(tmp_path / "cine.nii.gz")
+    assert [int(np.isnan(v.array).sum()) for v in volumes] == [0, 0, 1]
+    assert np.isnan(volumes[2].array[1, 2, 3])
