@@ -12,6 +12,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from CMRSynthLib.data.conventions import NUM_CLASSES, UNKNOWN
+
 _PER_SLICE = ("images", "masks", "patients", "vendors", "phases", "groups")
 
 
@@ -83,6 +85,31 @@ class Slices:
             raise ValueError("Slices.cat needs at least one part")
         return Slices(*(np.concatenate([getattr(p, name) for p in parts]) for name in _PER_SLICE),
                       spacing=parts[0].spacing)
+
+
+def one_hot(labels: np.ndarray):
+    """``(N, H, W)`` canonical labels → ``(N, 4, H, W)`` float32 one-hot torch tensor."""
+    import torch
+
+    return torch.nn.functional.one_hot(torch.from_numpy(np.asarray(labels, np.int64)), NUM_CLASSES).movedim(-1, 1).float()
+
+
+def to_conditions(slices: Slices, vocabulary):
+    """The generator :class:`~CMRSynthLib.generators.base.Conditions` of slices ``(N, 4, H, W)`` masks + tokens.
+
+    A vendor, phase or group the cohort does not know ("unknown" or empty) becomes the null token; a
+    known name the model's ``vocabulary`` lacks is an error (:class:`~CMRSynthLib.errors.InputError`).
+    """
+    import torch
+
+    from CMRSynthLib.generators.base import Conditions
+
+    def tokens(kind: str, names: np.ndarray):
+        return torch.tensor([vocabulary.token(kind, None if n in ("", UNKNOWN) else str(n)) for n in names],
+                            dtype=torch.long)
+
+    return Conditions(one_hot(slices.masks), tokens("vendors", slices.vendors), tokens("phases", slices.phases),
+                      tokens("groups", slices.groups))
 
 
 def per_patient(values: np.ndarray, patients: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
