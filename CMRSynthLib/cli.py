@@ -17,6 +17,9 @@ from CMRSynthLib.jobs.progress import MODES, Progress
 
 # Command name → module in CMRSynthLib.jobs. Each module has HELP, add_arguments(parser), run(args, progress).
 COMMANDS: dict[str, str] = {
+    "train": "train",
+    "sample": "sample",
+    "restyle": "restyle",
     "privacy-budget": "privacy_budget",
     "inspect": "inspect",
 }

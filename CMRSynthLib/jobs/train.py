@@ -1,0 +1,87 @@
+"""``cmrsynth train``: learn p(image | mask, vendor, phase, group) from a cohort (DESIGN §9).
+
+Resumes when ``--out`` holds an unfinished run with the same arguments; reports a finished one and exits 0
+(``--force`` starts over). Under ``torchrun --nproc_per_node N -m CMRSynthLib train ...`` it trains with
+DistributedDataParallel; only rank 0 writes. ``--generator anatomy`` trains the stage-1 mask generator
+(the two-stage pipeline's first stage, used by ``cmrsynth sample --new-anatomy``).
+
+Differential privacy: when ``CMRSynthLib.training.privacy`` exists it adds its own flags here through
+``add_arguments(parser)`` and turns them into a privacy object with ``from_args(args)`` (None when DP is off);
+see the hooks in :mod:`CMRSynthLib.training.loop`. That module must not import torch at its top.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+
+from CMRSynthLib.training.config import DEVICES, LR_SCHEDULES, PRECISIONS, PRESETS
+
+HELP = "train a generator (ddpm, ldm, flow, hybrid, or the anatomy mask generator) on a cohort"
+FAMILIES = ("ddpm", "ldm", "flow", "hybrid", "anatomy")
+
+
+def _privacy():
+    """The DP module, when it is installed (it is optional to this command)."""
+    if importlib.util.find_spec("CMRSynthLib.training.privacy") is None:
+        return None
+    return importlib.import_module("CMRSynthLib.training.privacy")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, help="cohort folder (ACDC, M&Ms, image/label pairs, phantom)")
+    parser.add_argument("--generator", required=True, choices=FAMILIES, help="generator family")
+    parser.add_argument("--out", required=True, help="checkpoint folder to write (or to resume)")
+    model = parser.add_argument_group("model")
+    model.add_argument("--preset", choices=PRESETS, default=None,
+                       help="network size: tiny (tests), small (CPU, default), base (GPU)")
+    model.add_argument("--image-size", type=int, default=None, help="prepared in-plane size in pixels (default 64)")
+    model.add_argument("--spatial-dims", type=int, choices=(2, 3), default=None, help="2D slices (default) or 3D stacks")
+    model.add_argument("--spacing", type=float, default=None,
+                       help="prepared in-plane pixel size in mm (default: a 192 mm field of view)")
+    model.add_argument("--init", default=None, help="checkpoint (or starter name) to fine-tune from")
+    run = parser.add_argument_group("optimisation")
+    run.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
+    run.add_argument("--epochs", type=int, default=None, help="stop after this many epochs (default 100 "
+                     "when --max-steps is not given)")
+    run.add_argument("--batch-size", type=int, default=16)
+    run.add_argument("--lr", type=float, default=2e-4, help="peak learning rate (AdamW)")
+    run.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="cosine")
+    run.add_argument("--warmup", type=int, default=0, help="linear warm-up steps")
+    run.add_argument("--weight-decay", type=float, default=0.0)
+    run.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm (0 = off)")
+    run.add_argument("--ema-decay", type=float, default=0.999)
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--train-patients", type=int, default=None,
+                     help="train on only N patients of the training split (the card lists them)")
+    where = parser.add_argument_group("execution")
+    where.add_argument("--device", choices=DEVICES, default="auto")
+    where.add_argument("--precision", choices=PRECISIONS, default="auto",
+                       help="mixed precision on CUDA (auto: bf16 or fp16); fp32 elsewhere")
+    where.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (0: only at the end)")
+    where.add_argument("--force", action="store_true", help="start over even if --out holds a run")
+    privacy = _privacy()
+    if privacy is not None:
+        privacy.add_arguments(parser)
+
+
+def run(args, progress) -> int:
+    from CMRSynthLib.training.config import TrainConfig
+    from CMRSynthLib.training.loop import Trainer
+
+    config = TrainConfig(
+        data=args.data, family=args.generator, out=args.out, preset=args.preset, image_size=args.image_size,
+        spatial_dims=args.spatial_dims, spacing=args.spacing, max_steps=args.max_steps, epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule, warmup=args.warmup,
+        weight_decay=args.weight_decay, grad_clip=args.grad_clip, ema_decay=args.ema_decay, seed=args.seed,
+        train_patients=args.train_patients, init=args.init, device=args.device, precision=args.precision,
+        save_every=args.save_every, force=args.force)
+    privacy_module = _privacy()
+    privacy = privacy_module.from_args(args) if privacy_module is not None else None
+    result = Trainer(config, progress=progress, privacy=privacy).run()
+    if result.already_finished:
+        progress.warning(f"{result.out} already holds a finished run ({result.steps} steps); nothing to do "
+                         "(use --force to train again)")
+        progress.done(out=str(result.out), steps=result.steps, already_finished=True)
+    return 0

@@ -1,0 +1,177 @@
+"""From a mask volume to synthetic images on the mask's exact geometry (DESIGN §2.7), and restyling.
+
+The walk: the mask is checked (canonical labels, not empty) and prepared exactly as training cases were
+(:func:`~CMRSynthLib.data.preprocess.prepare_mask`, the checkpoint's recorded preprocessing); a 2D model
+generates every slice of the stack as one batch, a 3D model the whole stack (padded to its depth); the
+result, in [-1, 1], goes back onto the mask's grid with :meth:`SliceTransform.restore` (outside the
+prepared field of view: the background value) and is scaled to the intensity range the model's training
+cases had for that vendor (the card's ``intensity``: medians of the clip percentiles), so -1 ↦ lo, 1 ↦ hi.
+
+Randomness: sample ``i`` of ``count`` uses a ``torch.Generator`` seeded with ``seed + i``: the same seed
+gives the same image. Every volume carries a synthetic marker: ``descrip`` "SYNTHETIC CMRSynth <family>
+seed=S vendor=V model=<id>" (kept by NIfTI) and ``cmrsynth_*`` keys (kept by NRRD and MHA).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+
+from CMRSynthLib.data.case import Case, CaseRecord
+from CMRSynthLib.data.volume import Volume, check_finite, check_same_geometry
+from CMRSynthLib.errors import InputError
+from CMRSynthLib.generators.base import Conditions, Vocabulary
+
+DEFAULT_INTENSITY = (0.0, 1000.0)  # for a card without an intensity record
+ANY_VENDOR = "any"  # the file-name word for the null (unconditional) vendor
+
+
+def preprocessing(card: dict):
+    from CMRSynthLib.data.preprocess import PreprocessConfig
+
+    return PreprocessConfig.from_dict(card["preprocessing"])
+
+
+def intensity_range(card: dict, vendor: str | None) -> tuple[float, float]:
+    """The original intensities that -1 and 1 stand for, for ``vendor`` (or all vendors)."""
+    ranges = card.get("intensity") or {}
+    lo, hi = ranges.get(vendor or "*") or ranges.get("*") or DEFAULT_INTENSITY
+    return float(lo), float(hi)
+
+
+def tokens(card: dict, *, vendor: str | None, phase: str | None, group: str | None) -> tuple[int, int, int]:
+    """Vocabulary tokens; an unknown name is an :class:`InputError` listing the known ones."""
+    vocabulary = Vocabulary.from_dict(card["vocabulary"])
+    return (vocabulary.token("vendors", vendor), vocabulary.token("phases", phase),
+            vocabulary.token("groups", group))
+
+
+def prepare(card: dict, mask: Volume, *, path=None):
+    """The mask on the model's prepared grid → ``(labels (K, H, W) uint8, SliceTransform)``; checks it."""
+    from CMRSynthLib.data.preprocess import prepare_mask
+
+    return prepare_mask(mask, preprocessing(card), path=path)
+
+
+def conditions(generator, labels: np.ndarray, token_ids: tuple[int, int, int], *, path=None) -> tuple[Conditions, int]:
+    """Conditions for a prepared stack: ``(K, 4, H, W)`` for a 2D model, ``(1, 4, D, H, W)`` for 3D.
+
+    Returns the conditions and the stack index of the first generated slice (3D: negative when padded).
+    """
+    from CMRSynthLib.data.datasets import fit_depth, one_hot
+
+    start = 0
+    if generator.config.spatial_dims == 3:
+        depth = int(generator.config.image_size[0])
+        if labels.shape[0] > depth:
+            raise InputError(f"the mask has {labels.shape[0]} slices; this 3D model generates stacks of at most "
+                             f"{depth}", path=path)
+        _, labels, start = fit_depth(np.zeros(labels.shape, np.float32), labels, depth)
+        mask = one_hot(labels)[None]
+    else:
+        mask = one_hot(labels).movedim(0, 1)
+    n = mask.shape[0]
+    vendor, phase, group = (torch.full((n,), t, dtype=torch.long) for t in token_ids)
+    return Conditions(mask, vendor, phase, group), start
+
+
+def _to_stack(images: torch.Tensor, generator, k: int, start: int) -> np.ndarray:
+    """Generated ``(B, 1, ...)`` → the prepared ``(K, H, W)`` stack in [-1, 1]."""
+    array = images.detach().float().cpu().numpy()
+    if generator.config.spatial_dims == 3:
+        return array[0, 0, -start:-start + k] if start < 0 else array[0, 0, :k]
+    return array[:, 0]
+
+
+def marker(card: dict, *, seed: int, vendor: str | None, **extra) -> dict[str, str]:
+    """Header fields that mark a volume as synthetic and say how it was made."""
+    family, model = card["family"], card.get("model_id", "unknown")
+    descrip = f"SYNTHETIC CMRSynth {family} seed={seed} vendor={vendor or ANY_VENDOR} model={model}"
+    fields = {"synthetic": "true", "family": family, "model": model, "seed": str(seed),
+              "vendor": vendor or ANY_VENDOR, **{k: str(v) for k, v in extra.items() if v is not None}}
+    return {"descrip": descrip[:80], **{f"cmrsynth_{k}": v for k, v in fields.items()}}
+
+
+@torch.no_grad()
+def synthesize(generator, card: dict, mask: Volume, *, vendor: str | None, phase: str | None = None,
+               group: str | None = None, seed: int = 0, steps: int | None = None, sampler: str | None = None,
+               guidance: float = 1.0, count: int = 1, callback: Callable[[int, int], None] | None = None,
+               path=None) -> list[Volume]:
+    """``count`` synthetic images for ``mask``, each a float32 :class:`Volume` on the mask's exact geometry.
+
+    ``vendor``/``phase``/``group`` None means unconditional (the null token). ``callback(done, total)``
+    counts sampler steps over all ``count`` images. Raises :class:`InputError` for a bad mask (naming
+    ``path``), an unknown vendor/phase/group, or bad sampling options.
+    """
+    if int(count) != count or count < 1:
+        raise InputError(f"--count must be a positive whole number, got {count}")
+    sampler, steps = generator.check_sampling(sampler, steps, guidance)
+    token_ids = tokens(card, vendor=vendor, phase=phase, group=group)
+    labels, transform = prepare(card, mask, path=path)
+    cond, start = conditions(generator, labels, token_ids, path=path)
+    device = next(generator.parameters()).device
+    cond = cond.to(device)
+    lo, hi = intensity_range(card, vendor)
+    volumes = []
+    for index in range(count):
+        rng = torch.Generator(device=device).manual_seed(seed + index)
+        relay = None if callback is None else (lambda done, total, i=index: callback(i * steps + done, count * steps))
+        images = generator.sample(cond, sampler=sampler, steps=steps, guidance=guidance, generator=rng,
+                                  callback=relay)
+        stack = _to_stack(images, generator, labels.shape[0], start)
+        restored = transform.restore(stack, order=1, fill=-1.0).array
+        scaled = (lo + (restored.astype(np.float64) + 1.0) * 0.5 * (hi - lo)).astype(np.float32)
+        volumes.append(Volume(scaled, mask.ijk_to_ras, marker(
+            card, seed=seed + index, vendor=vendor, phase=phase, group=group, sampler=sampler, steps=steps,
+            guidance=guidance)))
+    return volumes
+
+
+@torch.no_grad()
+def restyle(generator, card: dict, image: Volume, mask: Volume, *, vendor: str, source_vendor: str | None = None,
+            phase: str | None = None, group: str | None = None, steps: int | None = None,
+            image_path=None, mask_path=None) -> Volume:
+    """``image`` re-rendered in ``vendor``'s style, on its own geometry and intensity scale.
+
+    Flow models only (DESIGN §3): the prepared image is integrated back to noise under ``source_vendor``
+    (None: unconditional) and forward again under ``vendor``. Voxels outside the prepared field of view keep
+    their original values. Raises :class:`InputError` for NaN intensities, a mask off the image's grid, or
+    a model that cannot restyle.
+    """
+    from CMRSynthLib.data.preprocess import prepare_case
+
+    if not hasattr(generator, "restyle"):
+        raise InputError(f"restyle needs a flow-matching model (invertible); this checkpoint is a "
+                         f"{card['family']} model")
+    check_finite(image, path=image_path)
+    check_same_geometry(image, mask, image_path=image_path, label_path=mask_path)
+    sampler, steps = generator.check_sampling(None, steps, 1.0)
+    target = tokens(card, vendor=vendor, phase=phase, group=group)
+    source = tokens(card, vendor=source_vendor, phase=phase, group=group)
+    record = CaseRecord(patient="restyle", phase=phase or "", image_path=str(image_path or "image"),
+                        label_path=str(mask_path or "mask"))
+    prepared = prepare_case(Case(record, image, mask), preprocessing(card))
+    if not prepared.mask.any():
+        raise InputError("mask is empty (no LV, MYO or RV voxel)", path=mask_path)
+    cond_target, start = conditions(generator, prepared.mask, target, path=mask_path)
+    cond_source, _ = conditions(generator, prepared.mask, source, path=mask_path)
+    device = next(generator.parameters()).device
+    images = torch.as_tensor(prepared.image)
+    if generator.config.spatial_dims == 3:
+        from CMRSynthLib.data.datasets import fit_depth
+
+        fitted, _, _ = fit_depth(prepared.image, prepared.mask, int(generator.config.image_size[0]))
+        images = torch.as_tensor(fitted)[None, None]
+    else:
+        images = images[:, None]
+    out = generator.restyle(images.to(device), cond_source.to(device), cond_target.to(device), steps=steps,
+                            sampler=sampler)
+    stack = _to_stack(out, generator, prepared.mask.shape[0], start)
+    restored = prepared.transform.restore(np.clip(stack, -1.0, 1.0), order=1, fill=np.nan).array
+    values = prepared.transform.denormalise(restored)
+    outside = np.isnan(restored)
+    values[outside] = np.asarray(image.array, dtype=np.float32)[outside]
+    return Volume(values, image.ijk_to_ras, marker(card, seed=0, vendor=vendor, restyled_from=source_vendor or
+                                                   ANY_VENDOR, steps=steps))
