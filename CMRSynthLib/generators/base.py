@@ -118,6 +118,11 @@ class Generator(nn.Module, ABC):
                callback: ProgressCallback | None = None) -> torch.Tensor:
         """Images ``(B, 1, *spatial)`` in [-1, 1] for the conditions. Same generator seed → same images."""
 
+    def noise_like(self, images: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Standard normal noise for :meth:`loss_at` for these images: shaped like the space the family
+        diffuses in (the images' own shape, except for latent and label-map models, which override this)."""
+        return torch.randn(images.shape, generator=generator, device=images.device, dtype=images.dtype)
+
     def check_sampling(self, sampler: str | None, steps: int | None, guidance: float) -> tuple[str, int]:
         """Validate sampling options (names the argument and the allowed values); fill defaults."""
         sampler = sampler or self.default_sampler

@@ -1,0 +1,1 @@
+"""Networks and conditioning (MONAI building blocks): the conditional UNet and the KL autoencoder."""
