@@ -84,8 +84,8 @@ def make_acdc(root: Path, patients=(("patient001", "DCM", 1, 3), ("patient002", 
         folder = root / patient
         folder.mkdir(parents=True)
         for number, phase in ((ed, "ED"), (es, "ES")):
-            write_pair(folder / f"{patient}_frame{number:02d}.nii.gz", folder / f"{patient}_frame{number:02d}_gt.nii.gz",
-                       phase=phase, convention="acdc")
+            stem = f"{patient}_frame{number:02d}"
+            write_pair(folder / f"{stem}.nii.gz", folder / f"{stem}_gt.nii.gz", phase=phase, convention="acdc")
         write_4d(folder / f"{patient}_4d.nii.gz", [image_for(canonical_label())] * 3)
         (folder / "Info.cfg").write_text(f"ED: {ed}\nES: {es}\nGroup: {group}\nHeight: 184.0\nNbFrame: 30\n"
                                          "Weight: 95.0\n")

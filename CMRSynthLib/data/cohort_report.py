@@ -40,6 +40,22 @@ def structure_volumes_ml(label: Volume) -> dict[str, float]:
     return {name: round(float(counts[value]) * label.voxel_volume_ml, DECIMALS) for name, value in STRUCTURES.items()}
 
 
+def orientation_code(direction) -> str:
+    """Nearest anatomical axis code of a 3×3 RAS direction (columns = I, J, K), e.g. ``"LPS"``.
+
+    Each letter is where that voxel axis points (R/L, A/P, S/I); a trailing ``~`` marks an oblique grid
+    (some axis more than 1° away from the letter it is given).
+    """
+    letters = ("RL", "AP", "SI")
+    direction = np.asarray(direction, dtype=np.float64)
+    code = ""
+    for column in direction.T:
+        axis = int(np.argmax(np.abs(column)))
+        code += letters[axis][0 if column[axis] > 0 else 1]
+    oblique = np.abs(direction).max(axis=0).min() < np.cos(np.radians(1.0))
+    return code + ("~" if oblique else "")
+
+
 def inspect_case(record: CaseRecord, *, fatal: bool = False) -> dict:
     """One case's entry of the report. With ``fatal`` an unreadable image raises instead of being listed."""
     entry = {"patient": record.patient, "phase": record.phase, "vendor": record.vendor, "group": record.group,

@@ -66,7 +66,12 @@ def _cell(values, fmt: str) -> str:
 
 
 def format_report(report: dict, *, root: str) -> str:
-    """A human-readable table of the report: one row per case, then counts and every problem."""
+    """A human-readable table of the report: one row per case, then counts and every problem.
+
+    ``axes`` is where the I, J, K voxel axes point (RAS letters; ``~`` = oblique).
+    """
+    from CMRSynthLib.data.cohort_report import orientation_code
+
     cases = report["cases"]
     lines = [f"layout: {report['layout']}  ({root})",
              f"cases: {len(cases)}  patients: {len({c['patient'] for c in cases})}",
@@ -75,10 +80,10 @@ def format_report(report: dict, *, root: str) -> str:
              "shapes (I×J×K): " + ", ".join(f"{s} {n}" for s, n in sorted(
                  Counter(_cell(c["shape"], "d") for c in cases).items())),
              ""]
-    header = ["patient", "phase", "vendor", "group", "shape", "spacing mm", *(f"{s} ml" for s in STRUCTURES),
-              "problems"]
+    header = ["patient", "phase", "vendor", "group", "shape", "spacing mm", "axes",
+              *(f"{s} ml" for s in STRUCTURES), "problems"]
     rows = [[c["patient"], c["phase"], c["vendor"], c["group"], _cell(c["shape"], "d"),
-             _cell(c["spacing"], ".3g"),
+             _cell(c["spacing"], ".3g"), "-" if c["direction"] is None else orientation_code(c["direction"]),
              *("-" if c["volumes_ml"][s] is None else f"{c['volumes_ml'][s]:.1f}" for s in STRUCTURES),
              str(len(c["problems"]))] for c in cases]
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]

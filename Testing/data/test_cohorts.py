@@ -43,7 +43,8 @@ def test_acdc_phases_groups_attributes_and_swapped_labels(tmp_path):
     cohort = open_cohort(root)
 
     assert [(r.patient, r.phase, r.group) for r in cohort.records] == [
-        ("patient001", "ED", "DCM"), ("patient001", "ES", "DCM"), ("patient002", "ED", "ARV"), ("patient002", "ES", "ARV")]
+        ("patient001", "ED", "DCM"), ("patient001", "ES", "DCM"),
+        ("patient002", "ED", "ARV"), ("patient002", "ES", "ARV")]
     assert all(r.label_convention == "acdc" and not r.image_path.endswith("_4d.nii.gz") for r in cohort.records)
     assert cohort.records[0].attributes == {"height": 184.0, "weight": 95.0, "frames": 30, "frame_number": 1}
     assert cohort.records[1].image_path.endswith("patient001_frame03.nii.gz")

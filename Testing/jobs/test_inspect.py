@@ -11,6 +11,7 @@ from cohort_fixtures import (
     write_dicom_series, write_pair,
 )
 
+from CMRSynthLib.data.cohort_report import orientation_code
 from CMRSynthLib.data.volume import Volume, write_volume
 
 KEYS = ["patient", "phase", "vendor", "group", "image", "label", "shape", "spacing", "origin", "direction",
@@ -151,10 +152,10 @@ def test_human_table(run_cli, tmp_path):
     assert lines[0].startswith("layout: mnms1")
     assert "cases: 4  patients: 2" in out and "vendors: Philips 2, Siemens 2" in out and "16×16×3 4" in out
     header = next(line for line in lines if line.startswith("patient"))
-    assert header.split() == ["patient", "phase", "vendor", "group", "shape", "spacing", "mm", "LV", "ml", "MYO",
-                              "ml", "RV", "ml", "problems"]
+    assert header.split() == ["patient", "phase", "vendor", "group", "shape", "spacing", "mm", "axes", "LV", "ml",
+                              "MYO", "ml", "RV", "ml", "problems"]
     row = next(line for line in lines if line.startswith("A0S9V9") and " ED " in line).split()
-    assert row == ["A0S9V9", "ED", "Siemens", "NOR", "16×16×3", "1.5×1.5×8", "3.6", "1.8", "1.1", "0"]
+    assert row == ["A0S9V9", "ED", "Siemens", "NOR", "16×16×3", "1.5×1.5×8", "RAS~", "3.6", "1.8", "1.1", "0"]
     assert "problems: 2" in out and out.count("B1C2D3_sa_gt.nii.gz: not a readable image") == 2
 
 
@@ -166,3 +167,11 @@ def test_jsonl_progress_and_json_share_stdout(run_cli, tmp_path):
     assert events[0] == "start" and events[-1] == "done" and events.count("progress") == 4
     (report,) = [o for o in objects if "event" not in o]
     assert report["layout"] == "generic" and len(report["cases"]) == 4
+
+
+def test_orientation_code():
+    assert orientation_code(np.eye(3)) == "RAS"
+    assert orientation_code(np.diag([-1.0, -1.0, 1.0])) == "LPS"
+    assert orientation_code([[0, 0, 1], [1, 0, 0], [0, -1, 0]]) == "AIR"  # I → A, J → I(nferior), K → R
+    tilt = np.radians(2.0)
+    assert orientation_code([[1, 0, 0], [0, np.cos(tilt), -np.sin(tilt)], [0, np.sin(tilt), np.cos(tilt)]]) == "RAS~"
