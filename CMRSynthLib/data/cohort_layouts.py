@@ -91,9 +91,11 @@ def _csv_columns(path: Path) -> set[str]:
         return {c.strip() for c in next(csv.reader(handle), [])}
 
 
-def _visible(paths):
-    """Skip hidden files and folders (e.g. half-written ``.name.partial`` files)."""
-    return (p for p in paths if not any(part.startswith(".") for part in p.parts))
+def _find(root: Path, pattern: str) -> list[Path]:
+    """Paths under ``root`` matching ``pattern`` (any depth), sorted, without hidden files or folders
+    below ``root`` (e.g. half-written ``.name.partial`` files)."""
+    return sorted(p for p in root.rglob(pattern)
+                  if not any(part.startswith(".") for part in p.relative_to(root).parts))
 
 
 # -- detection ---------------------------------------------------------------------------------------
@@ -101,7 +103,7 @@ def detect_layout(root: Path) -> str | None:
     """The layout of the folder ``root`` (see the module table), or None when nothing is recognised."""
     if (root / COHORT_CSV).is_file() and {"patient", "image", "label"} <= _csv_columns(root / COHORT_CSV):
         return "cmrsynth"
-    names = [p.name for p in _visible(root.rglob("*")) if p.is_file()]
+    names = [p.name for p in _find(root, "*") if p.is_file()]
     if any(ACDC_FRAME.match(n) for n in names):
         return "acdc"
     if any(MNMS2_IMAGE.match(n) for n in names) and "dataset_information.csv" in names:
@@ -143,7 +145,7 @@ def _read_info_cfg(path: Path) -> dict[str, str]:
 def list_acdc(root: Path) -> tuple[list[CaseRecord], list[str]]:
     records, problems = [], []
     frames_by_patient: dict[Path, dict[int, Path]] = {}
-    for path in sorted(_visible(root.rglob("patient*_frame*.nii*"))):
+    for path in _find(root, "patient*_frame*.nii*"):
         match = ACDC_FRAME.match(path.name)
         if match:  # the 4D file patientXXX_4d.nii.gz and the _gt labels do not match
             frames_by_patient.setdefault(path.parent, {})[int(match.group(2))] = path
@@ -179,14 +181,14 @@ def list_acdc(root: Path) -> tuple[list[CaseRecord], list[str]]:
 
 # -- M&Ms-2 --------------------------------------------------------------------------------------------
 def list_mnms2(root: Path) -> tuple[list[CaseRecord], list[str]]:
-    csv_path = next(p for p in sorted(_visible(root.rglob("dataset_information.csv"))))
+    csv_path = _find(root, "dataset_information.csv")[0]
     rows = {}
     for row in _read_csv(csv_path):
         code = row.get("SUBJECT_CODE", "")
         if code.isdigit():
             rows[int(code)] = row
     records, problems = [], []
-    for image in sorted(_visible(root.rglob("*_SA_E[DS].nii*"))):
+    for image in _find(root, "*_SA_E[DS].nii*"):
         match = MNMS2_IMAGE.match(image.name)
         if not match:
             continue
@@ -218,7 +220,7 @@ def _attributes(row: dict[str, str], keys) -> dict:
 # -- M&Ms-1 --------------------------------------------------------------------------------------------
 def _mnms1_csv(root: Path) -> Path | None:
     """The M&Ms-1 information CSV: in ``root`` (any depth) or up to two folders above it."""
-    candidates = list(_visible(root.rglob("*.csv"))) + [p for parent in list(root.parents)[:2]
+    candidates = _find(root, "*.csv") + [p for parent in list(root.parents)[:2]
                                                         for p in parent.glob("*.csv")]
     for path in sorted(candidates):
         columns = _csv_columns(path)
@@ -231,7 +233,7 @@ def list_mnms1(root: Path) -> tuple[list[CaseRecord], list[str]]:
     csv_path = _mnms1_csv(root)
     rows = {row["External code"]: row for row in _read_csv(csv_path)}
     records, problems = [], []
-    for image in sorted(_visible(root.rglob("*_sa.nii*"))):
+    for image in _find(root, "*_sa.nii*"):
         match = MNMS1_IMAGE.match(image.name)
         if not match:
             continue
@@ -272,7 +274,7 @@ def _patient_and_phase(stem: str) -> tuple[str, str]:
 
 def list_generic(root: Path, label_convention: str) -> tuple[list[CaseRecord], list[str]]:
     records, problems = [], []
-    images = [p for p in sorted(_visible(root.rglob("*"))) if p.is_file() and is_image_file(p)
+    images = [p for p in _find(root, "*") if p.is_file() and is_image_file(p)
               and not is_label_name(p)]
     ids = [_patient_and_phase(split_suffix(p)[0]) for p in images]
     for image, (patient, phase) in zip(images, ids):

@@ -209,3 +209,11 @@ def test_4d_where_3d_expected_and_corrupt_files(tmp_path):
     write_volume(Volume(canonical_label(), matrix()), tmp_path / "broken_gt.nii.gz")
     with pytest.raises(InputError, match=r"broken.nii.gz: not a readable image"):
         load_case(open_cohort(tmp_path / "broken.nii.gz").records[0])
+
+
+def test_hidden_files_below_the_root_are_skipped_but_a_hidden_parent_is_fine(tmp_path):
+    root = make_generic(tmp_path / ".cache" / "cohort")
+    write_pair(root / ".caseZ.partial.nii.gz", root / ".caseZ.partial_gt.nii.gz")  # a half-written output
+    write_pair(root / ".trash" / "caseY.nii.gz", root / ".trash" / "caseY_gt.nii.gz")
+    cohort = open_cohort(root)
+    assert cohort.patients() == ["caseA", "caseB", "caseC"] and cohort.problems == []
