@@ -193,3 +193,13 @@ def test_non_finite_voxels_survive_in_a_4d_nifti(tmp_path):
     volumes = read_frames(tmp_path / "cine.nii.gz")
     assert [int(np.isnan(v.array).sum()) for v in volumes] == [0, 0, 1]
     assert np.isnan(volumes[2].array[1, 2, 3])
+
+
+def test_nifti_accepts_directions_rounded_to_float32(tmp_path):
+    """A grid read from a float32 header is orthonormal only to ~1e-7: it must write without complaint."""
+    matrix = np.eye(4)
+    matrix[:3, :3] = (_rotation([0.3, -0.8, 0.2, 0.5]) * [0.7, 0.7, 6.0]).astype(np.float32)
+    matrix[:3, 3] = [10.0, -20.0, 30.0]
+    volume = Volume(np.ones((2, 3, 4), np.uint8), matrix)
+    back = read_volume(write_volume(volume, tmp_path / "f32.nii.gz"))
+    np.testing.assert_allclose(_corners(back), _corners(volume), atol=1e-4)
