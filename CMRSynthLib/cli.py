@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "restyle": "restyle",
     "privacy-budget": "privacy_budget",
     "inspect": "inspect",
+    "phantom": "phantom",
 }
 
 
