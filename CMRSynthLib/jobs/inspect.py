@@ -78,7 +78,7 @@ def format_report(report: dict, *, root: str) -> str:
              "vendors: " + ", ".join(f"{v} {n}" for v, n in sorted(Counter(c["vendor"] for c in cases).items())),
              "groups: " + ", ".join(f"{g} {n}" for g, n in sorted(Counter(c["group"] for c in cases).items())),
              "shapes (I×J×K): " + ", ".join(f"{s} {n}" for s, n in sorted(
-                 Counter(_cell(c["shape"], "d") for c in cases).items())),
+                 Counter("unreadable" if c["shape"] is None else _cell(c["shape"], "d") for c in cases).items())),
              ""]
     header = ["patient", "phase", "vendor", "group", "shape", "spacing mm", "axes",
               *(f"{s} ml" for s in STRUCTURES), "problems"]
