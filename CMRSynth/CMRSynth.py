@@ -1,0 +1,661 @@
+"""CMRSynth for 3D Slicer: synthetic cardiac MRI from a segmentation, in a chosen scanner vendor's style.
+
+Slicer glue only (DESIGN §1). The engine (CMRSynthLib) runs in its own ``cmrsynth`` process, started and
+followed by CMRSynthLib.gui (the same runner, controller and tabs as the standalone ``cmrsynth gui``).
+This file converts scene nodes to files and back (section "Scene <-> files"), and holds Slicer's four
+classes: Module, Widget, Logic (works from the Python console; never touches a widget) and Test.
+"""
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Annotated
+
+import qt
+import slicer
+import vtk
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer.i18n import tr as _
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+
+from CMRSynthLib.data.conventions import GROUPS, LV, MYO, RV
+from CMRSynthLib.data.volume import Volume, read_volume, write_volume
+from CMRSynthLib.gui import catalogue, controller, dependencies, scene
+from CMRSynthLib.gui.controller import JobState
+from CMRSynthLib.gui.jobs import JobRunner
+
+STRUCTURES = (LV, MYO, RV)
+SEGMENT_FIELDS = {LV: "lvSegment", MYO: "myoSegment", RV: "rvSegment"}
+ATTRIBUTE_PREFIX = "CMRSynth."
+
+
+#
+# Module
+#
+class CMRSynth(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("CMRSynth")
+        self.parent.categories = ["Cardiac"]
+        self.parent.dependencies = []
+        self.parent.contributors = ["CMRSynth developers"]
+        self.parent.helpText = _(
+            "Synthetic cardiac MRI from a heart segmentation, in the style of a chosen scanner vendor "
+            "(DDPM, latent diffusion, flow matching), trained with differential privacy and audited for "
+            "fidelity, utility and privacy. Every long task runs as a separate <code>cmrsynth</code> process.")
+        self.parent.acknowledgementText = _(
+            "Synthetic images are labelled as synthetic in their node attributes and file headers. "
+            "The bundled starter models were trained on a simulated phantom cohort, not on patients.")
+
+
+#
+# Parameter node: the single source of truth of the Generate tab
+#
+@parameterNodeWrapper
+class CMRSynthParameterNode:
+    segmentation: vtkMRMLSegmentationNode
+    referenceVolume: vtkMRMLScalarVolumeNode
+    lvSegment: str = ""
+    myoSegment: str = ""
+    rvSegment: str = ""
+    model: str = ""
+    vendor: str = ""
+    count: Annotated[int, WithinRange(1, 64)] = 1
+    seed: Annotated[int, WithinRange(0, 2**31 - 1)] = 0
+    steps: Annotated[int, WithinRange(0, 1000)] = 0  # 0: the model's default
+    sampler: str = ""
+    guidance: Annotated[float, WithinRange(0.0, 20.0)] = 1.0
+    device: Annotated[str, Choice(list(controller.DEVICES))] = "auto"
+    newAnatomy: Annotated[int, WithinRange(0, 64)] = 0
+    group: Annotated[str, Choice(["", *GROUPS])] = ""
+    modelFolder: Path = catalogue.default_model_folder()
+
+
+#
+# Widget
+#
+class CMRSynthWidget(ScriptedLoadableModuleWidget):
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._parameterObserverTag = None
+        self._sceneObserverTags = []
+        self._job = None
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/CMRSynth.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = CMRSynthLogic()
+
+        self._sceneObserverTags = [
+            slicer.mrmlScene.AddObserver(slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose),
+            slicer.mrmlScene.AddObserver(slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose),
+        ]
+        self.ui.generateButton.connect("clicked(bool)", self.onGenerateButton)
+        self.ui.restyleButton.connect("clicked(bool)", self.onRestyleButton)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
+        self.ui.modelBrowseButton.connect("clicked(bool)", self.onModelBrowse)
+        self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChosen)
+        self.ui.vendorComboBox.connect("currentIndexChanged(int)", self.onVendorChosen)
+        for label, combo in self._segmentCombos().items():
+            combo.connect("currentIndexChanged(int)", lambda index, label=label: self.onSegmentChosen(label))
+
+        # The tabs that work on files are the standalone panel's own, shared as they are.
+        from CMRSynthLib.gui.panel import AuditTab, JobContext, ReaderStudyTab, TrainTab
+
+        context = JobContext(python=self.logic.python, environment=self.logic.environment(),
+                             model_folder=lambda: str(self.logic.modelFolder))
+        self.trainTab = TrainTab(context, on_model=lambda info: self.refreshModels())
+        self.auditTab = AuditTab(context)
+        self.readerTab = ReaderStudyTab(show_slice=self.logic.showReaderSlice)
+        self.ui.tabs.addTab(self.trainTab, _("Train && DP"))
+        self.ui.tabs.addTab(self.auditTab, _("Audit"))
+        self.ui.tabs.addTab(self.readerTab, _("Reader study"))
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        for tag in self._sceneObserverTags:
+            slicer.mrmlScene.RemoveObserver(tag)
+        self.setParameterNode(None)
+        if self._job is not None:
+            self._job.cancel()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        self.setParameterNode(None)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    # -- parameter node ---------------------------------------------------------------------------
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        node = self._parameterNode
+        if not node.segmentation:
+            node.segmentation = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLSegmentationNode")
+        if not node.referenceVolume:
+            node.referenceVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+
+    def setParameterNode(self, parameterNode) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNode.RemoveObserver(self._parameterObserverTag)
+        self._parameterNode = parameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self._parameterObserverTag = self._parameterNode.AddObserver(
+                vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
+            self.refreshModels()
+            self.onParameterNodeModified()
+
+    def onParameterNodeModified(self, caller=None, event=None) -> None:
+        """Fill the widgets the wrapper cannot bind (lists that depend on the scene or the model)."""
+        node = self._parameterNode
+        if node is None:
+            return
+        self.logic.modelFolder = Path(node.modelFolder)
+        self._fillSegmentCombos(node)
+        info = self._chosenModel()
+        self.ui.modelCardLabel.text = info.describe() if info else _("No model found: train one or add a folder.")
+        vendors = list(info.vendors) if info else []
+        _setItems(self.ui.vendorComboBox, vendors, node.vendor)
+        ready = bool(node.segmentation and node.referenceVolume and info and self._job is None)
+        self.ui.generateButton.enabled = ready
+        self.ui.restyleButton.enabled = bool(ready and info and info.family in ("flow", "hybrid"))
+        self.ui.cancelButton.enabled = self._job is not None
+
+    def _segmentCombos(self):
+        return {LV: self.ui.lvSegmentComboBox, MYO: self.ui.myoSegmentComboBox, RV: self.ui.rvSegmentComboBox}
+
+    def _fillSegmentCombos(self, node) -> None:
+        segments = self.logic.segments(node.segmentation) if node.segmentation else {}
+        if segments and not any(getattr(node, field) in segments for field in SEGMENT_FIELDS.values()):
+            for label, segmentId in scene.guess_mapping(segments).items():
+                setattr(node, SEGMENT_FIELDS[label], segmentId)
+        for label, combo in self._segmentCombos().items():
+            combo.blockSignals(True)
+            combo.clear()
+            combo.addItem(_("(none)"), "")
+            for segmentId, (name, _terminology) in segments.items():
+                combo.addItem(name, segmentId)
+            combo.currentIndex = max(combo.findData(getattr(node, SEGMENT_FIELDS[label])), 0)
+            combo.blockSignals(False)
+
+    def onSegmentChosen(self, label) -> None:
+        if self._parameterNode:
+            setattr(self._parameterNode, SEGMENT_FIELDS[label], self._segmentCombos()[label].currentData or "")
+
+    def refreshModels(self) -> None:
+        node = self._parameterNode
+        models = self.logic.models()
+        combo = self.ui.modelComboBox
+        combo.blockSignals(True)
+        combo.clear()
+        for info in models:
+            combo.addItem(f"{info.name} ({info.family})", info.argument)
+        if node is not None and node.model and combo.findData(node.model) < 0 and Path(node.model).is_dir():
+            combo.addItem(Path(node.model).name, node.model)
+        combo.currentIndex = max(combo.findData(node.model), 0) if node is not None else 0
+        combo.blockSignals(False)
+        if node is not None and combo.count and not node.model:
+            node.model = combo.currentData
+
+    def _chosenModel(self):
+        argument = self._parameterNode.model if self._parameterNode else ""
+        if not argument:
+            return None
+        try:
+            return catalogue.find_model(argument, self.logic.modelFolder)
+        except ValueError:
+            return None
+
+    def onModelChosen(self, index) -> None:
+        if self._parameterNode and index >= 0:
+            self._parameterNode.model = self.ui.modelComboBox.itemData(index)
+
+    def onVendorChosen(self, index) -> None:
+        if self._parameterNode and index >= 0:
+            self._parameterNode.vendor = self.ui.vendorComboBox.itemText(index)
+
+    def onModelBrowse(self) -> None:
+        folder = qt.QFileDialog.getExistingDirectory(self.parent, _("Choose a CMRSynth checkpoint folder"))
+        if folder:
+            with slicer.util.tryWithErrorDisplay(_("This folder is not a CMRSynth model."), waitCursor=True):
+                catalogue.read_model(folder)
+                self._parameterNode.model = folder
+                self.refreshModels()
+
+    # -- actions ------------------------------------------------------------------------------------
+    def onGenerateButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Failed to generate synthetic images."), waitCursor=True):
+            self.logic.ensureDependencies(interactive=True)
+            node = self._parameterNode
+            job = self.logic.generate(
+                node.segmentation, node.referenceVolume, model=node.model, vendor=node.vendor, count=node.count,
+                seed=node.seed, steps=node.steps or None, sampler=node.sampler, guidance=node.guidance,
+                device=node.device, structures=self.logic.structuresFromParameterNode(node),
+                newAnatomy=node.newAnatomy, group=node.group, wait=False)
+            self._follow(job, onDone=lambda nodes: nodes and slicer.util.setSliceViewerLayers(background=nodes[0]))
+
+    def onRestyleButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Failed to restyle the volume."), waitCursor=True):
+            self.logic.ensureDependencies(interactive=True)
+            node = self._parameterNode
+            job = self.logic.restyle(node.referenceVolume, node.segmentation, vendor=node.vendor, model=node.model,
+                                     structures=self.logic.structuresFromParameterNode(node), wait=False)
+            self._follow(job, onDone=lambda volume: slicer.util.setSliceViewerLayers(background=volume))
+
+    def onCancelButton(self) -> None:
+        if self._job is not None:
+            self._job.cancel()
+
+    def _follow(self, job, onDone) -> None:
+        """Show a running job in the progress bar and status line; on success hand its result to ``onDone``."""
+        self._job = job
+        self.onParameterNodeModified()
+
+        def onEvent(status, payload):
+            fraction = status.fraction
+            self.ui.progressBar.setRange(0, 0 if fraction is None else 1000)
+            self.ui.progressBar.value = int(1000 * (fraction or 0))
+            self.ui.statusLabel.text = status.summary()
+
+        def onFinished(job):
+            self._job = None
+            self.ui.progressBar.setRange(0, 1000)
+            self.ui.progressBar.value = 1000 if job.status.state is JobState.DONE else 0
+            self.ui.statusLabel.text = job.status.summary()
+            self.onParameterNodeModified()
+            if job.status.state is JobState.FAILED:
+                slicer.util.errorDisplay(job.status.error, windowTitle=_("CMRSynth"))
+            elif job.status.state is JobState.DONE:
+                with slicer.util.tryWithErrorDisplay(_("Failed to show the results.")):
+                    onDone(job.result())
+
+        job.onEvent(onEvent)
+        job.onFinished(onFinished)
+
+
+#
+# Scene <-> files: the one place that converts MRML nodes to CMRSynth files and back
+#
+def volumeFromNode(volumeNode) -> Volume:
+    """A scalar volume node as a Volume (a copy of its voxels, its IJK-to-RAS matrix)."""
+    if volumeNode.GetParentTransformNode() is not None:
+        raise ValueError(f"{volumeNode.GetName()} is under a transform: harden the transform first")
+    matrix = vtk.vtkMatrix4x4()
+    volumeNode.GetIJKToRASMatrix(matrix)
+    return Volume(slicer.util.arrayFromVolume(volumeNode).copy(), scene.matrix_to_array(matrix))
+
+
+def writeMask(segmentationNode, referenceVolumeNode, structures, path) -> int:
+    """Write the mapped segments as a canonical label map on the reference geometry; returns overlap voxels."""
+    reference = volumeFromNode(referenceVolumeNode)
+    binaries = {label: slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, referenceVolumeNode)
+                for label, segmentId in structures.items()}
+    mask, overlap = scene.mask_volume(binaries, reference.ijk_to_ras)
+    write_volume(mask, path)
+    return overlap
+
+
+def addVolumeNode(path, name, attributes):
+    """Load a CMRSynth output file as a new scalar volume node with ``CMRSynth.*`` attributes."""
+    volume = read_volume(path)
+    node = slicer.util.addVolumeFromArray(volume.array, ijkToRAS=volume.ijk_to_ras, name=name)
+    for key, value in attributes.items():
+        node.SetAttribute(ATTRIBUTE_PREFIX + key, str(value))
+    return node
+
+
+#
+# Logic
+#
+class CMRSynthJob:
+    """A running ``cmrsynth`` job: ``status``, ``progress`` (0–1 or None), ``cancel()``, ``wait()`` → result.
+
+    The result (nodes, a model, a report) is made once, on the main thread, when the job finishes;
+    a cancelled or failed job adds nothing to the scene and leaves no files behind.
+    """
+
+    def __init__(self, runner, workDir, complete):
+        self.runner = runner
+        self._workDir = workDir
+        self._complete = complete
+        self._result = None
+        self._eventCallbacks = []
+        self._finishedCallbacks = []
+        for kind in ("start", "progress", "artefact", "warning", "error"):
+            runner.on(kind, self._onEvent)
+        runner.on("log", lambda status, line: logging.debug(f"cmrsynth: {line}"))
+        runner.on("finished", self._onFinished)
+
+    @property
+    def status(self):
+        return self.runner.status
+
+    @property
+    def progress(self):
+        return self.status.fraction
+
+    def onEvent(self, callback) -> None:
+        self._eventCallbacks.append(callback)
+
+    def onFinished(self, callback) -> None:
+        self._finishedCallbacks.append(callback)
+
+    def cancel(self) -> None:
+        self.runner.cancel()
+
+    def wait(self, timeout=None):
+        self.runner.wait(timeout)
+        return self.result()
+
+    def result(self):
+        state = self.status.state
+        if state is JobState.FAILED:
+            raise RuntimeError(self.status.error)
+        if state is JobState.CANCELLED:
+            raise RuntimeError(f"{self.status.command} was cancelled")
+        if state is not JobState.DONE:
+            raise RuntimeError(f"{self.status.command} is still running")
+        return self._result
+
+    def _onEvent(self, status, event) -> None:
+        if event.get("event") == "warning":
+            logging.warning(f"CMRSynth: {event.get('message')}")
+        for callback in self._eventCallbacks:
+            callback(status, event)
+
+    def _onFinished(self, status, _payload) -> None:
+        try:
+            if status.state is JobState.DONE:
+                self._result = self._complete(status)
+        except Exception as exc:  # a result that cannot be loaded fails the job, in words
+            status.state, status.error = JobState.FAILED, f"{type(exc).__name__}: {exc}"
+        finally:
+            if self._workDir:
+                shutil.rmtree(self._workDir, ignore_errors=True)
+        for callback in self._finishedCallbacks:
+            callback(self)
+
+
+class CMRSynthLogic(ScriptedLoadableModuleLogic):
+    """Everything the panel does, callable from the Python console; never touches a widget.
+
+    ``interactive=False`` (the default for console use) never opens a dialog: missing dependencies raise.
+    """
+
+    def __init__(self, modelFolder=None, interactive=False) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        self.modelFolder = Path(modelFolder) if modelFolder else catalogue.default_model_folder()
+        self.interactive = interactive
+        self.python = shutil.which("PythonSlicer") or "PythonSlicer"  # Slicer's own Python, on PATH in Slicer
+
+    def getParameterNode(self):
+        return CMRSynthParameterNode(super().getParameterNode())
+
+    # -- environment ----------------------------------------------------------------------------------
+    def environment(self):
+        """The job's environment: Slicer's startup environment plus this module's folder on PYTHONPATH."""
+        env = dict(slicer.util.startupEnvironment())
+        moduleDir = os.path.dirname(os.path.abspath(__file__))
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (moduleDir, env.get("PYTHONPATH", "")) if p)
+        return env
+
+    def ensureDependencies(self, interactive=None) -> None:
+        """Install what CMRSynth jobs need on first use, after the user agrees (when interactive).
+
+        torch comes from the PyTorch extension (PyTorchUtils picks the build for the GPU); the rest from
+        Resources/requirements.txt, with Slicer's numpy, SimpleITK, vtk and torch pinned so pip never
+        replaces them.
+        """
+        interactive = self.interactive if interactive is None else interactive
+        self._ensureTorch(interactive)
+        moduleDir = os.path.dirname(os.path.abspath(__file__))
+        requirementsPath = os.path.join(moduleDir, "Resources", "requirements.txt")
+        missing = dependencies.unmet(dependencies.read_requirements(requirementsPath))
+        if not missing:
+            return
+        constraintsPath = os.path.join(slicer.util.tempDirectory(), "cmrsynth-constraints.txt")
+        Path(constraintsPath).write_text(dependencies.constraints(), encoding="utf-8")
+        try:
+            import slicer.packaging as packaging  # Slicer 5.11 and later
+        except ImportError:
+            packaging = None
+        if packaging is not None:
+            packaging.pip_ensure(missing, constraints=constraintsPath, prompt_install=interactive,
+                                 requester="CMRSynth")
+            return
+        if not interactive:
+            raise RuntimeError("CMRSynth needs these Python packages: " + ", ".join(missing)
+                               + ". Call logic.ensureDependencies(interactive=True) or install them with "
+                               "slicer.util.pip_install.")
+        if not slicer.util.confirmOkCancelDisplay(
+                _("CMRSynth needs these Python packages, which will be downloaded and installed now:\n")
+                + "\n".join(missing), windowTitle=_("CMRSynth")):
+            raise RuntimeError("CMRSynth cannot run without its Python packages (installation declined).")
+        slicer.util.pip_install(missing + ["-c", constraintsPath])
+
+    def _ensureTorch(self, interactive) -> None:
+        try:
+            import PyTorchUtils
+        except ImportError:
+            if dependencies.unmet(["torch"]):
+                raise RuntimeError("CMRSynth needs PyTorch: install the PyTorch extension from the Extensions "
+                                   "Manager, restart Slicer, and try again.") from None
+            return
+        torchLogic = PyTorchUtils.PyTorchUtilsLogic()
+        if torchLogic.torchInstalled():
+            return
+        if not interactive:
+            raise RuntimeError("PyTorch is not installed yet: call logic.ensureDependencies(interactive=True) "
+                               "or install it from the PyTorch Utils module.")
+        torchLogic.installTorch(askConfirmation=True)
+        if not torchLogic.torchInstalled():
+            raise RuntimeError("CMRSynth cannot run without PyTorch (installation declined or failed).")
+
+    # -- models ---------------------------------------------------------------------------------------
+    def models(self):
+        """Starter models and the checkpoint folders in the model folder (list of ModelInfo)."""
+        return catalogue.list_models(self.modelFolder)
+
+    def segments(self, segmentationNode):
+        """Segment id → (name, terminology) of a segmentation node."""
+        segmentation = segmentationNode.GetSegmentation()
+        found = {}
+        for index in range(segmentation.GetNumberOfSegments()):
+            segment = segmentation.GetNthSegment(index)
+            terminology = segment.GetTerminology() if hasattr(segment, "GetTerminology") else ""
+            found[segmentation.GetNthSegmentID(index)] = (segment.GetName(), terminology or "")
+        return found
+
+    def structuresFromParameterNode(self, node):
+        return {label: getattr(node, field) for label, field in SEGMENT_FIELDS.items() if getattr(node, field)}
+
+    # -- jobs -----------------------------------------------------------------------------------------
+    def runJob(self, settings, complete, workDir=None):
+        """Start ``settings`` as a ``cmrsynth`` process; ``complete(status)`` makes the result when it succeeds."""
+        runner = JobRunner()
+        job = CMRSynthJob(runner, workDir, complete)
+        runner.start(controller.job_command(settings, python=self.python), environment=self.environment(),
+                     name=settings.command)
+        return job
+
+    def _workDir(self):
+        return tempfile.mkdtemp(prefix="CMRSynth-", dir=slicer.util.tempDirectory())
+
+    def generate(self, segmentationNode, referenceVolumeNode, model="flow", vendor="", count=1, seed=0,
+                 steps=None, sampler="", guidance=1.0, device="auto", structures=None, newAnatomy=0, group="",
+                 wait=True):
+        """Synthetic volumes for a segmentation, on the reference volume's geometry.
+
+        Returns the new volume nodes, named ``<volume>_synth_<vendor>_<seed>`` (or, with ``wait=False``,
+        a :class:`CMRSynthJob` whose ``wait()`` returns them). ``structures`` maps canonical labels
+        (1 LV blood pool, 2 myocardium, 3 RV) to segment ids; by default it is guessed from segment names.
+        """
+        if segmentationNode is None or referenceVolumeNode is None:
+            raise ValueError("generate needs a segmentation node and a reference volume node")
+        info = catalogue.find_model(model, self.modelFolder)
+        structures = structures or scene.guess_mapping(self.segments(segmentationNode))
+        vendor = vendor or (info.vendors[0] if info.vendors else "")
+        workDir = self._workDir()
+        try:
+            overlap = writeMask(segmentationNode, referenceVolumeNode, structures, os.path.join(workDir, "mask.nii.gz"))
+        except Exception:
+            shutil.rmtree(workDir, ignore_errors=True)
+            raise
+        if overlap:
+            logging.warning(f"CMRSynth: {overlap} voxels belong to more than one mapped segment; the last wins")
+        settings = controller.SampleSettings(
+            model=info.argument, mask=os.path.join(workDir, "mask.nii.gz"), out=os.path.join(workDir, "out"),
+            vendor=vendor, count=count, seed=seed, steps=steps, sampler=sampler, guidance=guidance, device=device,
+            new_anatomy=newAnatomy, group=group)
+        attributes = {"generator": info.family, "modelId": info.model_id, "model": info.argument,
+                      "epsilon": "none" if info.epsilon is None else info.epsilon, "synthetic": "true"}
+
+        def complete(status):
+            nodes = []
+            for path, kind in status.artefacts:
+                if kind in ("mask", "label", "anatomy"):
+                    nodes.append(slicer.util.loadSegmentation(path))
+                    continue
+                outVendor, outSeed = scene.parse_synthetic_name(path)
+                name = scene.synthetic_node_name(referenceVolumeNode.GetName(), path)
+                nodes.append(addVolumeNode(path, name, {**attributes, "vendor": outVendor, "seed": outSeed}))
+            return nodes
+
+        job = self.runJob(settings, complete, workDir)
+        return job.wait() if wait else job
+
+    def restyle(self, volumeNode, segmentationNode, vendor, model="flow", structures=None, wait=True):
+        """``volumeNode`` re-rendered in ``vendor``'s style (flow-matching inversion) → a new volume node."""
+        info = catalogue.find_model(model, self.modelFolder)
+        structures = structures or scene.guess_mapping(self.segments(segmentationNode))
+        workDir = self._workDir()
+        image, mask = os.path.join(workDir, "image.nii.gz"), os.path.join(workDir, "mask.nii.gz")
+        try:
+            write_volume(volumeFromNode(volumeNode), image)
+            writeMask(segmentationNode, volumeNode, structures, mask)
+        except Exception:
+            shutil.rmtree(workDir, ignore_errors=True)
+            raise
+        out = os.path.join(workDir, "restyled.nii.gz")
+        settings = controller.RestyleSettings(model=info.argument, image=image, mask=mask, vendor=vendor, out=out)
+        attributes = {"generator": info.family, "modelId": info.model_id, "vendor": vendor, "restyled": "true",
+                      "source": volumeNode.GetName()}
+        job = self.runJob(settings, lambda status: addVolumeNode(
+            out, f"{volumeNode.GetName()}_restyled_{vendor}", attributes), workDir)
+        return job.wait() if wait else job
+
+    def train(self, data, out=None, generator="flow", preset="tiny", init="", dp=False, epsilon=None, delta=None,
+              maxGradNorm=None, maxSteps=None, wait=True):
+        """Train a generator on a cohort folder; the model lands in the model folder → its ModelInfo."""
+        out = out or str(self.modelFolder / f"{generator}-{time.strftime('%Y%m%d-%H%M%S')}")
+        settings = controller.TrainSettings(data=str(data), out=str(out), generator=generator, preset=preset,
+                                            init=init, dp=dp, epsilon=epsilon, delta=delta,
+                                            max_grad_norm=maxGradNorm, max_steps=maxSteps)
+        job = self.runJob(settings, lambda status: catalogue.read_model(out))
+        return job.wait() if wait else job
+
+    def audit(self, model, data, out=None, quick=False, wait=True):
+        """Audit a model against real data → the report's JSON as a dict (``report.html`` beside it)."""
+        import json
+
+        info = catalogue.find_model(model, self.modelFolder)
+        out = out or str(self.modelFolder / f"audit-{info.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+        settings = controller.AuditSettings(model=info.argument, data=str(data), out=str(out), quick=quick)
+        job = self.runJob(settings, lambda status: json.loads(Path(out, "report.json").read_text(encoding="utf-8")))
+        return job.wait() if wait else job
+
+    # -- reader study display ------------------------------------------------------------------------
+    def showReaderSlice(self, image, label):
+        """Show one blinded 2D slice (H, W) of the reader study in the Red slice view."""
+        name = "CMRSynth reader study"
+        node = slicer.mrmlScene.GetFirstNodeByName(name)
+        array = image.reshape(1, *image.shape)
+        if node is None:
+            node = slicer.util.addVolumeFromArray(array, name=name)
+        else:
+            slicer.util.updateVolumeFromArray(node, array)
+        node.SetAttribute(ATTRIBUTE_PREFIX + "readerItem", str(label))
+        slicer.util.setSliceViewerLayers(background=node, fit=True)
+
+
+def _setItems(combo, items, current) -> None:
+    combo.blockSignals(True)
+    combo.clear()
+    for item in items:
+        combo.addItem(item)
+    combo.currentIndex = max(combo.findText(current), 0) if current else 0
+    combo.blockSignals(False)
+
+
+#
+# Test (runs inside Slicer: Reload and Test, or ctest via slicer_add_python_unittest)
+#
+class CMRSynthTest(ScriptedLoadableModuleTest):
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_generate_keeps_reference_geometry()
+
+    def test_generate_keeps_reference_geometry(self):
+        import numpy as np
+
+        self.delayDisplay("Building an oblique reference volume and a three-structure segmentation")
+        shape = (4, 32, 32)
+        angle = np.deg2rad(20)
+        ijkToRAS = np.eye(4)
+        ijkToRAS[:3, :3] = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0],
+                                     [0, 0, 1]]) @ np.diag([1.4, 1.4, 8.0])
+        ijkToRAS[:3, 3] = [-20.0, 15.0, 30.0]
+        reference = slicer.util.addVolumeFromArray(np.zeros(shape, dtype=np.float32), ijkToRAS=ijkToRAS, name="cine")
+        labels = np.zeros(shape, dtype=np.uint8)
+        yy, xx = np.mgrid[:32, :32]
+        radius = np.hypot(yy - 16, xx - 13)
+        labels[:, radius < 5] = LV
+        labels[:, (radius >= 5) & (radius < 8)] = MYO
+        labels[:, (np.hypot(yy - 16, xx - 23) < 5) & (radius >= 8)] = RV
+        labelmap = slicer.util.addVolumeFromArray(labels, ijkToRAS=ijkToRAS, name="labels",
+                                                  nodeClassName="vtkMRMLLabelMapVolumeNode")
+        segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+        slicer.modules.segmentations.logic().ImportLabelmapToSegmentationNode(labelmap, segmentation)
+        segmentIds = [segmentation.GetSegmentation().GetNthSegmentID(i) for i in range(3)]
+
+        logic = CMRSynthLogic()
+        starters = [info for info in logic.models() if info.starter]
+        self.assertTrue(starters, "no starter model is bundled")
+        self.delayDisplay(f"Generating with {starters[0].name} on CPU")
+        nodes = logic.generate(segmentation, reference, model=starters[0].name, count=2, seed=5, steps=2,
+                               device="cpu", structures=dict(zip((LV, MYO, RV), segmentIds)))
+        vendor = nodes[0].GetAttribute("CMRSynth.vendor")
+        self.assertEqual([n.GetName() for n in nodes], [f"cine_synth_{vendor}_5", f"cine_synth_{vendor}_6"])
+        for node in nodes:
+            self.assertEqual(slicer.util.arrayFromVolume(node).shape, shape)
+            matrix = vtk.vtkMatrix4x4()
+            node.GetIJKToRASMatrix(matrix)
+            self.assertTrue(np.allclose(scene.matrix_to_array(matrix), ijkToRAS, atol=1e-4))
+            self.assertEqual(node.GetAttribute("CMRSynth.synthetic"), "true")
+        self.delayDisplay("Test passed")

@@ -1,0 +1,110 @@
+"""The models a person can pick: bundled starter models plus checkpoint folders in the user's model folder.
+
+A model is a checkpoint folder holding ``card.json`` (see :mod:`CMRSynthLib.training.checkpoint`). The card
+is read as JSON here, without torch, because the panel's process (Slicer before its first job, or a plain
+Qt window) need not have torch at all. The model folder defaults to ``~/.cmrsynth/models``: outside any
+Slicer installation, so every Slicer version and the command line share it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from CMRSynthLib.errors import InputError
+
+CARD = "card.json"
+USER_MODELS_ENV = "CMRSYNTH_MODEL_FOLDER"
+STARTER_MODELS_ENV = "CMRSYNTH_MODELS"  # the starter-model override of training.checkpoint.models_dir()
+
+
+def default_model_folder() -> Path:
+    """Where trained models go unless the user chooses: ``$CMRSYNTH_MODEL_FOLDER`` or ``~/.cmrsynth/models``."""
+    env = os.environ.get(USER_MODELS_ENV)
+    return Path(env) if env else Path.home() / ".cmrsynth" / "models"
+
+
+def starter_folder() -> Path:
+    """The bundled starter models (same rule as ``training.checkpoint.models_dir``, which imports torch)."""
+    env = os.environ.get(STARTER_MODELS_ENV)
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "Resources" / "models"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the panel shows about one checkpoint folder."""
+
+    name: str
+    path: Path
+    family: str
+    starter: bool
+    epsilon: float | None = None
+    delta: float | None = None
+    vendors: tuple[str, ...] = ()
+    patients: int | None = None
+    model_id: str = ""
+    card: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def argument(self) -> str:
+        """What ``--model`` gets: the starter's name, or the folder."""
+        return self.name if self.starter else str(self.path)
+
+    def describe(self) -> str:
+        """One line: generator, training data and privacy."""
+        origin = "starter model" if self.starter else str(self.path)
+        data = f"trained on {self.patients} patients" if self.patients is not None else "training data unknown"
+        privacy = (f"DP ε = {self.epsilon:.3g}" + (f", δ = {self.delta:.1e}" if self.delta else "")
+                   if self.epsilon is not None else "no differential privacy")
+        return f"{self.family} · {data} · {privacy} · {origin}"
+
+
+def read_model(path: str | os.PathLike, *, starter: bool = False) -> ModelInfo:
+    """The :class:`ModelInfo` of checkpoint folder ``path``; :class:`InputError` if it has no readable card."""
+    path = Path(path)
+    card_path = path / CARD
+    if not card_path.is_file():
+        raise InputError(f"is not a CMRSynth model folder (no {CARD})", path=path)
+    try:
+        card = json.loads(card_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"is not readable JSON ({exc})", path=card_path) from None
+    if not isinstance(card, dict) or "family" not in card:
+        raise InputError("has no generator family; is this a CMRSynth checkpoint card?", path=card_path)
+    privacy = card.get("privacy") or {}
+    members = card.get("members")
+    return ModelInfo(name=path.name, path=path, family=str(card["family"]), starter=starter,
+                     epsilon=privacy.get("epsilon"), delta=privacy.get("delta"),
+                     vendors=tuple((card.get("vocabulary") or {}).get("vendors", ())),
+                     patients=len(members) if isinstance(members, list) else None,
+                     model_id=str(card.get("model_id", "")), card=card)
+
+
+def list_models(folder: str | os.PathLike | None = None) -> list[ModelInfo]:
+    """Starter models first, then every checkpoint folder directly inside ``folder`` (default model folder).
+
+    Folders without a readable card are skipped (a run still writing has no card yet).
+    """
+    found = []
+    for root, starter in ((starter_folder(), True), (Path(folder) if folder else default_model_folder(), False)):
+        if not root.is_dir():
+            continue
+        for path in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            try:
+                found.append(read_model(path, starter=starter))
+            except InputError:
+                continue
+    return found
+
+
+def find_model(name_or_path: str, folder: str | os.PathLike | None = None) -> ModelInfo:
+    """A model by starter name, by folder name in the model folder, or by path."""
+    for info in list_models(folder):
+        if name_or_path in (info.name, str(info.path)):
+            return info
+    if Path(name_or_path).is_dir():
+        return read_model(name_or_path)
+    known = ", ".join(info.name for info in list_models(folder)) or "none installed"
+    raise InputError(f"no model named {name_or_path!r} (known: {known})")
