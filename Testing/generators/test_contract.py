@@ -16,6 +16,7 @@ from CMRSynthLib.generators import (GENERATORS, build_generator, config_from_dic
 from CMRSynthLib.generators.base import Conditions, Vocabulary
 
 VOCABULARY = Vocabulary(vendors=("Siemens", "Philips", "GE", "Canon"))
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # diffusers + numpy 2
 SIZES = {2: (32, 32), 3: (4, 32, 32)}
 THREE_D = {"flow", "ldm", "ddpm", "anatomy"}  # families whose 3D path the contract runs (hybrid = flow + ddpm)
 CASES = [(family, sampler, dims) for family, cls in GENERATORS.items() for sampler in cls.samplers
