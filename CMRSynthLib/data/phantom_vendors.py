@@ -63,7 +63,7 @@ def patient_style(style: VendorStyle, rng: np.random.Generator) -> VendorStyle:
     """The vendor's style with this patient's scan-to-scan variation (coil, shim, protocol tweaks)."""
     contrast = {k: (v if k == "blood" else v * rng.normal(1.0, 0.03)) for k, v in style.contrast.items()}
     return replace(style, contrast=contrast, snr=style.snr * rng.uniform(0.88, 1.12),
-                   fov_mm=style.fov_mm * rng.uniform(0.95, 1.05), scale=style.scale * rng.uniform(0.9, 1.1))
+                   fov_mm=style.fov_mm * rng.uniform(0.97, 1.03), scale=style.scale * rng.uniform(0.9, 1.1))
 
 
 @lru_cache(maxsize=32)
