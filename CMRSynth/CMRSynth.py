@@ -179,9 +179,10 @@ class CMRSynthWidget(ScriptedLoadableModuleWidget):
         self.ui.modelCardLabel.text = info.describe() if info else _("No model found: train one or add a folder.")
         vendors = list(info.vendors) if info else []
         _setItems(self.ui.vendorComboBox, vendors, node.vendor)
-        ready = bool(node.segmentation and node.referenceVolume and info and self._job is None)
-        self.ui.generateButton.enabled = ready
-        self.ui.restyleButton.enabled = bool(ready and info and info.family in ("flow", "hybrid"))
+        anatomy = bool(node.segmentation and node.referenceVolume)
+        idle = bool(info and self._job is None)
+        self.ui.generateButton.enabled = idle and (anatomy or node.newAnatomy > 0)
+        self.ui.restyleButton.enabled = idle and anatomy and info.family in ("flow", "hybrid")
         self.ui.cancelButton.enabled = self._job is not None
 
     def _segmentCombos(self):
@@ -509,38 +510,46 @@ class CMRSynthLogic(ScriptedLoadableModuleLogic):
                  wait=True):
         """Synthetic volumes for a segmentation, on the reference volume's geometry.
 
-        Returns the new volume nodes, named ``<volume>_synth_<vendor>_<seed>`` (or, with ``wait=False``,
-        a :class:`CMRSynthJob` whose ``wait()`` returns them). ``structures`` maps canonical labels
-        (1 LV blood pool, 2 myocardium, 3 RV) to segment ids; by default it is guessed from segment names.
+        Returns the new volume nodes, named ``<volume>_synth_<vendor>_<seed>`` for seeds ``seed`` to
+        ``seed + count - 1`` (or, with ``wait=False``, a :class:`CMRSynthJob` whose ``wait()`` returns them).
+        ``vendor`` "" is unconditional ("any"). ``structures`` maps canonical labels (1 LV blood pool,
+        2 myocardium, 3 RV) to segment ids; by default it is guessed from the segment names.
+        ``newAnatomy`` > 0 ignores the segmentation: the model draws that many new masks (added as
+        segmentation nodes) and images for them.
         """
-        if segmentationNode is None or referenceVolumeNode is None:
-            raise ValueError("generate needs a segmentation node and a reference volume node")
         info = catalogue.find_model(model, self.modelFolder)
-        structures = structures or scene.guess_mapping(self.segments(segmentationNode))
-        vendor = vendor or (info.vendors[0] if info.vendors else "")
         workDir = self._workDir()
+        mask = ""
         try:
-            overlap = writeMask(segmentationNode, referenceVolumeNode, structures, os.path.join(workDir, "mask.nii.gz"))
+            if not newAnatomy:
+                if segmentationNode is None or referenceVolumeNode is None:
+                    raise ValueError("generate needs a segmentation node and a reference volume node")
+                structures = structures or scene.guess_mapping(self.segments(segmentationNode))
+                mask = os.path.join(workDir, "mask.nii.gz")
+                overlap = writeMask(segmentationNode, referenceVolumeNode, structures, mask)
+                if overlap:
+                    logging.warning(f"CMRSynth: {overlap} voxels belong to more than one mapped segment; "
+                                    "the structure with the higher label wins")
+            settings = controller.SampleSettings(
+                model=info.argument, mask=mask, out=os.path.join(workDir, "out"), vendor=vendor, count=count,
+                seed=seed, steps=steps, sampler=sampler, guidance=guidance, device=device, new_anatomy=newAnatomy,
+                group=group)
+            settings.arguments()  # refuse bad settings before starting anything
         except Exception:
             shutil.rmtree(workDir, ignore_errors=True)
             raise
-        if overlap:
-            logging.warning(f"CMRSynth: {overlap} voxels belong to more than one mapped segment; the last wins")
-        settings = controller.SampleSettings(
-            model=info.argument, mask=os.path.join(workDir, "mask.nii.gz"), out=os.path.join(workDir, "out"),
-            vendor=vendor, count=count, seed=seed, steps=steps, sampler=sampler, guidance=guidance, device=device,
-            new_anatomy=newAnatomy, group=group)
         attributes = {"generator": info.family, "modelId": info.model_id, "model": info.argument,
                       "epsilon": "none" if info.epsilon is None else info.epsilon, "synthetic": "true"}
+        baseName = referenceVolumeNode.GetName() if referenceVolumeNode is not None and not newAnatomy else ""
 
         def complete(status):
             nodes = []
             for path, kind in status.artefacts:
-                if kind in ("mask", "label", "anatomy"):
+                if kind == "mask":  # new anatomy drawn by the stage-1 model
                     nodes.append(slicer.util.loadSegmentation(path))
                     continue
                 outVendor, outSeed = scene.parse_synthetic_name(path)
-                name = scene.synthetic_node_name(referenceVolumeNode.GetName(), path)
+                name = scene.synthetic_node_name(baseName, path) if baseName else Path(path).name.split(".")[0]
                 nodes.append(addVolumeNode(path, name, {**attributes, "vendor": outVendor, "seed": outSeed}))
             return nodes
 
@@ -648,9 +657,11 @@ class CMRSynthTest(ScriptedLoadableModuleTest):
         starters = [info for info in logic.models() if info.starter]
         self.assertTrue(starters, "no starter model is bundled")
         self.delayDisplay(f"Generating with {starters[0].name} on CPU")
-        nodes = logic.generate(segmentation, reference, model=starters[0].name, count=2, seed=5, steps=2,
-                               device="cpu", structures=dict(zip((LV, MYO, RV), segmentIds)))
-        vendor = nodes[0].GetAttribute("CMRSynth.vendor")
+        nodes = logic.generate(segmentation, reference, model=starters[0].name, vendor=starters[0].vendors[0],
+                               count=2, seed=5, steps=2, device="cpu",
+                               structures=dict(zip((LV, MYO, RV), segmentIds)))
+        vendor = starters[0].vendors[0]
+        nodes = [node for node in nodes if node.IsA("vtkMRMLScalarVolumeNode")]
         self.assertEqual([n.GetName() for n in nodes], [f"cine_synth_{vendor}_5", f"cine_synth_{vendor}_6"])
         for node in nodes:
             self.assertEqual(slicer.util.arrayFromVolume(node).shape, shape)

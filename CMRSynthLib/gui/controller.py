@@ -12,6 +12,7 @@ The standalone panel, the Slicer module's Logic and the tests all build their co
 from __future__ import annotations
 
 import enum
+import json
 import math
 import sys
 from dataclasses import dataclass, field
@@ -59,12 +60,15 @@ def _optional(flag: str, value: str | None) -> list[str]:
 # -- one settings class per command ------------------------------------------------------------------
 @dataclass(frozen=True)
 class SampleSettings:
-    """``cmrsynth sample``: synthetic images for a mask file (or a folder of masks)."""
+    """``cmrsynth sample``: synthetic images for a mask file (or a folder of masks), or for new anatomy.
+
+    ``new_anatomy`` > 0 draws that many new masks with the stage-1 model instead of reading ``mask``.
+    """
 
     command: ClassVar[str] = "sample"
     model: str
-    mask: str
     out: str
+    mask: str = ""
     vendor: str = ""
     count: int = 1
     seed: int = 0
@@ -76,17 +80,21 @@ class SampleSettings:
     group: str = ""
 
     def arguments(self) -> list[str]:
-        args = ["--model", _text("model", self.model), "--mask", _text("mask", self.mask),
-                "--out", _text("output folder", self.out), "--count", _integer("count", self.count, 1),
-                "--seed", _integer("seed", self.seed, 0)]
+        args = ["--model", _text("model", self.model)]
+        if _integer("new anatomy", self.new_anatomy, 0) != "0":
+            if self.mask:
+                raise InputError("choose either a mask or new anatomy, not both")
+            args += ["--new-anatomy", str(self.new_anatomy)] + _optional("--group", self.group)
+        else:
+            args += ["--mask", _text("mask", self.mask)]
+        args += ["--out", _text("output folder", self.out), "--count", _integer("count", self.count, 1),
+                 "--seed", _integer("seed", self.seed, 0)]
         args += _optional("--vendor", self.vendor)
         args += _optional("--steps", None if self.steps is None else _integer("steps", self.steps, 1))
         args += _optional("--sampler", self.sampler)
         args += _optional("--guidance", None if self.guidance is None else _positive("guidance", self.guidance))
         if _choice("device", self.device, DEVICES) != "auto":
             args += ["--device", self.device]
-        if _integer("new anatomy", self.new_anatomy, 0) != "0":
-            args += ["--new-anatomy", str(self.new_anatomy)] + _optional("--group", self.group)
         return args
 
 
@@ -105,6 +113,9 @@ class TrainSettings:
     delta: float | None = None
     max_grad_norm: float | None = None
     max_steps: int | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    device: str = "auto"
 
     def arguments(self) -> list[str]:
         args = ["--data", _text("data", self.data), "--generator", _choice("generator", self.generator, GENERATORS),
@@ -118,6 +129,10 @@ class TrainSettings:
         elif self.epsilon is not None or self.delta is not None or self.max_grad_norm is not None:
             raise InputError("ε, δ and the clipping norm apply to DP training only; switch DP on or clear them")
         args += _optional("--max-steps", None if self.max_steps is None else _integer("max steps", self.max_steps, 1))
+        args += _optional("--epochs", None if self.epochs is None else _integer("epochs", self.epochs, 1))
+        args += _optional("--batch-size", None if self.batch_size is None else _integer("batch size", self.batch_size, 1))
+        if _choice("device", self.device, DEVICES) != "auto":
+            args += ["--device", self.device]
         return args
 
 
@@ -156,7 +171,10 @@ class AuditSettings:
 
 @dataclass(frozen=True)
 class BudgetSettings:
-    """``cmrsynth privacy-budget``: ε for a noise multiplier, or the noise for a target ε, before training."""
+    """``cmrsynth privacy-budget``: ε for a noise multiplier, or the noise for a target ε, before training.
+
+    The plan comes back as one JSON line on stdout (``--json``); read it with :func:`budget_plan`.
+    """
 
     command: ClassVar[str] = "privacy-budget"
     patients: int
@@ -174,7 +192,7 @@ class BudgetSettings:
                 "--batch-size", _integer("batch size", self.batch_size, 1),
                 "--epochs", _integer("epochs", self.epochs, 1),
                 "--delta", _positive("δ", self.delta, below=1.0),
-                "--accountant", _choice("accountant", self.accountant, ACCOUNTANTS)]
+                "--accountant", _choice("accountant", self.accountant, ACCOUNTANTS), "--json"]
         if self.noise_multiplier is not None:
             return args + ["--noise-multiplier", _positive("noise multiplier", self.noise_multiplier)]
         return args + ["--epsilon", _positive("target ε", self.epsilon)]
@@ -192,6 +210,17 @@ class PhantomSettings:
     def arguments(self) -> list[str]:
         return ["--out", _text("output folder", self.out), "--patients", _integer("patients", self.patients, 1),
                 "--seed", _integer("seed", self.seed, 0)]
+
+
+def budget_plan(line: str) -> dict | None:
+    """The privacy-budget plan (epsilon, delta, noise_multiplier, steps, ...) from one output line, or None."""
+    try:
+        plan = json.loads(line)
+    except (json.JSONDecodeError, TypeError):
+        return None
+    if isinstance(plan, dict) and {"epsilon", "noise_multiplier", "steps"} <= set(plan):
+        return plan
+    return None
 
 
 Settings = SampleSettings | TrainSettings | RestyleSettings | AuditSettings | BudgetSettings | PhantomSettings

@@ -248,10 +248,3 @@ def test_the_ui_file_loads_in_qt(qapp):
     ui_file.close()
     assert widget is not None
     assert widget.findChild(QtCore.QObject, "generateButton").text() == "Generate"
-
-
-@pytest.fixture
-def qapp():
-    from Qt import QtWidgets
-
-    return QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
