@@ -142,7 +142,7 @@ def restyle(generator, card: dict, image: Volume, mask: Volume, *, vendor: str, 
     """
     from CMRSynthLib.data.preprocess import prepare_case
 
-    if not hasattr(generator, "restyle"):
+    if not hasattr(generator, "restyle") or card["family"] == "anatomy":
         raise InputError(f"restyle needs a flow-matching model (invertible); this checkpoint is a "
                          f"{card['family']} model")
     check_finite(image, path=image_path)

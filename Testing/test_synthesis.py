@@ -1,55 +1,30 @@
-"""synthesize(): mask geometry kept exactly, determinism, synthetic marker, bad masks refused."""
+"""synthesize() and restyle() with a tiny trained flow: exact mask geometry, determinism, marker, bad input."""
 
 import numpy as np
 import pytest
-import torch
-from scipy.spatial.transform import Rotation
 
 from CMRSynthLib.data.volume import Volume
 from CMRSynthLib.errors import InputError
-from CMRSynthLib.synthesis import synthesize
+from CMRSynthLib.synthesis import restyle, synthesize
 from CMRSynthLib.training import checkpoint as ckpt
-import sys; sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent / "training"))  # stand-in until generators land
-from test_loop import Toy, ToyConfig, install_toy  # noqa: E402
+from training_fixtures import oblique_mask, phantom, tiny_flow  # noqa: F401 - fixtures
 
 
-def oblique_mask(shape=(3, 40, 36), spacing=(1.3, 1.7, 8.0)) -> Volume:
-    """Canonical labels on an oblique, anisotropic grid (rotated about all three axes, off-origin)."""
-    k, h, w = shape
-    yy, xx = np.mgrid[:h, :w]
-    r = np.hypot(yy - h / 2, xx - w / 2)
-    labels = np.zeros(shape, np.uint8)
-    labels[:, r < 9] = 2
-    labels[:, r < 6] = 1
-    labels[:, 5:12, 4:10] = 3
-    matrix = np.eye(4)
-    matrix[:3, :3] = Rotation.from_euler("xyz", [25, -40, 70], degrees=True).as_matrix() * np.asarray(spacing)
-    matrix[:3, 3] = (-31.5, 12.25, 80.0)
-    return Volume(labels, matrix)
-
-
-@pytest.fixture
-def model(monkeypatch):
-    install_toy(monkeypatch)
-    torch.manual_seed(0)
-    card = {"family": "toy", "model_id": "0123456789abcdef", "vocabulary": {"vendors": ["GE", "Siemens"],
-            "phases": ["ED", "ES"], "groups": ["NOR"]},
-            "preprocessing": {"spacing": [1.5, 1.5], "size": [32, 32], "clip_percentiles": [0.5, 99.5],
-                              "n4": False, "interpolation": "linear"},
-            "intensity": {"GE": [10.0, 510.0], "*": [0.0, 300.0]}}
-    generator = Toy(ToyConfig())
-    generator.config = type("C", (), {"spatial_dims": 2, "image_size": (32, 32), "to_dict": lambda s: {}})()
-    return generator.eval(), card
+@pytest.fixture(scope="module")
+def model(tiny_flow):  # noqa: F811
+    generator, card = ckpt.load_checkpoint(tiny_flow)
+    card = {**card, "intensity": {**card["intensity"], "Siemens": [10.0, 510.0]}}
+    return generator, card
 
 
 def test_output_lies_on_the_oblique_mask_grid_exactly(model):
     generator, card = model
     mask = oblique_mask()
-    (image,) = synthesize(generator, card, mask, vendor="GE", seed=4, steps=3)
+    (image,) = synthesize(generator, card, mask, vendor="Siemens", seed=4, steps=3)
     assert image.shape == mask.shape and np.array_equal(image.ijk_to_ras, mask.ijk_to_ras)
     assert image.array.dtype == np.float32 and np.isfinite(image.array).all()
-    assert 10.0 <= image.array.min() and image.array.max() <= 510.0  # GE's recorded range
-    assert image.metadata["descrip"] == "SYNTHETIC CMRSynth toy seed=4 vendor=GE model=0123456789abcdef"
+    assert 10.0 <= image.array.min() and image.array.max() <= 510.0  # the recorded range for Siemens
+    assert image.metadata["descrip"] == f"SYNTHETIC CMRSynth flow seed=4 vendor=Siemens model={card['model_id']}"
     assert image.metadata["cmrsynth_synthetic"] == "true" and image.metadata["cmrsynth_steps"] == "3"
 
 
@@ -81,17 +56,53 @@ def test_bad_masks_are_refused(model, change, message):
     mask = oblique_mask()
     bad = Volume(change(mask.array.astype(np.float32)), mask.ijk_to_ras)
     with pytest.raises(InputError, match=message):
-        synthesize(generator, card, bad, vendor="GE", path="m.nii.gz")
+        synthesize(generator, card, bad, vendor="Siemens", path="m.nii.gz")
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"vendor": "Canon"}, "unknown vendor 'Canon'; this model knows GE, Siemens"),
-    ({"vendor": "GE", "steps": 0}, "--steps must be a positive"),
-    ({"vendor": "GE", "guidance": -1.0}, "--guidance must be ≥ 0"),
-    ({"vendor": "GE", "count": 0}, "--count"),
-    ({"vendor": "GE", "phase": "MID"}, "unknown phase"),
+    ({"vendor": "Hitachi"}, "unknown vendor 'Hitachi'; this model knows Canon, Philips, Siemens"),
+    ({"vendor": "Siemens", "steps": 0}, "--steps must be a positive"),
+    ({"vendor": "Siemens", "guidance": -1.0}, "--guidance must be ≥ 0"),
+    ({"vendor": "Siemens", "count": 0}, "--count"),
+    ({"vendor": "Siemens", "phase": "MID"}, "unknown phase"),
+    ({"vendor": "Siemens", "sampler": "rk45"}, "--sampler 'rk45' is not available for flow"),
 ])
 def test_bad_options_are_refused(model, kwargs, message):
     generator, card = model
     with pytest.raises(InputError, match=message):
         synthesize(generator, card, oblique_mask(), **kwargs)
+
+
+def test_restyle_to_the_same_vendor_gives_the_image_back(model, phantom):  # noqa: F811
+    from CMRSynthLib.data.cohorts import load_case, open_cohort
+
+    generator, card = model
+    case = load_case(open_cohort(phantom).records[0])
+    out = restyle(generator, card, case.image, case.label, vendor=case.vendor, source_vendor=case.vendor, steps=8)
+    assert out.same_geometry(case.image) and out.metadata["descrip"].startswith("SYNTHETIC")
+    original = case.image.array.astype(np.float64)
+    error = np.abs(out.array - original)
+    assert np.median(error) < 0.02 * np.ptp(original)  # inversion + integration error only
+    other = restyle(generator, card, case.image, case.label, vendor="Canon", source_vendor=case.vendor, steps=8)
+    assert np.abs(other.array - original).mean() > np.abs(out.array - original).mean()
+
+
+def test_restyle_refuses_nan_mismatch_and_non_flow_models(model, phantom):  # noqa: F811
+    from CMRSynthLib.data.cohorts import load_case, open_cohort
+
+    generator, card = model
+    case = load_case(open_cohort(phantom).records[0])
+    nan = case.image.array.astype(np.float32).copy()
+    nan[0, 0, 0] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        restyle(generator, card, Volume(nan, case.image.ijk_to_ras), case.label, vendor="Siemens", image_path="i.nii.gz")
+    moved = case.image.ijk_to_ras.copy()
+    moved[0, 3] += 5.0
+    with pytest.raises(InputError, match="geometry differs"):
+        restyle(generator, card, case.image, Volume(case.label.array, moved), vendor="Siemens")
+    from CMRSynthLib.generators import build_generator, config_from_dict
+
+    ddpm = build_generator("ddpm", config_from_dict("ddpm", {k: v for k, v in card["config"].items()
+                                                              if k in ("spatial_dims", "image_size", "vocabulary")}))
+    with pytest.raises(InputError, match="needs a flow-matching model"):
+        restyle(ddpm, {**card, "family": "ddpm"}, case.image, case.label, vendor="Siemens")

@@ -62,7 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     where.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (0: only at the end)")
     where.add_argument("--force", action="store_true", help="start over even if --out holds a run")
     privacy = _privacy()
-    if privacy is not None:
+    if hasattr(privacy, "add_arguments"):
         privacy.add_arguments(parser)
 
 
@@ -78,7 +78,7 @@ def run(args, progress) -> int:
         train_patients=args.train_patients, init=args.init, device=args.device, precision=args.precision,
         save_every=args.save_every, force=args.force)
     privacy_module = _privacy()
-    privacy = privacy_module.from_args(args) if privacy_module is not None else None
+    privacy = privacy_module.from_args(args) if hasattr(privacy_module, "from_args") else None
     result = Trainer(config, progress=progress, privacy=privacy).run()
     if result.already_finished:
         progress.warning(f"{result.out} already holds a finished run ({result.steps} steps); nothing to do "

@@ -226,9 +226,11 @@ class Trainer:
         parts.generator.train()
         while step < total:
             epoch, offset = divmod(step, steps_per_epoch)
-            if hasattr(self, "sampler") and parts.loader.sampler is self.sampler:
+            if getattr(parts.loader, "sampler", None) is getattr(self, "sampler", False):
                 self.sampler.start_epoch(epoch, skip=offset * c.batch_size)
+            drawn = False
             for batch in parts.loader:
+                drawn = True
                 loss = self._train_step(parts, batch, step, noise, total=total)
                 step += 1
                 window_sum, window_n = window_sum + loss, window_n + 1
@@ -244,6 +246,14 @@ class Trainer:
                                history=history, wall=wall)
                 if step == total:
                     break
+            if not drawn:  # the loader has stopped for good (a DP loader does once the budget is spent)
+                break
+        if step < total:
+            self.progress.warning(f"training stopped at step {step} of {total}: the data loader gave no more "
+                                  "batches (the privacy budget is spent)")
+            total = step
+            self._save(parts, step=step, total=total, steps_per_epoch=steps_per_epoch, history=history,
+                       wall=wall0 + time.monotonic() - t0)
         final = history[-1][1] if history else None
         self.progress.done(out=str(self.out), steps=step, final_loss=final)
         return TrainResult(self.out, step, total, final, start)

@@ -7,14 +7,17 @@ import torch
 
 from CMRSynthLib.errors import InputError
 from CMRSynthLib.training import checkpoint as ckpt
-from test_loop import Toy, ToyConfig, install_toy
+from CMRSynthLib.generators import build_generator, preset_config
+from CMRSynthLib.generators.base import Vocabulary
+
+VOCABULARY = Vocabulary(vendors=("A",))
 
 
 @pytest.fixture
-def toy(monkeypatch):
-    install_toy(monkeypatch)
+def model():
+    """A real tiny flow generator at 16×16 (the checkpoint code never looks inside the family)."""
     torch.manual_seed(0)
-    return Toy(ToyConfig(width=4))
+    return build_generator("flow", preset_config("flow", "tiny", spatial_dims=2, image_size=16, vocabulary=VOCABULARY))
 
 
 def card():
@@ -22,25 +25,25 @@ def card():
             "holdout": ["p2"], "training": {"steps": 3}}
 
 
-def test_round_trip_keeps_weights_ema_and_card(toy, tmp_path):
-    ema = {k: v + 1 for k, v in toy.state_dict().items()}
-    written = ckpt.save_checkpoint(tmp_path / "m", toy, card(), ema=ema)
+def test_round_trip_keeps_weights_ema_and_card(model, tmp_path):
+    ema = {k: v + 1 for k, v in model.state_dict().items()}
+    written = ckpt.save_checkpoint(tmp_path / "m", model, card(), ema=ema)
     assert written["format"] == ckpt.FORMAT and written["version"] == ckpt.VERSION and written["privacy"] is None
-    assert written["config"] == {"width": 4, "vendors": 2} and written["family"] == "toy"
-    assert written["model_id"] == ckpt.model_id(ema) != ckpt.model_id(toy.state_dict())
+    assert written["config"] == model.config.to_dict() and written["family"] == "flow"
+    assert written["model_id"] == ckpt.model_id(ema) != ckpt.model_id(model.state_dict())
     loaded, loaded_card = ckpt.load_checkpoint(tmp_path / "m")
     assert loaded_card == json.loads(json.dumps(written))
     for name, value in loaded.state_dict().items():
         assert torch.equal(value, ema[name])
     raw, _ = ckpt.load_checkpoint(tmp_path / "m", ema=False)
     for name, value in raw.state_dict().items():
-        assert torch.equal(value, toy.state_dict()[name])
+        assert torch.equal(value, model.state_dict()[name])
     assert not raw.training
 
 
-def test_packed_state_survives_json(toy):
-    optimizer = torch.optim.AdamW(toy.parameters(), lr=1e-3, betas=(0.8, 0.9))
-    toy.loss(torch.zeros(2, 1, 8, 8), _cond(2)).mean().backward()
+def test_packed_state_survives_json(model):
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.8, 0.9))
+    model.loss(torch.zeros(2, 1, 16, 16), _cond(2)).mean().backward()
     optimizer.step()
     tensors = {}
     packed = json.loads(json.dumps(ckpt.pack_state(optimizer.state_dict(), tensors, "opt")))
@@ -53,14 +56,14 @@ def test_packed_state_survives_json(toy):
 def _cond(n):
     from CMRSynthLib.generators.base import Conditions
 
-    mask = torch.zeros(n, 4, 8, 8)
+    mask = torch.zeros(n, 4, 16, 16)
     mask[:, 0] = 1
     return Conditions(mask, torch.ones(n, dtype=torch.long), torch.zeros(n, dtype=torch.long),
                       torch.zeros(n, dtype=torch.long))
 
 
 @pytest.mark.parametrize("name", ["model.pt", "weights.pth", "last.ckpt"])
-def test_pickles_are_refused_unopened(toy, tmp_path, name):
+def test_pickles_are_refused_unopened(model, tmp_path, name):
     path = tmp_path / name
     path.write_bytes(b"\x80\x04not really a pickle")
     with pytest.raises(InputError, match="never unpickles") as error:
@@ -73,13 +76,14 @@ def test_pickles_are_refused_unopened(toy, tmp_path, name):
         ckpt.load_checkpoint(folder)
 
 
-def test_foreign_corrupt_and_mismatched_folders_are_refused(toy, tmp_path):
-    ckpt.save_checkpoint(tmp_path / "m", toy, card())
+def test_foreign_corrupt_and_mismatched_folders_are_refused(model, tmp_path):
+    ckpt.save_checkpoint(tmp_path / "m", model, card())
     card_path = tmp_path / "m" / "card.json"
     good = json.loads(card_path.read_text())
     cases = [({**good, "format": "other"}, "format"), ({**good, "version": 99}, "version 99"),
              ({**good, "family": "gan"}, "unknown generator family 'gan'"),
-             ({**good, "config": {"width": 5, "vendors": 2}}, "shape mismatch")]
+             ({**good, "config": {**good["config"], "vocabulary": {**good["config"]["vocabulary"],
+                                                                    "vendors": ["A", "B"]}}}, "shape mismatch")]
     for bad, message in cases:
         card_path.write_text(json.dumps(bad))
         with pytest.raises(InputError, match=message):
@@ -97,28 +101,28 @@ def test_foreign_corrupt_and_mismatched_folders_are_refused(toy, tmp_path):
         ckpt.load_checkpoint(tmp_path / "empty")
 
 
-def test_a_failed_save_leaves_the_previous_checkpoint(toy, tmp_path, monkeypatch):
-    ckpt.save_checkpoint(tmp_path / "m", toy, {**card(), "training": {"steps": 1}})
+def test_a_failed_save_leaves_the_previous_checkpoint(model, tmp_path, monkeypatch):
+    ckpt.save_checkpoint(tmp_path / "m", model, {**card(), "training": {"steps": 1}})
     before = {p.name: p.read_bytes() for p in (tmp_path / "m").iterdir()}
 
     def killed(*args, **kwargs):
         raise SystemExit(143)  # SIGTERM while the weights are being written
 
     with torch.no_grad():
-        for p in toy.parameters():
+        for p in model.parameters():
             p.add_(1)
     monkeypatch.setattr(ckpt, "_write_folder", lambda folder, *a: ((folder / "card.json").write_text("{}"), killed()))
     with pytest.raises(SystemExit):
-        ckpt.save_checkpoint(tmp_path / "m", toy, {**card(), "training": {"steps": 2}})
+        ckpt.save_checkpoint(tmp_path / "m", model, {**card(), "training": {"steps": 2}})
     assert {p.name: p.read_bytes() for p in (tmp_path / "m").iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # no partial folder left beside it
 
 
-def test_starter_names_resolve_through_the_models_folder(toy, tmp_path, monkeypatch):
+def test_starter_names_resolve_through_the_models_folder(model, tmp_path, monkeypatch):
     monkeypatch.setenv(ckpt.MODELS_ENV, str(tmp_path / "models"))
-    ckpt.save_checkpoint(tmp_path / "models" / "flow", toy, card())
+    ckpt.save_checkpoint(tmp_path / "models" / "flow", model, card())
     generator, loaded = ckpt.load_checkpoint("flow")
-    assert loaded["family"] == "toy"
+    assert loaded["family"] == "flow"
     with pytest.raises(InputError, match="starter models: flow"):
         ckpt.load_checkpoint("ldm")
 
