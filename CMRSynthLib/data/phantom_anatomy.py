@@ -30,18 +30,19 @@ TISSUES = ("blood", "myo", "fat", "muscle", "lung", "liver", "marrow", "bone", "
 
 # Per-group anatomy and function: (LV endocardial base radius mm, endocardial length mm, wall mm, LV EF range %,
 # longitudinal shortening (ES length / ED length), RV offset δ, RV semi-axes (αu, αv) in LV-epicardial radii,
-# RV length / LV length, RV EF range %).
+# RV length / LV length, nominal RV EF range % (it sets the RV's systolic scale; the labelled RV EF lands near it,
+# higher for HCM's small hearts, hence its lower nominal range)).
 _GROUPS = {
     "NOR": dict(radius=27.0, length=95.0, wall=8.5, ef=(57, 68), shortening=0.87, rv=(0.80, 1.00, 1.55),
                 rv_length=0.85, rv_ef=(50, 62)),
     "DCM": dict(radius=36.0, length=108.0, wall=7.0, ef=(16, 34), shortening=0.95, rv=(0.80, 1.00, 1.55),
                 rv_length=0.85, rv_ef=(35, 50)),
     "HCM": dict(radius=22.0, length=85.0, wall=11.5, ef=(70, 80), shortening=0.88, rv=(0.82, 0.98, 1.50),
-                rv_length=0.82, rv_ef=(52, 64)),
+                rv_length=0.82, rv_ef=(38, 50)),
     "MINF": dict(radius=32.0, length=100.0, wall=8.5, ef=(24, 37), shortening=0.94, rv=(0.80, 1.00, 1.55),
                  rv_length=0.85, rv_ef=(40, 55)),
     "ARV": dict(radius=26.0, length=92.0, wall=8.5, ef=(55, 66), shortening=0.88, rv=(0.90, 1.40, 1.85),
-                rv_length=0.95, rv_ef=(24, 38)),
+                rv_length=0.95, rv_ef=(20, 34)),
 }
 LV_TAPER = 2.5  # LV radius ∝ sqrt(1 - (z/L)^2.5): a bullet, fuller than an ellipsoid near the base
 RV_TAPER = 2.0
@@ -215,10 +216,11 @@ def phases(a: Anatomy, z: np.ndarray) -> dict[str, Phase]:
     qa, qb, qc = _profile_area(a, ed_endo, es_endo, infarct)
     qc -= (1.0 - a.ef) * edv
     rho = (-qb + np.sqrt(qb * qb - 4 * qa * qc)) / (2 * qa)
-    # wall thickening at the base from conserved myocardial volume: (E² - R²) L constant
+    # wall thickening at the base from conserved myocardial volume, (E² - R²) √L constant (√L rather than L:
+    # the stack is fixed while the base descends, so the labelled myocardium keeps about its ED volume)
     r_ed, e_ed = a.radius, a.radius + a.wall
     r_es = a.radius * rho
-    e_es = np.sqrt(r_es ** 2 + (e_ed ** 2 - r_ed ** 2) * length_epi / (es_length + a.apex_wall * 1.15))
+    e_es = np.sqrt(r_es ** 2 + (e_ed ** 2 - r_ed ** 2) * np.sqrt(length_epi / (es_length + a.apex_wall * 1.15)))
     thickening = float((e_es - r_es) / a.wall)
 
     def rv(epi_radius, taper_len, scale):
