@@ -11,9 +11,11 @@ from CMRSynthLib.errors import InputError
 from CMRSynthLib.generators.base import Generator, Vocabulary
 from CMRSynthLib.generators.ddpm import DDPMGenerator
 from CMRSynthLib.generators.flow import FlowGenerator
+from CMRSynthLib.generators.ldm import LDMGenerator
 
 GENERATORS: dict[str, type[Generator]] = {
     "ddpm": DDPMGenerator,
+    "ldm": LDMGenerator,
     "flow": FlowGenerator,
 }
 

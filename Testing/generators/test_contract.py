@@ -123,20 +123,23 @@ def test_loss_at_is_deterministic_and_depends_on_t(family):
 
 @pytest.mark.parametrize("family", list(GENERATORS))
 def test_tiny_model_learns_a_fixed_batch(family):
+    """60 Adam steps on one batch cut the training loss (measured with fixed noise levels, noise and dropout,
+    i.e. a fixed seed) below 0.7 of its start. A staged model (LDM) learns its first stage here."""
     generator = make(family, 2).train()
     images, cond = batch(2, size=4)
-    noise = generator.noise_like(images, generator=seeded(5))
-    t = torch.tensor([0.2, 0.4, 0.6, 0.8])
-    with torch.no_grad():
-        before = generator.loss_at(images, cond, t, noise).mean()
+
+    def measured():
+        with torch.no_grad():
+            return generator.loss(images, cond, generator=seeded(5)).mean()
+
+    before = measured()
     optimiser = torch.optim.Adam([p for p in generator.parameters() if p.requires_grad], lr=3e-3)
     rng = seeded(6)
     for _ in range(60):
         optimiser.zero_grad()
         generator.loss(images, cond, generator=rng).mean().backward()
         optimiser.step()
-    with torch.no_grad():
-        after = generator.loss_at(images, cond, t, noise).mean()
+    after = measured()
     assert after < 0.7 * before, (family, before.item(), after.item())
 
 

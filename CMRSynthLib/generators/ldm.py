@@ -1,0 +1,138 @@
+"""Latent diffusion (Rombach et al. 2022): a KL autoencoder, then flow matching in its latent space.
+
+Two stages, switched by the trainer through :attr:`LDMGenerator.stage`:
+
+1. ``"autoencoder"``: :meth:`~LDMGenerator.loss` is the autoencoder's per-sample loss
+   (:mod:`CMRSynthLib.models.autoencoder`); only the autoencoder trains.
+2. ``"diffusion"`` (after :meth:`~LDMGenerator.freeze_autoencoder`): the autoencoder is frozen and
+   :meth:`~LDMGenerator.loss` is the flow-matching loss on the scaled latents ``z = μ(x) · latent_scale``.
+
+The latent diffusion is flow matching, not DDPM: a few-step ODE sampler keeps sampling cheap, and the ODE
+is invertible, so :meth:`restyle` works here too. Everything of :mod:`.flow` applies, in latent space: the mask
+enters the network at latent resolution as the area fraction of each label in every latent cell (average
+pooling of the one-hot by the autoencoder factor, in-plane only for 3D), concatenated to the latent.
+
+``latent_scale`` = 1 / std of the latents of the images given to :meth:`freeze_autoencoder`, so the flow sees
+unit-variance data (Rombach et al. §4.3.2). It and the stage are buffers: saved and restored with the weights.
+
+3D (``spatial_dims=3``): the autoencoder works slice by slice (in-plane 4×, the slice axis kept), the latent
+network is a 3D UNet over ``(c, D, H/4, W/4)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from CMRSynthLib.generators.base import Conditions
+from CMRSynthLib.generators.flow import FlowConfig, FlowGenerator
+from CMRSynthLib.models.autoencoder import AUTOENCODER_PRESETS, AutoencoderConfig, SliceAutoencoder
+from CMRSynthLib.models.unet import UNET_PRESETS, ConditionalUNet, UNetConfig, token_counts
+
+STAGES = ("autoencoder", "diffusion")
+# The latent grid is 16× smaller than the image, so the latent network can afford more width than the
+# pixel-space "small" preset: 32×32 latents of a 128×128 slice cost about 0.9 GFLOPs per forward.
+LATENT_UNET_PRESETS = {
+    "tiny": UNET_PRESETS["tiny"],
+    "small": UNetConfig(channels=(32, 64, 128), attention_levels=(False, False, True), num_res_blocks=1,
+                        num_head_channels=32, norm_num_groups=16),
+    "base": UNetConfig(channels=(64, 128, 256), attention_levels=(False, True, True), num_res_blocks=2,
+                       num_head_channels=32, norm_num_groups=32),
+}
+
+
+@dataclass(frozen=True)
+class LDMConfig(FlowConfig):
+    """A :class:`FlowConfig` for the latent flow (``network`` works on latents) plus the autoencoder."""
+
+    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+
+    def __post_init__(self):
+        super().__post_init__()
+        f = self.autoencoder.factor
+        if self.image_size[-1] % f or self.image_size[-2] % f:
+            raise ValueError(f"image_size {self.image_size} must be a multiple of the autoencoder factor {f} "
+                             "in-plane")
+
+    @classmethod
+    def preset(cls, name: str, *, spatial_dims: int, image_size, vocabulary, **overrides):
+        defaults = {"network": LATENT_UNET_PRESETS.get(name), "autoencoder": AUTOENCODER_PRESETS.get(name)}
+        return super().preset(name, spatial_dims=spatial_dims, image_size=image_size, vocabulary=vocabulary,
+                              **{**defaults, **overrides})
+
+
+class LDMGenerator(FlowGenerator):
+    """Latent flow matching. Images ``(B, 1, *spatial)`` in [-1, 1]; latents ``(B, c, *spatial[:-2], H/f, W/f)``."""
+
+    family = "ldm"
+    config_class = LDMConfig
+
+    def __init__(self, config: LDMConfig):
+        super().__init__(config)
+        self.autoencoder = SliceAutoencoder(config.autoencoder)
+        self.register_buffer("latent_scale", torch.tensor(1.0))
+        self.register_buffer("stage_index", torch.tensor(0))
+        self.register_load_state_dict_post_hook(lambda module, keys: module._sync_trainable())
+        self._sync_trainable()
+
+    def build_network(self, config: LDMConfig) -> nn.Module:
+        return ConditionalUNet(spatial_dims=config.spatial_dims, channels=config.autoencoder.latent_channels,
+                               mask_channels=4, token_counts=token_counts(config.vocabulary), config=config.network)
+
+    # ------------------------------------------------------------------------------------------------- stages
+    @property
+    def stage(self) -> str:
+        """``"autoencoder"`` (training the autoencoder) or ``"diffusion"`` (training the latent flow)."""
+        return STAGES[int(self.stage_index)]
+
+    @stage.setter
+    def stage(self, value: str) -> None:
+        if value not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}, got {value!r}")
+        self.stage_index.fill_(STAGES.index(value))
+        self._sync_trainable()
+
+    def _sync_trainable(self) -> None:
+        """Only the current stage's parameters require gradients (optimisers and Opacus see just those)."""
+        self.autoencoder.requires_grad_(self.stage == "autoencoder")
+        self.net.requires_grad_(self.stage == "diffusion")
+
+    @torch.no_grad()
+    def freeze_autoencoder(self, images: torch.Tensor | None = None) -> None:
+        """End stage 1: freeze the autoencoder, switch to the diffusion stage and, given a representative
+        batch of images ``(B, 1, *spatial)``, set ``latent_scale`` to 1 / std of their latents."""
+        self.stage = "diffusion"
+        if images is not None:
+            self.latent_scale.fill_(1.0 / self.autoencoder.encode(images).std().clamp_min(1e-6).item())
+
+    # ----------------------------------------------------------------------------- the latent space (hooks)
+    def encode(self, images: torch.Tensor, cond: Conditions) -> torch.Tensor:
+        with torch.no_grad():
+            return self.autoencoder.encode(images) * self.latent_scale
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.autoencoder.decode(x / self.latent_scale).clamp(-1, 1)
+
+    def model_mask(self, cond: Conditions) -> torch.Tensor:
+        """The one-hot mask pooled to the latent grid: the fraction of each label in every latent cell."""
+        f = self.config.autoencoder.factor
+        kernel = (f, f) if self.config.spatial_dims == 2 else (1, f, f)
+        pool = F.avg_pool2d if self.config.spatial_dims == 2 else F.avg_pool3d
+        return pool(cond.mask, kernel)
+
+    def model_shape(self, batch: int, spatial) -> tuple[int, ...]:
+        return (batch, self.config.autoencoder.latent_channels, *self.autoencoder.latent_spatial(spatial))
+
+    # ---------------------------------------------------------------------------------------------- training
+    def autoencoder_loss(self, images: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Stage-1 per-sample loss ``(B,)``: L1 reconstruction + KL (see :mod:`CMRSynthLib.models.autoencoder`)."""
+        return self.autoencoder.loss(images, generator=generator)
+
+    def loss(self, images: torch.Tensor, cond: Conditions, *, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The current stage's per-sample loss ``(B,)``: the autoencoder's, or the latent flow's."""
+        if self.stage == "autoencoder":
+            return self.autoencoder_loss(images, generator=generator)
+        return super().loss(images, cond, generator=generator)

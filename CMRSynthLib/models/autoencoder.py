@@ -1,0 +1,98 @@
+"""The KL autoencoder of the latent diffusion model: MONAI's AutoencoderKL, applied slice by slice.
+
+The autoencoder is always 2D. A 3D stack ``(B, 1, D, H, W)`` is encoded slice by slice into a latent
+``(B, c, D, H/f, W/f)``: the in-plane axes are downsampled ``f`` times and the slice axis is kept, because
+cine short-axis stacks have few thick slices (about 10 of 8–10 mm) that an isotropic 4× downsampling would
+reduce to two or three. The latent diffusion network on top is 3D, so the slices are still generated jointly.
+
+Its loss (Kingma & Welling 2014; Rombach et al. 2022 without the perceptual and adversarial terms) is
+``L1(x, x̂) + kl_weight · KL(N(μ, σ²) ‖ N(0, I))`` per sample. The perceptual term needs pretrained network
+weights, which cannot be downloaded here, so it is left out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from monai.networks.nets import AutoencoderKL
+from torch import nn
+
+from CMRSynthLib.models.config import FrozenConfig
+
+
+@dataclass(frozen=True)
+class AutoencoderConfig(FrozenConfig):
+    """Hyper-parameters of :class:`SliceAutoencoder`; ``len(channels) − 1`` halvings give the factor ``f``."""
+
+    channels: tuple[int, ...] = (32, 64, 64)
+    latent_channels: int = 4
+    num_res_blocks: int = 1
+    norm_num_groups: int = 16
+    kl_weight: float = 1e-6
+
+    def __post_init__(self):
+        if any(c % self.norm_num_groups for c in self.channels):
+            raise ValueError(f"every channel count {self.channels} must be a multiple of norm_num_groups "
+                             f"{self.norm_num_groups}")
+        if self.latent_channels < 1 or self.kl_weight < 0:
+            raise ValueError(f"latent_channels must be ≥ 1 and kl_weight ≥ 0, got {self.latent_channels}, "
+                             f"{self.kl_weight}")
+
+    @property
+    def factor(self) -> int:
+        return 2 ** (len(self.channels) - 1)
+
+
+AUTOENCODER_PRESETS = {
+    "tiny": AutoencoderConfig(channels=(16, 32, 32), norm_num_groups=8),
+    "small": AutoencoderConfig(channels=(32, 64, 64), norm_num_groups=16),
+    "base": AutoencoderConfig(channels=(64, 128, 128), num_res_blocks=2, norm_num_groups=32),
+}
+
+
+class SliceAutoencoder(nn.Module):
+    """Images ``(B, 1, *spatial)`` (2D or 3D) ↔ latents ``(B, c, *spatial[:-2], H/f, W/f)``."""
+
+    def __init__(self, config: AutoencoderConfig):
+        super().__init__()
+        self.config = config
+        levels = len(config.channels)
+        self.kl = AutoencoderKL(
+            spatial_dims=2, in_channels=1, out_channels=1, channels=config.channels,
+            latent_channels=config.latent_channels, num_res_blocks=config.num_res_blocks,
+            attention_levels=(False,) * levels, norm_num_groups=config.norm_num_groups,
+            with_encoder_nonlocal_attn=False, with_decoder_nonlocal_attn=False)
+
+    def latent_spatial(self, spatial) -> tuple[int, ...]:
+        """Latent size for an image of ``spatial`` size; the in-plane sizes must be multiples of ``f``."""
+        f = self.config.factor
+        if spatial[-1] % f or spatial[-2] % f:
+            raise ValueError(f"image size {tuple(spatial)} must be a multiple of {f} in-plane for this autoencoder")
+        return (*spatial[:-2], spatial[-2] // f, spatial[-1] // f)
+
+    def _per_slice(self, fn, x: torch.Tensor) -> torch.Tensor:
+        """Apply a 2D ``fn`` to every slice of ``x`` ``(B, C, [D,] H, W)``."""
+        if x.ndim == 4:
+            return fn(x)
+        b, _, d = x.shape[:3]
+        out = fn(x.movedim(2, 1).flatten(0, 1))
+        return out.unflatten(0, (b, d)).movedim(1, 2)
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """The posterior mean μ ``(B, c, *latent_spatial)``: the deterministic latent of the images."""
+        self.latent_spatial(images.shape[2:])
+        return self._per_slice(lambda x: self.kl.encode(x)[0], images)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents ``(B, c, *latent_spatial)`` → images ``(B, 1, *spatial)``."""
+        return self._per_slice(self.kl.decode, latents)
+
+    def loss(self, images: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Per-sample ``L1 + kl_weight · KL`` ``(B,)`` with a reparameterised latent draw from ``generator``."""
+        self.latent_spatial(images.shape[2:])
+        mu, sigma = self._per_slice(lambda x: torch.cat(self.kl.encode(x), dim=1), images).chunk(2, dim=1)
+        z = mu + sigma * torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        l1 = (self.decode(z) - images).abs().flatten(1).mean(1)
+        kl = 0.5 * (mu.pow(2) + sigma.pow(2) - 2 * torch.log(sigma) - 1).flatten(1).sum(1)
+        return l1 + self.config.kl_weight * kl
