@@ -1,0 +1,59 @@
+"""Opacus's DPOptimizer with per-unit (per-patient) aggregation of per-sample gradients before clipping.
+
+Opacus clips each row of ``p.grad_sample``. Our batch rows are slices (and K noise draws of each slice), and
+the privacy unit is the patient, so before Opacus clips we replace each ``p.grad_sample`` ``(R, *p.shape)`` by
+the mean over each unit's rows ``(G, *p.shape)``: the unit's gradient of its average loss. Opacus then clips
+each unit's gradient to C, sums, adds N(0, σ²C²) noise and divides by the expected number of units per step.
+Nothing else of DPOptimizer changes (this aggregation is what Opacus lacks, hence the subclass).
+"""
+
+from __future__ import annotations
+
+import torch
+from opacus.optimizers import DPOptimizer
+
+
+class PatientDPOptimizer(DPOptimizer):
+    """DPOptimizer whose clipping unit is a group of rows. Call :meth:`set_groups` before each step."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._groups: torch.Tensor | None = None
+
+    def set_groups(self, groups: torch.Tensor) -> None:
+        """``groups``: ``(R,)`` long, the unit position 0..G-1 of every row of the next backward pass."""
+        self._groups = torch.as_tensor(groups, dtype=torch.long)
+
+    def noise_only_step(self) -> None:
+        """A step for a draw with no unit in it: zero units, so only noise (keeps Poisson sampling honest)."""
+        self._groups = torch.zeros(0, dtype=torch.long)
+        for p in self.params:
+            p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
+        self.step()
+        self.zero_grad()
+
+    def pre_step(self, closure=None):
+        if self._groups is None:
+            raise RuntimeError("PatientDPOptimizer.step() without set_groups(): the rows' units are unknown")
+        self._aggregate(self._groups)
+        self._groups = None
+        return super().pre_step(closure)
+
+    def _aggregate(self, groups: torch.Tensor) -> None:
+        """Replace every ``p.grad_sample`` ``(R, ...)`` by its per-group mean ``(G, ...)``."""
+        n_groups = int(groups.max()) + 1 if len(groups) else 0
+        counts = torch.bincount(groups, minlength=n_groups) if len(groups) else torch.zeros(0, dtype=torch.long)
+        for p in self.params:
+            sample = p.grad_sample
+            if isinstance(sample, list):  # Opacus keeps a list only under gradient accumulation, which we forbid
+                raise RuntimeError("per-sample gradients were accumulated over several backward passes; "
+                                   "DP-SGD here needs optimizer.step() after every backward")
+            if sample is None:  # a trainable parameter the forward pass did not use: every row's gradient is 0
+                p.grad_sample = torch.zeros((n_groups, *p.shape), dtype=p.dtype, device=p.device)
+                continue
+            if sample.shape[0] != len(groups):
+                raise RuntimeError(f"{sample.shape[0]} per-sample gradients but {len(groups)} rows in the draw")
+            summed = torch.zeros((n_groups, *sample.shape[1:]), dtype=sample.dtype, device=sample.device)
+            summed.index_add_(0, groups.to(sample.device), sample)
+            shape = (n_groups,) + (1,) * (sample.dim() - 1)
+            p.grad_sample = summed / counts.to(sample.device, sample.dtype).reshape(shape)

@@ -1,0 +1,102 @@
+"""Poisson sampling of privacy units (patients) and a loader that keeps each row's unit for the optimizer.
+
+Why not Opacus's ``DPDataLoader``: it samples *rows* (slices), so a patient with 20 slices could enter a step 20
+times and the accountant's q would be the slice rate — slice-level DP. Here each *unit* (a patient; a single
+slice only with ``--slice-level``) enters a step independently with probability q, and then contributes
+``min(k, its slices)`` distinct random slices, each repeated K times for noise multiplicity. All rows of one unit
+carry the unit's group number, and :class:`~CMRSynthLib.training.dp_optimizer.PatientDPOptimizer` averages them
+into ONE gradient before clipping, so one unit's influence on a step is bounded by the clipping norm C — the
+sensitivity the accountant assumes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+
+@dataclass(frozen=True)
+class Draw:
+    """One step's sample. ``rows``: dataset indices ``(R,)`` in batch order; ``groups``: ``(R,)`` the position
+    (0..G-1) of each row's unit among the ``G`` units drawn; ``units``: the G unit numbers."""
+
+    rows: tuple[int, ...]
+    groups: tuple[int, ...]
+    units: tuple[int, ...]
+
+
+class PoissonUnitSampler:
+    """Draws Poisson samples of units.
+
+    Args:
+        units: for each unit, the dataset indices of its items (slices, or stacks for 3D).
+        sample_rate: q, the probability a unit enters a step.
+        slices_per_unit: k, the most items of one unit in one step (distinct, drawn without replacement).
+        multiplicity: K, how many times each drawn item is repeated (independent noise/timestep per copy).
+    """
+
+    def __init__(self, units: Sequence[Sequence[int]], *, sample_rate: float, slices_per_unit: int = 1,
+                 multiplicity: int = 1):
+        if not 0 < sample_rate <= 1:
+            raise ValueError(f"sample_rate must be in (0, 1], got {sample_rate}")
+        if slices_per_unit < 1 or multiplicity < 1:
+            raise ValueError(f"slices_per_unit ({slices_per_unit}) and multiplicity ({multiplicity}) must be ≥ 1")
+        if not units or any(len(u) == 0 for u in units):
+            raise ValueError("every unit needs at least one item, and there must be at least one unit")
+        self.units = [list(u) for u in units]
+        self.sample_rate = float(sample_rate)
+        self.slices_per_unit = int(slices_per_unit)
+        self.multiplicity = int(multiplicity)
+
+    def draw(self, generator: torch.Generator | None = None) -> Draw:
+        """One step: each unit enters with probability q; an entering unit gives ≤ k distinct items × K copies."""
+        chosen = torch.rand(len(self.units), generator=generator) < self.sample_rate
+        rows: list[int] = []
+        groups: list[int] = []
+        units = tuple(int(u) for u in torch.nonzero(chosen).flatten())
+        for position, unit in enumerate(units):
+            items = self.units[unit]
+            order = torch.randperm(len(items), generator=generator)[: self.slices_per_unit]
+            for item in order.tolist():
+                rows.extend([items[item]] * self.multiplicity)
+                groups.extend([position] * self.multiplicity)
+        return Draw(tuple(rows), tuple(groups), units)
+
+
+class UnitLoader:
+    """Iterates collated batches of :class:`PoissonUnitSampler` draws over a map-style dataset; one pass
+    (an "epoch", each unit drawn once on average) is ``steps_per_epoch`` draws.
+
+    Each draw uses ``next_generator()`` (the caller seeds it from its step count). Before yielding a batch it
+    calls ``on_draw(draw)`` (the optimizer needs the rows' groups), so the groups always belong to the batch
+    just handed out. An empty draw is not yielded: ``on_empty()`` is called instead (DP-SGD must still take a
+    noise-only step, or skipping would reveal that nobody was drawn). Iteration ends early once ``stop()``.
+    """
+
+    def __init__(self, dataset, sampler: PoissonUnitSampler, collate_fn: Callable, *, steps_per_epoch: int,
+                 next_generator: Callable[[], torch.Generator], on_draw: Callable[[Draw], None],
+                 on_empty: Callable[[], None], stop: Callable[[], bool]):
+        self.dataset = dataset
+        self.sampler = sampler
+        self.collate_fn = collate_fn
+        self.steps_per_epoch = int(steps_per_epoch)
+        self.next_generator = next_generator
+        self.on_draw = on_draw
+        self.on_empty = on_empty
+        self.stop = stop
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch
+
+    def __iter__(self):
+        for _ in range(self.steps_per_epoch):
+            if self.stop():
+                return
+            draw = self.sampler.draw(self.next_generator())
+            if not draw.rows:
+                self.on_empty()
+                continue
+            self.on_draw(draw)
+            yield self.collate_fn([self.dataset[i] for i in draw.rows])

@@ -1,0 +1,256 @@
+"""Patient-level DP-SGD with Opacus on a tiny MONAI DiffusionModelUNet: per-patient clipping, noise, accounting,
+exact resume, the budget stop, and refusals."""
+
+import pytest
+import torch
+from monai.networks.nets import DiffusionModelUNet
+from torch import nn
+
+from CMRSynthLib.errors import InputError
+from CMRSynthLib.training.dp_optimizer import PatientDPOptimizer
+from CMRSynthLib.training.ledger import Ledger, recompute_epsilon
+from CMRSynthLib.training.privacy import DPConfig, DPTraining, check_module
+from CMRSynthLib.training.privacy_planner import epsilon_of
+
+SIZE = 16
+pytestmark = pytest.mark.filterwarnings("ignore:Full backward hook is firing")
+
+
+class TinyLoss(nn.Module):
+    """Per-sample denoising loss ``(B,)`` of a tiny MONAI DiffusionModelUNet (mask channels concatenated)."""
+
+    def __init__(self):
+        super().__init__()
+        self.unet = DiffusionModelUNet(spatial_dims=2, in_channels=2, out_channels=1, num_res_blocks=1,
+                                       channels=(8, 16), attention_levels=(False, True), norm_num_groups=8,
+                                       num_head_channels=8)
+
+    def forward(self, images, masks, noise=None):
+        eps = torch.randn(images.shape, generator=noise)
+        t = torch.randint(0, 1000, (len(images),), generator=noise)
+        out = self.unet(torch.cat([images + eps, masks], 1), t)
+        return ((out - eps) ** 2).flatten(1).mean(1)
+
+
+class PatientSlices(torch.utils.data.Dataset):
+    """``patients`` patients with ``slices`` random slices each; items as the project's datasets give them."""
+
+    def __init__(self, patients=6, slices=3, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        self.images = torch.randn(patients * slices, 1, SIZE, SIZE, generator=g)
+        self.masks = (torch.rand(patients * slices, 1, SIZE, SIZE, generator=g) > 0.5).float()
+        self.patients = [f"p{i // slices}" for i in range(patients * slices)]
+
+    def __len__(self):
+        return len(self.patients)
+
+    def __getitem__(self, i):
+        return {"image": self.images[i], "mask": self.masks[i], "patient": self.patients[i]}
+
+    def patient_index(self):
+        index = {}
+        for i, patient in enumerate(self.patients):
+            index.setdefault(patient, []).append(i)
+        return index
+
+
+def collate(items):
+    return (torch.stack([i["image"] for i in items]), torch.stack([i["mask"] for i in items]),
+            [i["patient"] for i in items])
+
+
+def flat(tensors):
+    return torch.cat([t.reshape(len(t), -1) if t.dim() > 1 else t.reshape(1, -1) for t in tensors], 1)
+
+
+def make_model(seed=0):
+    torch.manual_seed(seed)
+    return TinyLoss()
+
+
+def reference_unit_gradients(model, images, masks, groups, seed):
+    """Per-patient gradient of the patient's mean loss, by plain autograd one row at a time (no Opacus)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    per_row = []
+    noise = torch.Generator().manual_seed(seed)
+    draws = [(torch.randn(images[i:i + 1].shape, generator=noise)) for i in range(len(images))]
+    t = torch.randint(0, 1000, (len(images),), generator=noise)
+    for i in range(len(images)):
+        out = model.unet(torch.cat([images[i:i + 1] + draws[i], masks[i:i + 1]], 1), t[i:i + 1])
+        loss = ((out - draws[i]) ** 2).mean()
+        per_row.append(torch.cat([g.flatten() for g in torch.autograd.grad(loss, params)]))
+    per_row = torch.stack(per_row)
+    groups = torch.tensor(groups)
+    return torch.stack([per_row[groups == g].mean(0) for g in range(int(groups.max()) + 1)])
+
+
+def attach_hooks(model):
+    from opacus.grad_sample import GradSampleHooks
+
+    hooks = GradSampleHooks(model, loss_reduction="mean", strict=False)
+    hooks.forbid_grad_accumulation()
+    return hooks
+
+
+def test_per_patient_gradients_are_aggregated_then_clipped_to_C():
+    model = make_model()
+    data = PatientSlices(patients=3, slices=3)
+    rows = [0, 1, 2, 3, 4, 6]  # patient 0 gives 3 slices, patient 1 gives 2, patient 2 one
+    groups = [0, 0, 0, 1, 1, 2]
+    images, masks, _ = collate([data[i] for i in rows])
+    C = 0.05
+    reference = reference_unit_gradients(model, images, masks, groups, seed=7)
+    assert (reference.norm(dim=1) > 5 * C).all()  # without clipping every patient exceeds C: the check can fail
+    attach_hooks(model)
+
+    optimizer = PatientDPOptimizer(torch.optim.SGD(model.parameters(), lr=1.0), noise_multiplier=0.0,
+                                   max_grad_norm=C, expected_batch_size=1)
+    optimizer.set_groups(torch.tensor(groups))
+    losses = model(images, masks, torch.Generator().manual_seed(7))
+    losses.mean().backward()
+    optimizer.pre_step()
+    params = optimizer.params
+    unit_grads = flat([p.grad_sample for p in params])  # Opacus's per-sample gradients after our aggregation
+    assert unit_grads.shape[0] == 3
+    assert torch.allclose(unit_grads, reference, rtol=1e-4, atol=1e-6)
+    factors = (C / (unit_grads.norm(dim=1) + 1e-6)).clamp(max=1.0)
+    clipped = factors[:, None] * unit_grads
+    assert (clipped.norm(dim=1) <= C * (1 + 1e-5)).all()
+    summed = torch.cat([p.summed_grad.flatten() for p in params])
+    assert torch.allclose(summed, clipped.sum(0), rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("rows", [[0, 1, 2], [5], [3, 3, 4, 4]])
+def test_one_patient_moves_the_update_by_at_most_C(rows):
+    """Sensitivity, observed on the update itself: a step with one patient and no noise has |grad| ≤ C."""
+    model = make_model()
+    attach_hooks(model)
+    data = PatientSlices(patients=2, slices=3)
+    images, masks, _ = collate([data[i] for i in rows])
+    C = 0.01
+    optimizer = PatientDPOptimizer(torch.optim.SGD(model.parameters(), lr=0.0), noise_multiplier=0.0,
+                                   max_grad_norm=C, expected_batch_size=1)
+    optimizer.set_groups(torch.zeros(len(rows), dtype=torch.long))
+    model(images, masks, torch.Generator().manual_seed(1)).mean().backward()
+    raw = torch.cat([p.grad.flatten() for p in optimizer.params])  # ordinary gradient of the mean loss
+    assert raw.norm() > C
+    optimizer.step()
+    update = torch.cat([p.grad.flatten() for p in optimizer.params])
+    assert update.norm() <= C * (1 + 1e-5)
+    assert torch.allclose(update / update.norm(), raw / raw.norm(), atol=1e-4)  # clipped, not changed
+
+
+def test_noise_only_step_has_the_calibrated_scale():
+    """A draw with no patient still moves the weights by pure noise N(0, (σC/B)²) (lr 1 makes it visible)."""
+    model = make_model()
+    attach_hooks(model)
+    C, sigma, batch = 0.5, 2.0, 4
+    optimizer = PatientDPOptimizer(torch.optim.SGD(model.parameters(), lr=1.0), noise_multiplier=sigma,
+                                   max_grad_norm=C, expected_batch_size=batch, generator=torch.Generator().manual_seed(0))
+    before = torch.cat([p.detach().flatten() for p in optimizer.params])
+    optimizer.noise_only_step()
+    noise = before - torch.cat([p.detach().flatten() for p in optimizer.params])
+    assert noise.numel() > 10_000
+    assert noise.std().item() == pytest.approx(sigma * C / batch, rel=0.03)
+    assert abs(noise.mean().item()) < 4 * sigma * C / batch / noise.numel() ** 0.5
+    assert all(p.grad_sample is None for p in optimizer.params)
+
+
+def run_dp(steps, *, state=None, target=None, noise=1.0, slice_level=False, seed=0, model_seed=0):
+    """``steps`` trainer-like steps of DPTraining over PatientSlices; returns (privacy, model, taken)."""
+    model = make_model(model_seed)
+    privacy = DPTraining(DPConfig(delta=1e-3, max_grad_norm=1.0, target_epsilon=target,
+                                  noise_multiplier=noise, slice_level=slice_level, noise_multiplicity=2, seed=seed))
+    data = PatientSlices(patients=6, slices=3)
+    loader = torch.utils.data.DataLoader(data, batch_size=2, collate_fn=collate)
+    model, optimizer, loader = privacy.attach(model, torch.optim.SGD(model.parameters(), lr=0.1), loader,
+                                              steps=steps)
+    if state is not None:
+        weights, saved = state
+        model.load_state_dict(weights)
+        privacy.load_state_dict(saved)
+    taken = 0
+    while taken < steps and not privacy.exhausted():
+        for images, masks, _ in loader:
+            losses = model(images, masks, torch.Generator().manual_seed(1000 + privacy.run_steps))
+            optimizer.zero_grad()
+            losses.mean().backward()
+            optimizer.step()
+            taken += 1
+            if taken == steps:
+                break
+    return privacy, model, taken
+
+
+def test_accounting_follows_the_steps_and_the_ledger_reproduces_epsilon():
+    privacy, _, taken = run_dp(5)
+    history = privacy.accountant.history
+    assert history == [(1.0, 2 / 6, privacy.run_steps)] and privacy.run_steps >= taken == 5
+    assert privacy.epsilon() == epsilon_of(history, delta=1e-3, accountant="rdp") > 0
+    ledger = Ledger.from_dict(privacy.ledger())
+    assert ledger.unit == "patient" and ledger.patients == 6 and ledger.steps == privacy.run_steps
+    assert ledger.noise_multiplicity == 2 and ledger.sample_rate == 2 / 6 and ledger.max_grad_norm == 1.0
+    assert recompute_epsilon(ledger) == ledger.epsilon == privacy.epsilon()
+
+
+def test_resume_keeps_epsilon_and_weights_exact():
+    whole, whole_model, _ = run_dp(6)
+    first, first_model, _ = run_dp(3)
+    state = ({k: v.clone() for k, v in first_model.state_dict().items()}, first.state_dict())
+    resumed, resumed_model, _ = run_dp(3, state=state, model_seed=1)
+    assert resumed.accountant.history == whole.accountant.history
+    assert resumed.epsilon() == whole.epsilon()
+    for (name, a), b in zip(whole_model.state_dict().items(), resumed_model.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_stops_before_exceeding_the_target():
+    target = epsilon_of([(1.0, 2 / 6, 4)], delta=1e-3, accountant="rdp") + 1e-9
+    privacy, _, _ = run_dp(50, target=target)
+    assert privacy.exhausted() and privacy.run_steps == 4
+    assert privacy.epsilon() <= target
+    assert epsilon_of([(1.0, 2 / 6, 5)], delta=1e-3, accountant="rdp") > target
+
+
+def test_calibrated_noise_spends_at_most_the_target():
+    privacy, _, _ = run_dp(3, target=6.0, noise=None)
+    assert privacy.noise_multiplier > 0 and privacy.epsilon() <= 6.0
+    assert epsilon_of([(privacy.noise_multiplier, 2 / 6, 3)], delta=1e-3, accountant="rdp") <= 6.0
+
+
+def test_slice_level_is_explicit_and_reports_group_privacy():
+    privacy, _, _ = run_dp(2, slice_level=True)
+    ledger = Ledger.from_dict(privacy.ledger())
+    assert ledger.unit == "slice" and ledger.sample_rate == 2 / 18 and ledger.max_slices_per_patient == 3
+    assert ledger.group_epsilon == 3 * ledger.epsilon
+
+
+def test_a_model_with_batchnorm_is_refused_naming_the_layer():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4))
+    with pytest.raises(InputError, match=r"'?1'? \(BatchNorm2d\)"):
+        check_module(model)
+    check_module(make_model())  # the MONAI UNet passes
+
+
+@pytest.mark.parametrize("kwargs, flag", [
+    (dict(max_grad_norm=0.0), "--max-grad-norm"), (dict(max_grad_norm=-1.0), "--max-grad-norm"),
+    (dict(target_epsilon=None, noise_multiplier=None), "--epsilon"), (dict(target_epsilon=0.0), "--epsilon"),
+    (dict(noise_multiplier=-1.0), "--noise-multiplier"), (dict(delta=0.0), "--delta"),
+    (dict(accountant="gdp"), "--accountant"), (dict(noise_multiplicity=0), "--noise-multiplicity"),
+    (dict(slices_per_patient=2, slice_level=True), "--slices-per-patient"),
+])
+def test_bad_dp_config(kwargs, flag):
+    with pytest.raises(InputError, match=flag):
+        DPConfig(**{"delta": 1e-3, "max_grad_norm": 1.0, "target_epsilon": 4.0} | kwargs)
+
+
+@pytest.mark.parametrize("config, batch, flag", [
+    (dict(delta=0.2), 2, "--delta"),  # δ ≥ 1/6 patients
+    (dict(delta=1e-3), 7, "--batch-size"),  # more patients per step than there are patients
+])
+def test_bad_dp_input_against_the_data(config, batch, flag):
+    privacy = DPTraining(DPConfig(max_grad_norm=1.0, noise_multiplier=1.0, **config))
+    loader = torch.utils.data.DataLoader(PatientSlices(patients=6), batch_size=batch, collate_fn=collate)
+    model = make_model()
+    with pytest.raises(InputError, match=flag):
+        privacy.attach(model, torch.optim.SGD(model.parameters(), lr=0.1), loader, steps=10)
