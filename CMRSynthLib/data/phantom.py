@@ -68,6 +68,7 @@ def _orientation(rng: np.random.Generator) -> np.ndarray:
 
 
 def _ijk_to_ras(direction: np.ndarray, pixel: float, z: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """IJK-to-RAS of a stack whose slice ``k`` lies ``z[k]`` mm down the long axis (a lone slice: 8 mm thick)."""
     spacing_k = float(z[1] - z[0]) if z.size > 1 else 8.0
     matrix = np.eye(4)
     matrix[:3, :3] = direction * np.array([pixel, pixel, spacing_k])
@@ -127,8 +128,7 @@ def make_phantom_cohort(patients: int, *, seed: int = 0, shape=DEFAULT_SHAPE,
     NOR, DCM, HCM, MINF, ARV too. Record image/label paths are where :func:`write_phantom_cohort` puts the
     files, relative to its folder.
     """
-    if isinstance(patients, bool) or not isinstance(patients, (int, np.integer)) or patients < 1:
-        raise ValueError(f"patients must be a positive integer, got {patients!r}")
+    _check_count(patients, seed)
     vendors = tuple(vendors)
     if not vendors:
         raise ValueError("vendors must name at least one vendor")
@@ -136,8 +136,15 @@ def make_phantom_cohort(patients: int, *, seed: int = 0, shape=DEFAULT_SHAPE,
             for case in make_phantom_patient(i, seed=seed, shape=shape, vendor=vendors[i % len(vendors)])]
 
 
+def _check_count(patients, seed) -> None:
+    for name, value, low in (("patients", patients, 1), ("seed", seed, 0)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
 def phantom_parameters(patients: int, *, seed: int, shape) -> dict:
     """What ``phantom.json`` records: enough to tell whether a folder already holds this cohort."""
+    _check_count(patients, seed)
     return {"format": "cmrsynth-phantom", "version": 1, "patients": int(patients), "seed": int(seed),
             "shape": list(check_shape(shape)), "vendors": list(VENDORS), "groups": list(GROUPS),
             "simulated": True}

@@ -57,7 +57,7 @@ class Anatomy:
     height: float  # cm
     weight: float  # kg
     radius: float  # LV endocardial radius at the ED base
-    length: float  # LV endocardial half-ellipsoid length (ED)
+    length: float  # LV endocardial length, base plane to apex (ED)
     wall: float  # mean wall thickness at the base
     apex_wall: float  # extra epicardial length at the apex
     shape: tuple[float, float, float, float]  # a2, φ2, a3, φ3 of P(θ) = 1 + a2 cos 2(θ-φ2) + a3 cos 3(θ-φ3)
@@ -98,8 +98,9 @@ def sample_anatomy(rng: np.random.Generator, group: str) -> Anatomy:
         wall=g["wall"] * n(1.0, 0.07), apex_wall=u(5.0, 8.0),
         shape=(u(0.02, 0.07), u(0, np.pi), u(0.0, 0.03), u(0, 2 * np.pi)),
         septal=(u(7.0, 11.0) if hcm else 0.0, np.pi + u(-0.45, 0.15)),
-        infarct=(u(2.5, 4.0), float(rng.choice([-1.5, 1.4, 0.2])) + u(-0.3, 0.3), u(2.0, 4.0), u(0.2, 0.45)) if minf
-        else (0.0, 0.0, 0.0, 1.0),
+        # MINF: an anterior, inferior or lateral scar
+        infarct=(u(2.5, 4.0), float(rng.choice([-1.5, 1.4, 0.2])) + u(-0.3, 0.3), u(2.0, 4.0), u(0.2, 0.45))
+        if minf else (0.0, 0.0, 0.0, 1.0),
         ef=u(*g["ef"]) / 100.0, shortening=g["shortening"] * n(1.0, 0.015),
         rv=(g["rv"][0] * n(1.0, 0.04), g["rv"][1] * n(1.0, 0.05), g["rv"][2] * n(1.0, 0.05),
             g["rv_length"] * n(1.0, 0.03), np.pi + u(0.1, 0.4)),
@@ -144,7 +145,6 @@ class _Angles:
         cy = a.centre[1] + a.tilt[1] * (z - z.mean())
         self.dx = (x[None] - cx[:, None, None]).astype(np.float32)
         self.dy = (y[None] - cy[:, None, None]).astype(np.float32)
-        self.centres = np.stack([cx, cy], axis=1)
         self.r = np.hypot(self.dx, self.dy)
         inv = 1.0 / np.maximum(self.r, 1e-3)
         self.c, self.s = self.dx * inv, self.dy * inv

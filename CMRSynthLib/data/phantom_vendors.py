@@ -83,7 +83,7 @@ def acquire(signal: np.ndarray, style: VendorStyle, rng: np.random.Generator, *,
 
     ``bias`` is the ``(K, H, W)``-broadcastable multiplicative coil field (shared by a patient's phases).
     """
-    k, h, w = signal.shape
+    _, h, w = signal.shape
     weights = kspace_filter(h, w, style.kspace_fraction, style.window)
     sigma = (1.0 / style.snr) / float(np.sqrt(np.mean(weights ** 2)))
     data = np.empty(signal.shape, np.complex64)
