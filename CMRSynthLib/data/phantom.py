@@ -61,7 +61,7 @@ def _orientation(rng: np.random.Generator) -> np.ndarray:
     k_axis /= np.linalg.norm(k_axis)
     j_axis = _POSTERIOR - (_POSTERIOR @ k_axis) * k_axis
     j_axis /= np.linalg.norm(j_axis)
-    i_axis = np.cross(j_axis, k_axis)  # points to the patient's left (RV on the image's left)
+    i_axis = np.cross(k_axis, j_axis)  # RV → LV: to the patient's left (a left-handed frame, like many scans)
     spin = rng.normal(0.0, 0.1)
     i_axis, j_axis = np.cos(spin) * i_axis + np.sin(spin) * j_axis, -np.sin(spin) * i_axis + np.cos(spin) * j_axis
     return np.stack([i_axis, j_axis, k_axis], axis=1)

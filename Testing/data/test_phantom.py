@@ -87,6 +87,23 @@ def test_geometry_is_an_oblique_short_axis_stack(cohort):
     assert max(abs(long_axis)) < 0.9  # oblique, not a scanner axis
 
 
+def test_anatomy_sits_the_right_way_round_in_the_patient(cohort):
+    """In RAS, the RV lies to the patient's right of and anterior to the LV, the apex left-anterior-inferior."""
+    for case in cohort[::2]:
+        lab = case.label.array
+
+        def centroid(mask):
+            k, j, i = np.nonzero(mask)
+            return (case.label.ijk_to_ras @ np.stack([i, j, k, np.ones_like(i)]).astype(float))[:3].mean(1)
+
+        mid = np.zeros_like(lab)
+        mid[2] = lab[2]  # a basal-to-mid slice: the RV beside the LV
+        lv, rv = centroid(mid == 1), centroid(mid == 3)
+        assert rv[0] > lv[0] and rv[1] > lv[1], case.patient
+        base, apex = centroid(lab[:2] > 0), centroid(np.concatenate([0 * lab[:-3], lab[-3:]]) > 0)
+        assert apex[0] < base[0] and apex[1] > base[1] and apex[2] < base[2], case.patient
+
+
 def test_bad_arguments_raise():
     for bad in (0, -1, 2.5, "3", True):
         with pytest.raises(ValueError):
