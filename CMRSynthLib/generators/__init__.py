@@ -8,15 +8,19 @@
 from __future__ import annotations
 
 from CMRSynthLib.errors import InputError
+from CMRSynthLib.generators.anatomy import AnatomyGenerator
 from CMRSynthLib.generators.base import Generator, Vocabulary
 from CMRSynthLib.generators.ddpm import DDPMGenerator
 from CMRSynthLib.generators.flow import FlowGenerator
+from CMRSynthLib.generators.hybrid import HybridGenerator
 from CMRSynthLib.generators.ldm import LDMGenerator
 
 GENERATORS: dict[str, type[Generator]] = {
     "ddpm": DDPMGenerator,
     "ldm": LDMGenerator,
     "flow": FlowGenerator,
+    "hybrid": HybridGenerator,
+    "anatomy": AnatomyGenerator,
 }
 
 

@@ -86,10 +86,10 @@ class DDPMGenerator(Generator):
         self.default_sampler, self.default_steps = config.sampler, config.steps
         self.net = ConditionalUNet(spatial_dims=config.spatial_dims, channels=1, mask_channels=4,
                                    token_counts=token_counts(config.vocabulary), config=config.network)
-        self.register_buffer("alphas_cumprod", self._scheduler("ancestral").alphas_cumprod.float(),
+        self.register_buffer("alphas_cumprod", self.scheduler("ancestral").alphas_cumprod.float(),
                              persistent=False)
 
-    def _scheduler(self, sampler: str):
+    def scheduler(self, sampler: str):
         """A fresh diffusers scheduler for ``sampler`` (schedulers keep per-run state, so one per call)."""
         common = dict(num_train_timesteps=self.config.num_train_timesteps, beta_schedule=self.config.beta_schedule,
                       prediction_type=self.config.prediction_type, timestep_spacing="trailing")
@@ -139,7 +139,7 @@ class DDPMGenerator(Generator):
                guidance: float = 1.0, generator: torch.Generator | None = None,
                callback: ProgressCallback | None = None) -> torch.Tensor:
         sampler, steps = self.check_sampling(sampler, steps, guidance)
-        scheduler = self._scheduler(sampler)
+        scheduler = self.scheduler(sampler)
         scheduler.set_timesteps(steps)
         x = randn((len(cond), 1, *cond.mask.shape[2:]), generator, cond.mask.device)
         return self.denoise(x, cond, scheduler, guidance=guidance, generator=generator, callback=callback)
