@@ -1,0 +1,121 @@
+"""``python -m benchmarks [--smoke | --quick] [--only SECTIONS]``: run the suite, print markdown tables, and write
+them to ``benchmarks/results/<machine>-<date>[-<mode>].md`` (atomically).
+
+Run it from the repository root (Opacus installs an unrelated top-level ``benchmarks`` package into
+site-packages; ``python -m`` from the root finds this one first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.common import (Settings, Table, cpu_model, isa_flags, load_average, machine_name, matmul_peak,
+                               settings_for)
+
+# section name → (module, function); run in this order (later sections read earlier ones' context)
+SECTIONS = {
+    "quality": ("benchmarks.quality", "run"),
+    "sampling": ("benchmarks.sampling", "run"),
+    "training": ("benchmarks.training", "run"),
+    "dp": ("benchmarks.training", "run_dp"),
+    "3d": ("benchmarks.volume3d", "run"),
+    "scaling": ("benchmarks.scaling", "run"),
+    "optimisations": ("benchmarks.optimisations", "run"),
+}
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_const", const="quick", dest="mode",
+                      help="a shorter run (< 5 min): fewer rows, one timed run each")
+    size.add_argument("--smoke", action="store_const", const="smoke", dest="mode",
+                      help="tiny shapes and presets (< 1 min): checks the suite works, numbers mean little")
+    parser.add_argument("--only", default=",".join(SECTIONS),
+                        help=f"comma-separated sections among {', '.join(SECTIONS)} (default: all)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--out", type=Path, default=None,
+                        help="results file (default benchmarks/results/<machine>-<date>[-<mode>].md; "
+                             "'-' writes none)")
+    args = parser.parse_args(argv)
+    args.mode = args.mode or "full"
+    args.only = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = [s for s in args.only if s not in SECTIONS]
+    if unknown:
+        parser.error(f"--only: unknown section(s) {', '.join(unknown)}; choose among {', '.join(SECTIONS)}")
+    if args.threads < 1:
+        parser.error(f"--threads must be ≥ 1, got {args.threads}")
+    return args
+
+
+def header(settings: Settings, context: dict, argv: list[str]) -> str:
+    peak = context["matmul_peak"]
+    lines = [
+        f"# CMRSynth benchmarks — {settings.mode} run",
+        "",
+        f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; command: "
+        f"`python -m benchmarks {' '.join(argv)}`".rstrip(),
+        f"- machine: {machine_name(settings.device)} ({cpu_model()}, {isa_flags()}); "
+        f"Python {platform.python_version()}, torch {torch.__version__}, {settings.threads} threads",
+        f"- measured matmul peak (2048², best of 7): fp32 {peak['fp32'] / 1e9:,.0f} GFLOP/s, "
+        f"bf16 {peak['bf16'] / 1e9:,.0f} GFLOP/s",
+        f"- load average (1/5/15 min) at start: {context['load_start']} — this machine is shared; "
+        "compare ratios within one file rather than absolute times across files",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse(argv)
+    torch.set_num_threads(args.threads)
+    settings = settings_for(args.mode, threads=args.threads, device=args.device)
+    started = time.perf_counter()
+    context: dict = {"load_start": load_average(), "sections": args.only}
+    context["matmul_peak"] = {"fp32": matmul_peak(device=settings.device),
+                              "bf16": matmul_peak(dtype=torch.bfloat16, device=settings.device)}
+    tables: list[Table] = []
+    for name in SECTIONS:
+        if name not in args.only:
+            continue
+        module, function = SECTIONS[name]
+        section_start = time.perf_counter()
+        produced = getattr(importlib.import_module(module), function)(settings, context)
+        for table in produced:
+            table.notes.append(f"section `{name}` took {time.perf_counter() - section_start:.0f} s")
+            print(table.markdown(), flush=True)
+        tables += produced
+    from benchmarks.targets import targets_table
+
+    summary = targets_table(settings, context)
+    print(summary.markdown())
+    text = header(settings, context, argv) + "\n" + "\n".join(t.markdown() for t in [summary, *tables])
+    text += f"\nTotal wall time {time.perf_counter() - started:.0f} s; load average at the end: {load_average()}.\n"
+    write(text, args.out, settings)
+    return 0
+
+
+def write(text: str, out: Path | None, settings: Settings) -> None:
+    from CMRSynthLib.files import atomic_write_text
+
+    if out is not None and str(out) == "-":
+        return
+    if out is None:
+        suffix = "" if settings.full else f"-{settings.mode}"
+        out = RESULTS / f"{machine_name(settings.device)}-{datetime.date.today():%Y-%m-%d}{suffix}.md"
+    atomic_write_text(out, text)
+    print(f"results written to {out}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
