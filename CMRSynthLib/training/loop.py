@@ -198,7 +198,8 @@ class Trainer:
         steps_per_epoch = len(loader)
         if steps_per_epoch == 0:
             raise InputError("the training set is empty after preprocessing", path=c.data)
-        total = self._total_steps(steps_per_epoch)
+        # under DP an epoch is 1/q steps (each patient drawn once on average), as `cmrsynth privacy-budget` counts
+        total = self._total_steps(steps_per_epoch if self.privacy is None else self.privacy.epoch_steps(loader))
         info = {"step": 0, "history": [], "wall_seconds": 0.0}
         if resume is not None:
             info = self._restore(resume, generator, ema, optimizer)
@@ -392,7 +393,7 @@ class Trainer:
         c = self.config
         epochs = c.epochs if c.epochs is not None else (None if c.max_steps is not None else DEFAULT_EPOCHS)
         candidates = [n for n in (c.max_steps, epochs and epochs * steps_per_epoch) if n]
-        return min(candidates)
+        return int(min(candidates))
 
 
 @dataclass

@@ -67,12 +67,13 @@ class PoissonUnitSampler:
 
 class UnitLoader:
     """Iterates collated batches of :class:`PoissonUnitSampler` draws over a map-style dataset; one pass
-    (an "epoch", each unit drawn once on average) is ``steps_per_epoch`` draws.
+    (an "epoch", each unit drawn once on average) hands out ``steps_per_epoch`` batches.
 
     Each draw uses ``next_generator()`` (the caller seeds it from its step count). Before yielding a batch it
     calls ``on_draw(draw)`` (the optimizer needs the rows' groups), so the groups always belong to the batch
     just handed out. An empty draw is not yielded: ``on_empty()`` is called instead (DP-SGD must still take a
-    noise-only step, or skipping would reveal that nobody was drawn). Iteration ends early once ``stop()``.
+    noise-only step, or skipping would reveal that nobody was drawn). Iteration ends early once ``stop()``;
+    a pass that yields nothing therefore means the run is over.
     """
 
     def __init__(self, dataset, sampler: PoissonUnitSampler, collate_fn: Callable, *, steps_per_epoch: int,
@@ -91,12 +92,12 @@ class UnitLoader:
         return self.steps_per_epoch
 
     def __iter__(self):
-        for _ in range(self.steps_per_epoch):
-            if self.stop():
-                return
+        handed = 0
+        while handed < self.steps_per_epoch and not self.stop():
             draw = self.sampler.draw(self.next_generator())
             if not draw.rows:
                 self.on_empty()
                 continue
             self.on_draw(draw)
+            handed += 1
             yield self.collate_fn([self.dataset[i] for i in draw.rows])

@@ -27,13 +27,11 @@ Not done: Opacus's ``secure_mode`` (cryptographically secure noise) and multi-pr
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass, fields
-
-import torch
 
 from CMRSynthLib.errors import InputError
 from CMRSynthLib.training.ledger import Ledger, make_ledger
-from CMRSynthLib.training.patient_sampling import PoissonUnitSampler, UnitLoader
 from CMRSynthLib.training.privacy_planner import (ACCOUNTANTS, calibrate_noise, check_inputs, epsilon_of,
                                                   max_steps)
 
@@ -131,13 +129,16 @@ class DPTraining:
         Returns the same model (Opacus hooks attached), a :class:`PatientDPOptimizer` and a patient loader
         whose ``len`` is the steps of one epoch (each patient drawn once on average).
         """
+        import torch
         from opacus.grad_sample import GradSampleHooks
 
         from CMRSynthLib.training.dp_optimizer import PatientDPOptimizer
+        from CMRSynthLib.training.patient_sampling import PoissonUnitSampler, UnitLoader
 
         c = self.config
         if isinstance(model, torch.nn.parallel.DistributedDataParallel):
             raise InputError("--dp trains on one process for now; run without torchrun")
+        _check_stage(getattr(model, "generator", model))
         check_module(model)
         dataset = loader.dataset
         index = dataset.patient_index()
@@ -154,6 +155,9 @@ class DPTraining:
             delta=c.delta, accountant=c.accountant, spent=self.spent)
         self._update_allowed_steps()
 
+        # Opacus's backward hooks on the first layer (whose input needs no gradient) make torch warn once per
+        # run; the per-sample gradients are still right (tested), so the warning is only noise for a user.
+        warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed")
         hooks = GradSampleHooks(model, batch_first=True, loss_reduction="mean", strict=False)
         hooks.forbid_grad_accumulation()
         self._noise = torch.Generator()
@@ -167,6 +171,11 @@ class DPTraining:
                                next_generator=self._next_step_generator, on_draw=self._on_draw,
                                on_empty=self.optimizer.noise_only_step, stop=self.exhausted)
         return model, self.optimizer, dp_loader
+
+    def epoch_steps(self, loader) -> float:
+        """Steps of one DP epoch over ``loader`` (before :meth:`attach`): 1/q, each unit drawn once on average."""
+        units = len(loader.dataset) if self.config.slice_level else len(loader.dataset.patient_index())
+        return units / loader.batch_size
 
     def epsilon(self) -> float:
         """ε spent so far (composed budget included), from Opacus's accountant."""
@@ -219,13 +228,17 @@ class DPTraining:
                                        target_epsilon=c.target_epsilon, delta=c.delta, accountant=c.accountant,
                                        spent=self.spent, limit=max(self.planned_steps, self.run_steps))
 
-    def _next_step_generator(self) -> torch.Generator:
+    def _next_step_generator(self):
         """Seeds the sampling and the noise of the coming step from ``(seed, step)``: resume-exact."""
+        import torch
+
         base = (self.config.seed * 1_000_003 + self.run_steps) * 4 + 0x5EED
         self._noise.manual_seed((base + 1) % 2**63)
         return torch.Generator().manual_seed(base % 2**63)
 
     def _on_draw(self, draw) -> None:
+        import torch
+
         self.optimizer.set_groups(torch.tensor(draw.groups, dtype=torch.long))
 
     def _on_step(self, optimizer) -> None:
@@ -233,7 +246,15 @@ class DPTraining:
         self.run_steps += 1
 
 
-def check_module(model: torch.nn.Module) -> None:
+def _check_stage(generator) -> None:
+    """A latent diffusion model is DP-trained only in its diffusion stage, on a frozen autoencoder from --init."""
+    if getattr(generator, "family", None) == "ldm" and getattr(generator, "stage", None) != "diffusion":
+        raise InputError("--dp with --generator ldm fine-tunes only the latent diffusion: --init must be an LDM "
+                         "whose autoencoder was trained on public data and frozen (stage 'diffusion'); training "
+                         "the autoencoder here would show it the private images without DP")
+
+
+def check_module(model) -> None:
     """Raise InputError naming every layer for which Opacus cannot compute correct per-sample gradients.
 
     Opacus's ``ModuleValidator.fix`` would swap such layers (e.g. BatchNorm → GroupNorm), but that changes the
@@ -254,3 +275,81 @@ def check_module(model: torch.nn.Module) -> None:
         raise InputError("--dp: Opacus cannot train this model with differential privacy because of layer "
                          + "; ".join(problems) + " — use a model without these layers (e.g. GroupNorm instead of "
                          "BatchNorm)")
+
+
+# -- the command line (``cmrsynth train`` adds these flags; see jobs/train.py) ------------------------------
+def add_arguments(parser) -> None:
+    group = parser.add_argument_group("differential privacy (DP-SGD with Opacus; the privacy unit is the patient)")
+    group.add_argument("--dp", action="store_true",
+                       help="train with DP-SGD: Poisson sampling of patients (--batch-size is the expected number "
+                            "of patients per step, --epochs counts passes over the patients), per-patient clipping")
+    group.add_argument("--epsilon", type=float, default=None,
+                       help="target ε: the noise is calibrated to it, and training stops before exceeding it")
+    group.add_argument("--delta", type=float, default=None, help="δ, below 1/patients")
+    group.add_argument("--max-grad-norm", type=float, default=None,
+                       help="C: the norm each patient's gradient is clipped to")
+    group.add_argument("--noise-multiplier", type=float, default=None,
+                       help="σ set by hand instead of calibrated to --epsilon")
+    group.add_argument("--accountant", choices=ACCOUNTANTS, default="rdp",
+                       help="Opacus accountant: rdp (Rényi DP) or prv (privacy random variables, tighter)")
+    group.add_argument("--slice-level", action="store_true",
+                       help="make the SLICE the privacy unit (weaker: the card then reports the patient-level "
+                            "ε by group privacy over the most slices any patient has)")
+    group.add_argument("--slices-per-patient", type=int, default=1,
+                       help="k slices of each drawn patient per step, averaged before clipping")
+    group.add_argument("--noise-multiplicity", type=int, default=1,
+                       help="K noise levels per slice, averaged before clipping (DPDM)")
+
+
+_DP_ONLY = {"--epsilon": ("epsilon", None), "--delta": ("delta", None), "--max-grad-norm": ("max_grad_norm", None),
+            "--noise-multiplier": ("noise_multiplier", None), "--accountant": ("accountant", "rdp"),
+            "--slice-level": ("slice_level", False), "--slices-per-patient": ("slices_per_patient", 1),
+            "--noise-multiplicity": ("noise_multiplicity", 1)}
+
+
+def from_args(args) -> DPTraining | None:
+    """The privacy object for ``cmrsynth train`` arguments, or None without ``--dp`` (refuses DP flags then).
+
+    With ``--init``: a checkpoint DP-trained on the same data (same data fingerprint) is composed with (its
+    history is spent budget); one trained WITHOUT DP on the same data is refused (no guarantee could hold).
+    """
+    if not args.dp:
+        given = [flag for flag, (dest, default) in _DP_ONLY.items() if getattr(args, dest) != default]
+        if given:
+            raise InputError(f"{', '.join(given)} only apply with --dp")
+        return None
+    missing = [flag for flag in ("--delta", "--max-grad-norm") if getattr(args, _DP_ONLY[flag][0]) is None]
+    if missing:
+        raise InputError(f"--dp needs {' and '.join(missing)}")
+    config = DPConfig(delta=args.delta, max_grad_norm=args.max_grad_norm, target_epsilon=args.epsilon,
+                      noise_multiplier=args.noise_multiplier, accountant=args.accountant,
+                      slice_level=args.slice_level, slices_per_patient=args.slices_per_patient,
+                      noise_multiplicity=args.noise_multiplicity, seed=args.seed)
+    if args.generator == "ldm" and not args.init:
+        raise InputError("--dp with --generator ldm needs --init: an LDM whose autoencoder was trained on public "
+                         "data (DP then fine-tunes its latent diffusion only)")
+    if not args.init:
+        return DPTraining(config)
+    composed = _earlier_dp_run(args.init, args.data)
+    return DPTraining(config, init_checkpoint=str(args.init), composed=composed,
+                      composed_from=str(args.init) if composed is not None else None)
+
+
+def _earlier_dp_run(init: str, data: str) -> Ledger | None:
+    """The ledger of ``init`` when it was DP-trained on ``data``; None when it never saw ``data``."""
+    from CMRSynthLib.data.cohorts import open_cohort
+    from CMRSynthLib.training.checkpoint import read_card, resolve_model
+    from CMRSynthLib.training.data import fingerprint
+
+    path = resolve_model(init)
+    card = read_card(path)
+    if (card.get("data") or {}).get("sha256") != fingerprint(open_cohort(data))["sha256"]:
+        return None
+    if not card.get("privacy"):
+        raise InputError("--init was trained WITHOUT differential privacy on this same data (same data "
+                         "fingerprint), so no DP guarantee can hold for a fine-tune of it; start from a checkpoint "
+                         "trained on public data", path=path)
+    try:
+        return Ledger.from_dict(card["privacy"])
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"card has an invalid privacy ledger ({exc})", path=path) from None

@@ -56,7 +56,10 @@ def epsilon_of(history: History, *, delta: float, accountant: str) -> float:
     acc.history = history
     with warnings.catch_warnings():  # RDP warns when the best order is at the edge of its grid; ε is still valid
         warnings.simplefilter("ignore")
-        return float(acc.get_epsilon(delta=delta))
+        eps = float(acc.get_epsilon(delta=delta))
+    # Opacus's RDP→(ε, δ) conversion (Balle et al. 2020) can return ε < 0 for very small RDP; (ε, δ)-DP with
+    # ε < 0 implies (0, δ)-DP, so 0 is the sound (and meaningful) value to report.
+    return max(0.0, eps)
 
 
 def sample_rate(patients: int, batch_size: float) -> float:

@@ -1,0 +1,144 @@
+"""``cmrsynth train --dp`` end to end on the tiny phantom cohort: a public pre-train, a DP fine-tune whose card
+carries a complete ledger, a composed second fine-tune, the budget stop, exact resume, and the refusals."""
+
+import json
+from dataclasses import fields
+
+import pytest
+import torch
+
+from CMRSynthLib.training import checkpoint as ckpt
+from CMRSynthLib.training.ledger import Ledger, recompute_epsilon
+from CMRSynthLib.training.loop import Trainer
+from CMRSynthLib.training.privacy import DPConfig, DPTraining
+from CMRSynthLib.training.privacy_planner import epsilon_of
+from training_fixtures import PATIENTS, SHAPE, phantom, tiny_flow, train_config  # noqa: F401 - fixtures
+
+pytestmark = pytest.mark.filterwarnings("ignore:Full backward hook is firing")
+COMMON = ["--generator", "flow", "--batch-size", "2", "--lr", "2e-3", "--device", "cpu", "--seed", "3"]
+DP = ["--dp", "--delta", "1e-2", "--max-grad-norm", "1.0"]
+
+
+def card_of(path):
+    return json.loads((path / "card.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def public_model(tmp_path_factory):
+    """A tiny flow pre-trained (without DP) on a different, public phantom cohort."""
+    from CMRSynthLib.data.phantom import write_phantom_cohort
+
+    root = tmp_path_factory.mktemp("public")
+    data = write_phantom_cohort(root / "cohort", PATIENTS, seed=101, shape=SHAPE)
+    Trainer(train_config(data, root / "model", max_steps=4)).run()
+    return root / "model"
+
+
+@pytest.fixture(scope="module")
+def dp_model(public_model, phantom, tmp_path_factory):  # noqa: F811
+    """A DP fine-tune of :func:`public_model` on the private phantom cohort, through the command line."""
+    from CMRSynthLib.cli import main
+
+    out = tmp_path_factory.mktemp("dp") / "model"
+    code = main(["train", "--data", str(phantom), "--out", str(out), "--init", str(public_model), "--max-steps", "5",
+                 *COMMON, *DP, "--epsilon", "30", "--noise-multiplicity", "2", "--progress", "none"])
+    assert code == 0
+    return out
+
+
+def test_dp_fine_tune_card_has_a_complete_ledger(dp_model, public_model):
+    card = card_of(dp_model)
+    ledger = Ledger.from_dict(card["privacy"])
+    assert set(card["privacy"]) == {f.name for f in fields(Ledger)}
+    assert ledger.mechanism == "DP-SGD (Opacus)" and ledger.accountant == "rdp" and ledger.unit == "patient"
+    assert ledger.patients == len(card["members"]) and ledger.sample_rate == 2 / ledger.patients
+    assert ledger.delta == 1e-2 and ledger.max_grad_norm == 1.0 and ledger.target_epsilon == 30
+    assert ledger.noise_multiplicity == 2 and ledger.slices_per_patient == 1
+    assert ledger.init_checkpoint == str(public_model) and ledger.composed_from is None
+    assert ledger.steps >= card["training"]["steps"] == 5  # draws with no patient are noise-only steps too
+    assert ledger.history == ((ledger.noise_multiplier, ledger.sample_rate, ledger.steps),)
+    assert 0 < ledger.epsilon == recompute_epsilon(ledger) <= 30
+
+
+def test_progress_reports_epsilon(public_model, phantom, tmp_path, run_cli):  # noqa: F811
+    code, out, err = run_cli("train", "--data", phantom, "--out", tmp_path / "m", "--init", public_model,
+                             "--max-steps", "2", *COMMON, *DP, "--noise-multiplier", "1.0", "--progress", "jsonl")
+    assert code == 0, err
+    events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    epsilons = [e["epsilon"] for e in events if e["event"] == "progress"]
+    assert epsilons and epsilons == sorted(epsilons) and epsilons[-1] == card_of(tmp_path / "m")["privacy"]["epsilon"]
+
+
+def test_a_dp_fine_tune_of_a_dp_model_on_the_same_data_composes(dp_model, phantom, tmp_path, run_cli):  # noqa: F811
+    first = Ledger.from_dict(card_of(dp_model)["privacy"])
+    code, out, err = run_cli("train", "--data", phantom, "--out", tmp_path / "again", "--init", dp_model,
+                             "--max-steps", "3", *COMMON, *DP, "--epsilon", str(first.epsilon + 10),
+                             "--progress", "none")
+    assert code == 0, err
+    second = Ledger.from_dict(card_of(tmp_path / "again")["privacy"])
+    assert second.composed_from == str(dp_model)
+    assert second.history[0] == first.history[0] and second.steps > first.steps
+    assert first.epsilon < second.epsilon == recompute_epsilon(second) <= first.epsilon + 10
+
+
+def test_training_stops_cleanly_at_the_budget(public_model, phantom, tmp_path, run_cli):  # noqa: F811
+    members = len(card_of(public_model)["members"])  # same split sizes: same number of member patients
+    target = epsilon_of([(1.0, 2 / members, 3)], delta=1e-2, accountant="rdp") + 1e-9
+    code, out, err = run_cli("train", "--data", phantom, "--out", tmp_path / "m", "--init", public_model,
+                             "--max-steps", "40", *COMMON, *DP, "--noise-multiplier", "1.0", "--epsilon", str(target))
+    assert code == 0, err
+    assert "privacy budget is spent" in err
+    card = card_of(tmp_path / "m")
+    assert card["privacy"]["steps"] == 3 and card["training"]["steps"] <= 3
+    assert card["privacy"]["epsilon"] <= target
+
+
+def test_resumed_dp_run_spends_exactly_what_an_uninterrupted_one_does(phantom, tmp_path):  # noqa: F811
+    def run(out, **overrides):
+        privacy = DPTraining(DPConfig(delta=1e-2, max_grad_norm=1.0, noise_multiplier=1.2, seed=3))
+        return Trainer(train_config(phantom, out, max_steps=6, batch_size=2, **overrides), privacy=privacy)
+
+    run(tmp_path / "whole").run()
+    interrupted, calls = run(tmp_path / "parts", save_every=3), []
+    original = interrupted._train_step
+
+    def killed_at_the_fifth_step(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    interrupted._train_step = killed_at_the_fifth_step
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.run()
+    assert card_of(tmp_path / "parts")["training"]["steps"] == 3
+    assert run(tmp_path / "parts", save_every=3).run().resumed_from == 3
+    whole, parts = ckpt.read_checkpoint(tmp_path / "whole"), ckpt.read_checkpoint(tmp_path / "parts")
+    assert whole.card["privacy"] == parts.card["privacy"]  # same history, same ε
+    for name in whole.weights:
+        assert torch.equal(whole.weights[name], parts.weights[name]), name
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--epsilon", "4"], "only apply with --dp"),
+    (["--dp", "--epsilon", "4", "--max-grad-norm", "1"], "--delta"),
+    ([*DP], "--epsilon"),
+    ([*DP, "--epsilon", "4", "--max-grad-norm", "0"], "--max-grad-norm"),
+    ([*DP, "--epsilon", "1e-3", "--delta", "1e-5"], "cannot be reached"),
+    (["--dp", "--delta", "0.5", "--max-grad-norm", "1", "--epsilon", "4"], "--delta"),
+    ([*DP, "--epsilon", "4", "--batch-size", "50"], "--batch-size"),
+])
+def test_bad_dp_arguments_exit_2(phantom, tmp_path, run_cli, arguments, message):  # noqa: F811
+    code, out, err = run_cli("train", "--data", phantom, "--out", tmp_path / "m", *COMMON, "--preset", "tiny",
+                             "--image-size", "32", "--max-steps", "2", *arguments)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "m").exists()
+
+
+def test_refusals_that_protect_the_guarantee(phantom, tiny_flow, tmp_path, run_cli):  # noqa: F811
+    code, _, err = run_cli("train", "--data", phantom, "--out", tmp_path / "a", "--init", tiny_flow, *COMMON,
+                           "--max-steps", "2", *DP, "--epsilon", "8")
+    assert code == 2 and "WITHOUT differential privacy on this same data" in err
+    code, _, err = run_cli("train", "--data", phantom, "--out", tmp_path / "b", "--generator", "ldm", "--max-steps",
+                           "2", *DP, "--epsilon", "8")
+    assert code == 2 and "--init" in err and "autoencoder" in err
