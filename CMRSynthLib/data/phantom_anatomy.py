@@ -343,6 +343,12 @@ class Renderer:
         paint(_ellipse(x, y, 0.0, body_cy, lateral, ap), "fat")
         paint(_ellipse(x, y, 0.0, body_cy, lateral - subcut, ap - subcut), "muscle")
         paint(_ellipse(x, y, 0.0, body_cy, lateral - inner, ap - inner), "lung")
+        for angle in (-0.42, -0.8, -1.15, -1.57, -1.99, -2.34, -2.72):  # sternum (top centre) and ribs
+            bx = (lateral - subcut - muscle / 2) * math.cos(angle) - 8.0
+            by = body_cy + (ap - subcut - muscle / 2) * math.sin(angle)
+            size = (14.0, 5.0) if angle == -1.57 else (6.5, 4.5)
+            paint(_ellipse(x, y, bx, by, *size), "bone")
+            paint(_ellipse(x, y, bx, by, size[0] - 2.0, size[1] - 2.0), "marrow")
         paint(_ellipse(x, y, sx + 5, sy - 25, 32.0, 24.0), "soft")  # posterior mediastinum
         paint(_ellipse(x, y, sx, sy + 22, 48.0, 26.0), "muscle")  # paraspinal muscles
         paint(np.hypot(x - sx, y - sy) - 17.0, "bone")
