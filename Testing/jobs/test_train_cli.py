@@ -1,0 +1,63 @@
+"""cmrsynth train: the progress protocol, a finished run, resuming, and bad input."""
+
+import json
+
+import pytest
+
+from CMRSynthLib.jobs.progress import read_events
+from CMRSynthLib.training.checkpoint import load_checkpoint
+from training_fixtures import phantom  # noqa: F401 - fixture
+
+TINY = ("--generator", "flow", "--preset", "tiny", "--image-size", "32", "--spacing", "5", "--batch-size", "4",
+        "--device", "cpu")
+
+
+def test_train_reports_progress_and_writes_a_loadable_checkpoint(run_cli, phantom, tmp_path):  # noqa: F811
+    out = tmp_path / "model"
+    code, stdout, err = run_cli("train", "--data", phantom, "--out", out, *TINY, "--max-steps", "4",
+                                "--save-every", "2", "--progress", "jsonl")
+    assert code == 0, err
+    events = list(read_events(stdout.splitlines()))
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "start" and kinds[-1] == "done" and kinds.count("artefact") == 2
+    assert [e["step"] for e in events if e["event"] == "progress"] == [1, 2, 3, 4]
+    assert all(e["loss"] > 0 for e in events if e["event"] == "progress")
+    generator, card = load_checkpoint(out)
+    assert card["family"] == "flow" and card["training"]["steps"] == 4
+    assert card["training"]["command"][:1] and card["training"]["arguments"]["max_steps"] == 4
+
+    code, stdout, err = run_cli("train", "--data", phantom, "--out", out, *TINY, "--max-steps", "4",
+                                "--progress", "jsonl")
+    assert code == 0
+    warnings = [e["message"] for e in read_events(stdout.splitlines()) if e["event"] == "warning"]
+    assert warnings and "already holds a finished run (4 steps)" in warnings[0]
+
+    code, stdout, err = run_cli("train", "--data", phantom, "--out", out, *TINY, "--max-steps", "5")
+    assert code == 2 and "other arguments (max_steps: 4 → 5)" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("extra, message", [
+    (("--batch-size", "0"), "--batch-size must be a positive whole number"),
+    (("--train-patients", "99"), "--train-patients must be between 1 and"),
+    (("--precision", "fp16"), "--precision fp16 needs --device cuda"),
+    (("--lr", "-1"), "--lr must be > 0"),
+    (("--init", "missing-model"), "no checkpoint folder or starter model"),
+])
+def test_bad_input_exits_2_and_writes_nothing(run_cli, phantom, tmp_path, extra, message):  # noqa: F811
+    code, stdout, err = run_cli("train", "--data", phantom, "--out", tmp_path / "model", *TINY, "--max-steps", "1",
+                                *extra)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "model").exists()
+
+
+def test_missing_cohort_exits_2(run_cli, tmp_path):
+    code, stdout, err = run_cli("train", "--data", tmp_path / "nowhere", "--out", tmp_path / "model", *TINY)
+    assert code == 2 and "nowhere: not found" in err
+    assert not (tmp_path / "model").exists()
+
+
+def test_card_of_a_jsonl_run_is_plain_json(run_cli, phantom, tmp_path):  # noqa: F811
+    out = tmp_path / "model"
+    assert run_cli("train", "--data", phantom, "--out", out, *TINY, "--max-steps", "1", "--train-patients", "1")[0] == 0
+    card = json.loads((out / "card.json").read_text())
+    assert len(card["members"]) == 1 and card["privacy"] is None
