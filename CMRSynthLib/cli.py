@@ -16,13 +16,16 @@ from CMRSynthLib.errors import InputError
 from CMRSynthLib.jobs.progress import MODES, Progress
 
 # Command name → module in CMRSynthLib.jobs. Each module has HELP, add_arguments(parser), run(args, progress).
-COMMANDS: dict[str, str] = {
+COMMANDS: dict[str, str] = {  # in the order of DESIGN §9
+    "phantom": "phantom",
+    "inspect": "inspect",
     "train": "train",
     "sample": "sample",
     "restyle": "restyle",
+    "audit": "audit",
     "privacy-budget": "privacy_budget",
-    "inspect": "inspect",
-    "phantom": "phantom",
+    "demo": "demo",
+    "gui": "gui",
 }
 
 

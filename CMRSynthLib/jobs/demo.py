@@ -1,0 +1,219 @@
+"""``cmrsynth demo``: the whole walk on the phantom cohort, ending in a receipt (DESIGN §2, issue 8).
+
+1. a phantom cohort (four vendors, five pathology groups), split by patient into a public and a private part
+   (the private part's own training split keeps a held-out set: the card records who was in and who was not);
+2. the DP planner's numbers; a flow model and a DDPM trained on the private part without DP; a flow model
+   pre-trained on the public part then fine-tuned on the private part with DP-SGD at ε = 10 (patient-level);
+3. a synthetic cohort from held-out masks in every vendor style, and new anatomies from the stage-1 model;
+4. a held-out real image restyled into every other vendor;
+5. the audit of every model together (fidelity, mask adherence, utility incl. cross-vendor, membership
+   inference, memorisation) → ``DIR/report/report.html``, whose top compares the privacy and utility of
+   the non-DP and DP models; the verdict table and the report's path are printed at the end.
+
+The demo is a script over the public commands: every stage is the ``cmrsynth`` command a user would type,
+printed before it runs. Re-running reuses what is done (each stage leaves a marker with its command line;
+the train command itself resumes unfinished runs). ``--quick`` fine-tunes the bundled starter models briefly
+(minutes on a laptop CPU); the full demo trains from scratch.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from CMRSynthLib.errors import InputError
+
+HELP = "the whole walk on the phantom cohort: cohort → train (with and without DP) → generate → restyle → audit"
+
+VENDORS = ("Siemens", "Philips", "GE", "Canon")
+COHORT_SEED = 2026  # not the starter models' cohort seed: the demo's patients are new to them
+
+
+@dataclass(frozen=True)
+class DemoPlan:
+    """How much work each stage does."""
+
+    patients: int           # phantom patients in all (public + private)
+    public_fraction: float  # share of patients in the public part
+    preset: str
+    image_size: int
+    train_steps: int        # non-DP training steps of each model
+    public_steps: int       # public pre-training steps of the model that is then DP fine-tuned
+    dp_epochs: float        # DP fine-tuning epochs (passes over the private training patients)
+    dp_batch: int           # expected patients per DP step
+    from_starters: bool     # fine-tune the bundled starter models instead of training from scratch
+    sample_steps: int
+    new_anatomies: int
+
+
+PLANS = {
+    "quick": DemoPlan(patients=32, public_fraction=0.25, preset="small", image_size=64, train_steps=60,
+                      public_steps=0, dp_epochs=4, dp_batch=6, from_starters=True, sample_steps=12,
+                      new_anatomies=2),
+    "full": DemoPlan(patients=64, public_fraction=0.25, preset="small", image_size=64, train_steps=3000,
+                     public_steps=1500, dp_epochs=30, dp_batch=12, from_starters=False, sample_steps=20,
+                     new_anatomies=4),
+}
+EPSILON, DELTA, MAX_GRAD_NORM = 10.0, 1e-3, 1.0
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--out", required=True, help="folder for the cohort, models, synthetic images and report")
+    parser.add_argument("--quick", action="store_true",
+                        help="fine-tune the starter models briefly (a few minutes on 2 CPU cores)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
+
+
+class Stages:
+    """Runs ``cmrsynth`` commands in this process, each once: a marker records the finished command line."""
+
+    def __init__(self, out: Path, progress_mode: str):
+        self.out = out
+        self.progress_mode = progress_mode
+        self.markers = out / ".stages"
+
+    def run(self, name: str, *argv) -> None:
+        from CMRSynthLib.cli import main
+        from CMRSynthLib.files import atomic_write_text
+
+        argv = [str(a) for a in argv]
+        marker = self.markers / f"{name}.json"
+        if marker.is_file() and json.loads(marker.read_text()) == argv:
+            _say(f"[{name}] done before, reused:  cmrsynth {shlex.join(argv)}")
+            return
+        _say(f"[{name}]  cmrsynth {shlex.join(argv)}")
+        code = main([*argv[:1], "--progress", self.progress_mode, *argv[1:]])
+        if code != 0:
+            raise SystemExit(code)
+        atomic_write_text(marker, json.dumps(argv))
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def split_cohort(cohort: Path, out: Path, *, public_fraction: float, seed: int) -> tuple[Path, Path]:
+    """Write ``out/public`` and ``out/private`` cohort.csv files over the phantom folder, split by patient
+    (stratified by vendor so both parts see every vendor)."""
+    from CMRSynthLib.data.splits import split_patients
+    from CMRSynthLib.files import atomic_write_text
+
+    with open(cohort / "cohort.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    vendor_of = {row["patient"]: row["vendor"] for row in rows}
+    split = split_patients(sorted(vendor_of), fractions=(public_fraction, 1 - public_fraction, 0.0), seed=seed,
+                           strata=vendor_of)
+    parts = {"public": set(split.train), "private": set(split.validation)}
+    for name, patients in parts.items():
+        lines = [list(rows[0])]
+        for row in rows:
+            if row["patient"] in patients:
+                row = dict(row, image=f"../{cohort.name}/{row['image']}", label=f"../{cohort.name}/{row['label']}")
+                lines.append([row[k] for k in lines[0]])
+        text = "".join(",".join(map(str, line)) + "\n" for line in lines)
+        atomic_write_text(out / name / "cohort.csv", text)
+    return out / "public", out / "private"
+
+
+def held_out_cases(model_dir: Path, private: Path, *, count: int) -> list[dict]:
+    """The first ``count`` ED cases of patients the model's card lists as held out, one per vendor first."""
+    card = json.loads((model_dir / "card.json").read_text())
+    holdout = set(card["holdout"])
+    with open(private / "cohort.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["patient"] in holdout and r["phase"] == "ED"]
+    if not rows:
+        raise InputError("the model's card lists no held-out patients in the private cohort", path=model_dir)
+    rows.sort(key=lambda r: (VENDORS.index(r["vendor"]) if r["vendor"] in VENDORS else 99, r["patient"]))
+    return [dict(r, image=str((private / r["image"]).resolve()), label=str((private / r["label"]).resolve()))
+            for r in rows[:count]]
+
+
+def run(args, progress) -> int:
+    out = Path(args.out).resolve()
+    plan = PLANS["quick" if args.quick else "full"]
+    mode = "none" if progress.mode == "none" else progress.mode
+    stages = Stages(out, mode)
+    device = ["--device", args.device]
+
+    # 1. cohort ------------------------------------------------------------------------------------
+    stages.run("cohort", "phantom", "--out", out / "phantom", "--patients", plan.patients, "--seed", COHORT_SEED)
+    public, private = split_cohort(out / "phantom", out, public_fraction=plan.public_fraction, seed=COHORT_SEED)
+    stages.run("inspect", "inspect", private)
+
+    # 2. models ------------------------------------------------------------------------------------
+    models = out / "models"
+    common = ["--data", private, "--preset", plan.preset, "--image-size", plan.image_size, "--seed", 0, *device]
+    for family in ("flow", "ddpm"):
+        init = ["--init", family] if plan.from_starters else []
+        stages.run(f"train-{family}", "train", "--generator", family, "--out", models / family,
+                   "--max-steps", plan.train_steps, *common, *init)
+    if plan.from_starters:
+        public_model = "flow"  # the starter flow model was trained on another phantom cohort: public data
+    else:
+        public_model = models / "flow-public"
+        stages.run("train-public", "train", "--generator", "flow", "--out", public_model, "--data", public,
+                   "--preset", plan.preset, "--image-size", plan.image_size, "--max-steps", plan.public_steps,
+                   "--seed", 0, *device)
+    private_patients = _training_patients(models / "flow")
+    stages.run("plan-dp", "privacy-budget", "--patients", private_patients, "--batch-size", plan.dp_batch,
+               "--epochs", plan.dp_epochs, "--epsilon", EPSILON, "--delta", DELTA)
+    stages.run("train-flow-dp", "train", "--generator", "flow", "--out", models / "flow-dp", *common,
+               "--init", public_model, "--dp", "--epsilon", EPSILON, "--delta", DELTA,
+               "--max-grad-norm", MAX_GRAD_NORM, "--batch-size", plan.dp_batch, "--epochs", plan.dp_epochs)
+    stages.run("train-anatomy", "train", "--generator", "anatomy", "--out", models / "anatomy", "--data", private,
+               "--preset", plan.preset, "--image-size", plan.image_size, "--max-steps", plan.train_steps,
+               "--seed", 0, *device, *(["--init", "anatomy"] if plan.from_starters else []))
+
+    # 3. synthetic cohort from held-out masks, every vendor; new anatomies ------------------------------
+    cases = held_out_cases(models / "flow", private, count=len(VENDORS))
+    masks = out / "heldout-masks"
+    masks.mkdir(parents=True, exist_ok=True)
+    for case in cases:
+        link = masks / Path(case["label"]).name
+        if not link.exists():
+            link.symlink_to(case["label"])
+    for vendor in VENDORS:
+        stages.run(f"sample-{vendor}", "sample", "--model", models / "flow", "--mask", masks,
+                   "--out", out / "synthetic" / vendor, "--vendor", vendor, "--steps", plan.sample_steps, *device)
+    stages.run("new-anatomy", "sample", "--model", models / "flow", "--anatomy-model", models / "anatomy",
+               "--new-anatomy", plan.new_anatomies, "--group", "DCM", "--phase", "ED", "--vendor", VENDORS[0],
+               "--out", out / "synthetic" / "new-anatomy", "--steps", plan.sample_steps, *device)
+
+    # 4. restyle a held-out real image into every other vendor -----------------------------------------
+    source = cases[0]
+    for vendor in VENDORS:
+        if vendor != source["vendor"]:
+            stages.run(f"restyle-{vendor}", "restyle", "--model", models / "flow", "--image", source["image"],
+                       "--mask", source["label"], "--source-vendor", source["vendor"], "--vendor", vendor,
+                       "--out", out / "restyled" / f"{Path(source['image']).name.split('.')[0]}_{vendor}.nii.gz",
+                       "--steps", plan.sample_steps, *device)
+
+    # 5. the receipt -------------------------------------------------------------------------------
+    stages.run("audit", "audit", "--model", models / "flow", "--model", models / "ddpm", "--model",
+               models / "flow-dp", "--data", private, "--out", out / "report",
+               *(["--quick"] if args.quick else []), "--device", "cpu" if args.device == "auto" else args.device)
+    report = out / "report" / "report.html"
+    _print_verdicts(out / "report" / "report.json")
+    print(f"\nThe receipt: {report}")
+    progress.artefact(report, "report")
+    progress.done(report=str(report))
+    return 0
+
+
+def _training_patients(model_dir: Path) -> int:
+    """How many patients the private model was trained on (the DP planner's N)."""
+    return len(json.loads((model_dir / "card.json").read_text())["members"])
+
+
+def _print_verdicts(report_json: Path) -> None:
+    report = json.loads(report_json.read_text())
+    print()
+    for model in report["models"]:
+        print(f"## {model['name']}")
+        width = max(len(row["axis"]) for row in model["verdict"])
+        for row in model["verdict"]:
+            print(f"  {row['axis']:<{width}}  {row['number']:<34}  {row['meaning']}")
