@@ -212,12 +212,6 @@ def test_stops_before_exceeding_the_target():
     assert epsilon_of([(1.0, 2 / 6, 5)], delta=1e-3, accountant="rdp") > target
 
 
-def test_calibrated_noise_spends_at_most_the_target():
-    privacy, _, _ = run_dp(3, target=6.0, noise=None)
-    assert privacy.noise_multiplier > 0 and privacy.epsilon() <= 6.0
-    assert epsilon_of([(privacy.noise_multiplier, 2 / 6, 3)], delta=1e-3, accountant="rdp") <= 6.0
-
-
 def test_slice_level_is_explicit_and_reports_group_privacy():
     privacy, _, _ = run_dp(2, slice_level=True)
     ledger = Ledger.from_dict(privacy.ledger())

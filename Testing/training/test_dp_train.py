@@ -41,7 +41,8 @@ def dp_model(public_model, phantom, tmp_path_factory):  # noqa: F811
 
     out = tmp_path_factory.mktemp("dp") / "model"
     code = main(["train", "--data", str(phantom), "--out", str(out), "--init", str(public_model), "--max-steps", "5",
-                 *COMMON, *DP, "--epsilon", "30", "--noise-multiplicity", "2", "--progress", "none"])
+                 *COMMON, *DP, "--noise-multiplier", "0.8", "--epsilon", "30", "--noise-multiplicity", "2",
+                 "--progress", "none"])
     assert code == 0
     return out
 
@@ -53,6 +54,7 @@ def test_dp_fine_tune_card_has_a_complete_ledger(dp_model, public_model):
     assert ledger.mechanism == "DP-SGD (Opacus)" and ledger.accountant == "rdp" and ledger.unit == "patient"
     assert ledger.patients == len(card["members"]) and ledger.sample_rate == 2 / ledger.patients
     assert ledger.delta == 1e-2 and ledger.max_grad_norm == 1.0 and ledger.target_epsilon == 30
+    assert ledger.noise_multiplier == 0.8
     assert ledger.noise_multiplicity == 2 and ledger.slices_per_patient == 1
     assert ledger.init_checkpoint == str(public_model) and ledger.composed_from is None
     assert ledger.steps >= card["training"]["steps"] == 5  # draws with no patient are noise-only steps too
@@ -96,23 +98,23 @@ def test_training_stops_cleanly_at_the_budget(public_model, phantom, tmp_path, r
 def test_resumed_dp_run_spends_exactly_what_an_uninterrupted_one_does(phantom, tmp_path):  # noqa: F811
     def run(out, **overrides):
         privacy = DPTraining(DPConfig(delta=1e-2, max_grad_norm=1.0, noise_multiplier=1.2, seed=3))
-        return Trainer(train_config(phantom, out, max_steps=6, batch_size=2, **overrides), privacy=privacy)
+        return Trainer(train_config(phantom, out, max_steps=4, batch_size=2, **overrides), privacy=privacy)
 
     run(tmp_path / "whole").run()
-    interrupted, calls = run(tmp_path / "parts", save_every=3), []
+    interrupted, calls = run(tmp_path / "parts", save_every=2), []
     original = interrupted._train_step
 
-    def killed_at_the_fifth_step(*args, **kwargs):
+    def killed_at_the_third_step(*args, **kwargs):
         calls.append(1)
-        if len(calls) == 5:
+        if len(calls) == 3:
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 
-    interrupted._train_step = killed_at_the_fifth_step
+    interrupted._train_step = killed_at_the_third_step
     with pytest.raises(KeyboardInterrupt):
         interrupted.run()
-    assert card_of(tmp_path / "parts")["training"]["steps"] == 3
-    assert run(tmp_path / "parts", save_every=3).run().resumed_from == 3
+    assert card_of(tmp_path / "parts")["training"]["steps"] == 2
+    assert run(tmp_path / "parts", save_every=2).run().resumed_from == 2
     whole, parts = ckpt.read_checkpoint(tmp_path / "whole"), ckpt.read_checkpoint(tmp_path / "parts")
     assert whole.card["privacy"] == parts.card["privacy"]  # same history, same ε
     for name in whole.weights:
