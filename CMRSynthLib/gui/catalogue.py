@@ -55,7 +55,9 @@ class ModelInfo:
     def describe(self) -> str:
         """One line: generator, training data and privacy."""
         origin = "starter model" if self.starter else str(self.path)
-        data = f"trained on {self.patients} patients" if self.patients is not None else "training data unknown"
+        simulated = "simulated " if (self.card.get("data") or {}).get("simulated") else ""
+        noun = "patient" if self.patients == 1 else "patients"
+        data = f"trained on {self.patients} {simulated}{noun}" if self.patients is not None else "training data unknown"
         privacy = (f"DP ε = {self.epsilon:.3g}" + (f", δ = {self.delta:.1e}" if self.delta else "")
                    if self.epsilon is not None else "no differential privacy")
         return f"{self.family} · {data} · {privacy} · {origin}"

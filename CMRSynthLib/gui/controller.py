@@ -223,6 +223,16 @@ def budget_plan(line: str) -> dict | None:
     return None
 
 
+def verdict_rows(report: dict) -> list[dict]:
+    """The audit's verdict table from ``report.json``: rows of model, axis, number, meaning and level."""
+    rows = []
+    for model in report.get("models", []):
+        for row in model.get("verdict", []):
+            rows.append({"model": model.get("name", ""), "axis": row.get("axis", ""), "number": row.get("number", ""),
+                         "meaning": row.get("meaning", ""), "level": row.get("level", "")})
+    return rows
+
+
 Settings = SampleSettings | TrainSettings | RestyleSettings | AuditSettings | BudgetSettings | PhantomSettings
 
 

@@ -22,16 +22,17 @@ from CMRSynthLib.gui.controller import JobState, JobStatus
 from CMRSynthLib.gui.qt import QtCore, to_bytes
 from CMRSynthLib.jobs.progress import read_events
 
-KINDS = ("start", "progress", "artefact", "warning", "error", "done", "log", "finished")
+KINDS = ("started", "start", "progress", "artefact", "warning", "error", "done", "log", "finished")
 STDERR_LINES = 200
 
 
 class JobRunner:
     """One job at a time over ``QProcess``.
 
-    Listeners: ``runner.on(kind, callback)`` with kind in :data:`KINDS`. Protocol events call
-    ``callback(status, event)``; ``"log"`` gets ``(status, line)`` for each non-protocol output line;
-    ``"finished"`` gets ``(status, None)`` once the job is done, cancelled or failed.
+    Listeners: ``runner.on(kind, callback)`` with kind in :data:`KINDS`. ``"started"`` gets
+    ``(status, argv)`` as the process is launched; protocol events call ``callback(status, event)``;
+    ``"log"`` gets ``(status, line)`` for each non-protocol output line; ``"finished"`` gets
+    ``(status, None)`` once the job is done, cancelled or failed.
     """
 
     def __init__(self, *, grace_seconds: float = 5.0):
@@ -78,6 +79,8 @@ class JobRunner:
         process.errorOccurred.connect(self._on_error)
         self._process = process
         process.start(argv[0], list(argv[1:]))
+        if self.running:  # (a program that cannot start has already finished the job)
+            self._emit("started", list(argv))
         return self.status
 
     def cancel(self) -> None:

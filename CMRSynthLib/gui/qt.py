@@ -2,7 +2,8 @@
 
 PythonQt puts every class in one module ``qt``; Qt.py splits them into QtCore/QtGui/QtWidgets. Code in
 this package writes ``QtCore.QProcess``, ``QtWidgets.QLabel``, ... and uses only what both bindings offer:
-signals connected with ``signal.connect(callable)``, no Python-defined Qt signals (PythonQt lacks them).
+signals connected with ``signal.connect(callable)``, setters called as methods, getters through
+:func:`read`, and no Python-defined Qt signals (PythonQt lacks them).
 """
 
 from __future__ import annotations
@@ -20,7 +21,16 @@ except ImportError:
 
     BINDING = _qtpy.__binding__
 
-__all__ = ["BINDING", "QtCore", "QtGui", "QtWidgets", "to_bytes"]
+__all__ = ["BINDING", "QtCore", "QtGui", "QtWidgets", "read", "to_bytes"]
+
+
+def read(widget, name: str):
+    """A Qt property's value: PythonQt exposes ``widget.text`` as a value, PySide6 as a getter method
+    (``text()``, or ``isEnabled()`` for the property ``enabled``)."""
+    value = getattr(widget, name, None)
+    if value is None:
+        value = getattr(widget, "is" + name[0].upper() + name[1:])
+    return value() if callable(value) else value
 
 
 def to_bytes(data) -> bytes:

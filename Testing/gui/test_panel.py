@@ -1,0 +1,267 @@
+"""The standalone panel under offscreen Qt (PySide6 via Qt.py), driving real ``cmrsynth`` subprocesses.
+
+Set ``CMRSYNTH_SCREENSHOTS=1`` to refresh the README's screenshots in docs/images/ (otherwise they go to a
+temporary folder; each is still grabbed, saved and checked for content).
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from CMRSynthLib.data.volume import read_volume, write_volume
+from CMRSynthLib.gui import catalogue
+from CMRSynthLib.gui.controller import JobState
+from CMRSynthLib.gui.qt import QtCore, QtWidgets, read
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="uses POSIX process groups")
+ROOT = Path(__file__).resolve().parents[2]
+SHAPE = (4, 48, 48)
+
+
+def wait_for(runner, seconds=240.0):
+    timer = QtCore.QElapsedTimer()
+    timer.start()
+    while runner.running:
+        assert timer.elapsed() < seconds * 1000, "job did not finish"
+        QtCore.QCoreApplication.processEvents()
+        QtCore.QThread.msleep(20)
+    QtCore.QCoreApplication.processEvents()
+    return runner.status
+
+
+def wait_until(predicate, seconds=240.0):
+    timer = QtCore.QElapsedTimer()
+    timer.start()
+    while not predicate():
+        assert timer.elapsed() < seconds * 1000, "condition not reached"
+        QtCore.QCoreApplication.processEvents()
+        QtCore.QThread.msleep(20)
+
+
+def screenshot(widget, name: str, tmp_path: Path) -> Path:
+    folder = ROOT / "docs" / "images" if os.environ.get("CMRSYNTH_SCREENSHOTS") else tmp_path
+    folder.mkdir(parents=True, exist_ok=True)
+    QtCore.QCoreApplication.processEvents()
+    path = folder / f"panel_{name}.png"
+    assert widget.grab().save(str(path))
+    from PIL import Image
+
+    with Image.open(path) as image:
+        assert image.size[0] >= 400 and len(np.unique(np.asarray(image.convert("L")))) > 20  # drawn, not blank
+    return path
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory) -> Path:
+    from CMRSynthLib.data.phantom import write_phantom_cohort
+
+    return write_phantom_cohort(tmp_path_factory.mktemp("gui") / "cohort", 3, seed=0, shape=SHAPE)
+
+
+@pytest.fixture(scope="module")
+def model(cohort, tmp_path_factory) -> str:
+    """The bundled flow starter model; until one ships, a two-step flow model trained here."""
+    starters = [m for m in catalogue.list_models(tmp_path_factory.mktemp("none")) if m.starter and m.family == "flow"]
+    if starters:
+        return starters[0].argument
+    out = tmp_path_factory.mktemp("model") / "flow"
+    subprocess.run([sys.executable, "-m", "CMRSynthLib", "train", "--data", str(cohort), "--generator", "flow",
+                    "--out", str(out), "--preset", "tiny", "--max-steps", "2", "--image-size", "32",
+                    "--batch-size", "2", "--device", "cpu", "--progress", "none"], check=True)
+    return str(out)
+
+
+@pytest.fixture
+def panel(tmp_path, monkeypatch):
+    monkeypatch.setenv("CMRSYNTH_MODEL_FOLDER", str(tmp_path / "models"))
+    from CMRSynthLib.gui.panel import CMRSynthPanel
+
+    widget = CMRSynthPanel()
+    widget.resize(560, 820)
+    widget.show()
+    yield widget
+    for runner in (widget.generate.runner, widget.train.runner, widget.train.planner, widget.audit.runner):
+        if runner.running:
+            runner.cancel()
+            wait_for(runner)
+    widget.close()
+
+
+def choose_model(tab, model: str) -> None:
+    if Path(model).is_dir():
+        tab.model.add(model)
+    else:
+        tab.model.refresh(select=model)
+    assert tab.model.argument() == model
+
+
+def test_generate_from_a_mask_file_shows_the_output(panel, cohort, model, tmp_path):
+    tab = panel.generate
+    mask = cohort / "phantom000" / "phantom000_ED_gt.nii.gz"
+    tab.mask.set_path(str(mask))
+    choose_model(tab, model)
+    vendors = [tab.vendor.itemText(i) for i in range(tab.vendor.count())]
+    assert vendors[0] == "" and len(vendors) > 1  # unconditional, then the model's vendors
+    vendor = read(tab.vendor, "currentText")
+    tab.steps.setValue(2)
+    tab.seed.setValue(3)
+    tab.device.setCurrentIndex(tab.device.findText("cpu"))
+    tab.out.set_path(str(tmp_path / "out"))
+    tab.generate_button.click()
+    assert tab.runner.running and read(tab.job.cancel_button, "enabled")
+    status = wait_for(tab.runner)
+    assert status.state is JobState.DONE, status.error
+    expected = tmp_path / "out" / f"phantom000_ED_gt_synth_{vendor}_3.nii.gz"
+    assert expected.is_file() and tab.results.item(0).text() == str(expected)
+    assert read_volume(expected).same_geometry(read_volume(mask))
+    assert tab.preview.pixmap() is not None and not tab.preview.pixmap().isNull()
+    assert "sample finished" in tab.job.status.text() and tab.job.bar.value() == 1000
+    panel.setCurrentIndex(0)
+    screenshot(panel, "generate", tmp_path)
+
+
+def test_a_bad_mask_shows_a_readable_error_and_writes_nothing(panel, cohort, model, tmp_path):
+    good = read_volume(cohort / "phantom000" / "phantom000_ED_gt.nii.gz")
+    labels = good.array.copy()
+    labels[0, 0, 0] = 7
+    bad = write_volume(good.with_array(labels), tmp_path / "bad_mask.nii.gz")
+    tab = panel.generate
+    tab.mask.set_path(str(bad))
+    choose_model(tab, model)
+    tab.out.set_path(str(tmp_path / "out"))
+    tab.generate_button.click()
+    status = wait_for(tab.runner)
+    assert status.state is JobState.FAILED and status.exit_code == 2
+    text = tab.job.status.text()
+    assert "bad_mask.nii.gz" in text and "label values [7]" in text and "Traceback" not in text
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_settings_errors_show_before_any_job_starts(panel):
+    tab = panel.generate
+    tab.mask.set_path("")
+    tab.generate_button.click()
+    assert not tab.runner.running and tab.runner.status.state is JobState.IDLE
+    assert "mask is empty" in tab.job.status.text() or "model is empty" in tab.job.status.text()
+
+
+def test_train_tab_makes_a_cohort_plans_the_budget_and_cancels_training(panel, tmp_path, monkeypatch):
+    tab = panel.train
+    panel.setCurrentIndex(1)
+    tab.phantom_patients.setValue(5)
+    tab.phantom_button.click()
+    status = wait_for(tab.runner)
+    assert status.state is JobState.DONE, status.error
+    cohort = Path(tab.data.path())
+    assert (cohort / "cohort.csv").is_file()
+    train_patients = read(tab.patients, "value")
+    assert 1 <= train_patients < 5  # the training split, not the whole cohort, is what DP accounts for
+
+    tab.dp.setChecked(True)
+    tab.epsilon.setValue(8.0)
+    tab.batch.setValue(train_patients + 1)
+    wait_until(lambda: tab.planner.status.state.finished)  # more patients per batch than patients: refused
+    assert f"{train_patients} patients, got {train_patients + 1}" in tab.plan.text(), tab.plan.text()
+    tab.batch.setValue(1)
+    wait_until(lambda: "σ =" in tab.plan.text() or tab.planner.status.state is JobState.FAILED and not tab.planner.running
+               and "patients, got" not in tab.plan.text())
+    assert "σ =" in tab.plan.text() and "ε = 8" in tab.plan.text(), tab.plan.text()
+
+    from CMRSynthLib.cli import build_parser
+
+    train_help = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
+    tab.dp.setChecked("--dp" in train_help)  # DP training once `cmrsynth train` has its DP flags
+    tab.max_steps.setValue(10000)
+    tab.device.setCurrentIndex(tab.device.findText("cpu"))
+    out = tmp_path / "models" / "run"
+    tab.out.set_path(str(out))
+    tab.train_button.click()
+    assert tab.runner.running
+    wait_until(lambda: tab.runner.status.step >= 3 or not tab.runner.running)
+    assert tab.runner.running, tab.runner.status.error
+    job_pid = int(tab.runner._process.processId())
+    screenshot(panel, "train", tmp_path)
+    tab.job.cancel_button.click()
+    status = wait_for(tab.runner)
+    assert status.state is JobState.CANCELLED and "cancelled" in tab.job.status.text()
+    wait_until(lambda: not Path(f"/proc/{job_pid}").exists()
+               or open(f"/proc/{job_pid}/stat").read().split(") ")[1][0] == "Z")
+    assert not out.exists() or not (out / "card.json").exists()  # no partial checkpoint
+    assert not list(out.parent.glob(".run*partial*"))
+
+
+REPORT = {"models": [{"name": "flow-dp8", "verdict": [
+    {"axis": "fidelity", "number": "FD 12.4 [10.9, 14.0]", "meaning": "close to real held-out images",
+     "level": "good"},
+    {"axis": "mask adherence", "number": "Dice LV 0.91, MYO 0.78, RV 0.85", "meaning": "follows the mask",
+     "level": "good"},
+    {"axis": "utility", "number": "Dice 0.83 vs 0.86 real", "meaning": "a segmenter trained on it nearly matches",
+     "level": "warn"},
+    {"axis": "privacy", "number": "MIA AUC 0.52 [0.47, 0.57]; ε = 8", "meaning": "no membership signal found",
+     "level": "good"}]}]}
+
+
+def test_audit_tab_shows_the_verdict_table(panel, tmp_path):
+    folder = tmp_path / "audit"
+    folder.mkdir()
+    (folder / "report.json").write_text(json.dumps(REPORT))
+    (folder / "report.html").write_text("<html></html>")
+    tab = panel.audit
+    panel.setCurrentIndex(2)
+    tab.out.set_path(str(folder))
+    tab.show_report(folder)
+    assert tab.table.rowCount() == 4
+    assert [tab.table.item(0, c).text() for c in range(4)] == ["flow-dp8", "fidelity", "FD 12.4 [10.9, 14.0]",
+                                                              "close to real held-out images"]
+    assert read(tab.open_button, "enabled")
+    screenshot(panel, "audit", tmp_path)
+
+
+def test_reader_study_tab_records_answers_and_agreement(panel, cohort, tmp_path):
+    real, synthetic = tmp_path / "real", tmp_path / "synthetic"
+    for folder in (real, synthetic):
+        folder.mkdir()
+    for patient in ("phantom000", "phantom001"):
+        volume = read_volume(cohort / patient / f"{patient}_ED.nii.gz")
+        write_volume(volume, real / f"{patient}.nii.gz")
+        smooth = (volume.array + np.roll(volume.array, 1, axis=2)) / 2
+        write_volume(volume.with_array(smooth.astype(np.float32)), synthetic / f"{patient}_synth.nii.gz")
+    tab = panel.reader
+    panel.setCurrentIndex(3)
+    tab.real.set_path(str(real))
+    tab.synthetic.set_path(str(synthetic))
+    tab.per_class.setValue(2)
+    results = tmp_path / "study" / "results.csv"
+    tab.results.set_path(str(results))
+    for reader, answer in (("A", "real"), ("B", None)):
+        tab.reader.setText(reader)
+        tab.start_button.click()
+        assert read(tab.real_button, "enabled") and tab.image.pixmap() is not None
+        if reader == "B":
+            screenshot(panel, "reader", tmp_path)
+        for _ in range(4):
+            item = tab.queue[0]
+            kind = answer or item.truth  # reader A always says real, reader B is always right
+            (tab.real_button if kind == "real" else tab.synthetic_button).click()
+        assert "Done: 4 of 4" in tab.counter.text()
+    from CMRSynthLib.gui import reader_study as rs
+
+    items, answers = rs.load_results(results)
+    assert len(items) == 4 and len(answers) == 8
+    table = {tab.summary.item(r, 0).text(): [tab.summary.item(r, c).text() for c in range(1, 5)]
+             for r in range(tab.summary.rowCount())}
+    assert table == {"A": ["4", "0.50", "0.00", "1.00"], "B": ["4", "1.00", "1.00", "1.00"]}
+    assert "Cohen's κ A vs B: 0.00" in tab.kappa.text()
+
+
+def test_cmrsynth_gui_command_is_registered():
+    from CMRSynthLib.cli import COMMANDS, build_parser
+
+    assert COMMANDS["gui"] == "gui"
+    args = build_parser().parse_args(["gui", "--tab", "reader", "--model-folder", "/tmp/m"])
+    assert args.tab == "reader" and args.model_folder == "/tmp/m"
