@@ -25,6 +25,7 @@ from CMRSynthLib.errors import InputError
 from CMRSynthLib.generators.base import Conditions, Vocabulary
 
 DEFAULT_INTENSITY = (0.0, 1000.0)  # for a card without an intensity record
+NEW_ANATOMY_SLICE_MM = 10.0  # slice spacing given to new anatomies (a typical short-axis stack)
 ANY_VENDOR = "any"  # the file-name word for the null (unconditional) vendor
 
 
@@ -175,3 +176,38 @@ def restyle(generator, card: dict, image: Volume, mask: Volume, *, vendor: str, 
     values[outside] = np.asarray(image.array, dtype=np.float32)[outside]
     return Volume(values, image.ijk_to_ras, marker(card, seed=0, vendor=vendor, restyled_from=source_vendor or
                                                    ANY_VENDOR, steps=steps))
+
+
+@torch.no_grad()
+def sample_anatomy(anatomy, card: dict, *, count: int, group: str | None = None, phase: str | None = None,
+                   seed: int = 0, steps: int | None = None) -> list[Volume]:
+    """``count`` new masks from the stage-1 anatomy generator: canonical uint8 :class:`Volume` s.
+
+    A 2D anatomy model draws single slices, a 3D one whole stacks (empty end slices dropped). The grid is
+    the model's prepared grid: its in-plane spacing, ``NEW_ANATOMY_SLICE_MM`` between slices, axes along
+    RAS and the centre at the origin. Mask ``i`` uses seed ``seed + i``.
+    """
+    if int(count) != count or count < 1:
+        raise InputError(f"--new-anatomy must be a positive whole number, got {count}")
+    _, steps = anatomy.check_sampling(None, steps, 1.0)
+    vocabulary = Vocabulary.from_dict(card["vocabulary"])
+    phase_token, group_token = vocabulary.token("phases", phase), vocabulary.token("groups", group)
+    device = next(anatomy.parameters()).device
+    spacing = preprocessing(card).spacing  # (rows, columns) mm
+    masks = []
+    for index in range(count):
+        rng = torch.Generator(device=device).manual_seed(seed + index)
+        labels = anatomy.sample_labels(1, phase=phase_token, group=group_token, steps=steps, generator=rng)[0]
+        stack = labels.cpu().numpy()
+        if not stack.any():
+            raise RuntimeError("the anatomy model drew an empty mask; it needs more training")
+        if stack.ndim == 2:
+            stack = stack[None]
+        else:
+            filled = np.flatnonzero(stack.reshape(len(stack), -1).any(1))
+            stack = stack[filled[0]:filled[-1] + 1]
+        matrix = np.diag([spacing[1], spacing[0], NEW_ANATOMY_SLICE_MM, 1.0])
+        matrix[:3, 3] = -matrix[:3, :3] @ ((np.asarray(stack.shape[::-1]) - 1) / 2.0)
+        masks.append(Volume(stack.astype(np.uint8), matrix, {
+            "descrip": f"SYNTHETIC CMRSynth anatomy seed={seed + index} model={card.get('model_id', 'unknown')}"[:80]}))
+    return masks

@@ -52,6 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--weight-decay", type=float, default=0.0)
     run.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm (0 = off)")
     run.add_argument("--ema-decay", type=float, default=0.999)
+    run.add_argument("--autoencoder-fraction", type=float, default=None,
+                     help="ldm only: share of the steps for the autoencoder stage (default 0.3)")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--train-patients", type=int, default=None,
                      help="train on only N patients of the training split (the card lists them)")
@@ -74,7 +76,8 @@ def run(args, progress) -> int:
         data=args.data, family=args.generator, out=args.out, preset=args.preset, image_size=args.image_size,
         spatial_dims=args.spatial_dims, spacing=args.spacing, max_steps=args.max_steps, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule, warmup=args.warmup,
-        weight_decay=args.weight_decay, grad_clip=args.grad_clip, ema_decay=args.ema_decay, seed=args.seed,
+        weight_decay=args.weight_decay, grad_clip=args.grad_clip, ema_decay=args.ema_decay,
+        autoencoder_fraction=args.autoencoder_fraction, seed=args.seed,
         train_patients=args.train_patients, init=args.init, device=args.device, precision=args.precision,
         save_every=args.save_every, force=args.force)
     privacy_module = _privacy()

@@ -6,7 +6,8 @@ Layout of a checkpoint folder::
     model.safetensors           the generator's state_dict; EMA weights under the prefix "ema."
     trainer_state.safetensors   (optional, for resuming) optimizer tensors and RNG states
     trainer_state.json          (optional) the rest of the trainer state: step, history, arguments, ...
-    anatomy/                    (optional) a stage-1 mask generator, itself a checkpoint folder
+    anatomy/                    (optional) a stage-1 mask generator, itself a checkpoint folder, that
+                                ``cmrsynth sample --new-anatomy`` uses with this model (copy one in to bundle it)
 
 The card (``format`` "cmrsynth-checkpoint", ``version`` 1) holds ``family``, ``config`` (the generator's
 config dict), ``vocabulary``, ``preprocessing`` (a PreprocessConfig dict), ``data`` (a fingerprint: a hash of
@@ -94,7 +95,7 @@ def model_id(weights: Mapping[str, torch.Tensor]) -> str:
     for name in sorted(weights):
         tensor = weights[name].detach().cpu().contiguous()
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()[:16]
 
 
@@ -110,13 +111,12 @@ def generator_config(generator) -> dict:
 
 
 def save_checkpoint(out_dir: str | os.PathLike, generator: torch.nn.Module, card: dict, *,
-                    ema: Mapping[str, torch.Tensor] | None = None, trainer_state: TrainerState | None = None,
-                    anatomy: str | os.PathLike | None = None) -> dict:
+                    ema: Mapping[str, torch.Tensor] | None = None, trainer_state: TrainerState | None = None) -> dict:
     """Write a checkpoint folder atomically; returns the card as written.
 
     ``card`` supplies everything but the fields this function owns: ``format``, ``version``, ``family``,
     ``config``, ``model_id`` and ``created`` are set here. ``ema`` is the EMA copy of the generator's
-    state_dict (same keys). ``anatomy`` is an existing checkpoint folder copied in as ``anatomy/``.
+    state_dict (same keys).
     """
     weights = _cpu_copy(generator.state_dict())
     stored = dict(weights)
@@ -132,12 +132,6 @@ def save_checkpoint(out_dir: str | os.PathLike, generator: torch.nn.Module, card
     full.setdefault("privacy", None)
     with atomic_dir(out_dir) as tmp:
         _write_folder(tmp, stored, full, trainer_state)
-        if anatomy is not None:
-            import shutil
-
-            source = resolve_model(anatomy)
-            read_checkpoint(source)  # refuse to bundle anything that is not a valid checkpoint
-            shutil.copytree(source, tmp / ANATOMY, ignore=shutil.ignore_patterns("trainer_state.*"))
     return full
 
 

@@ -27,7 +27,8 @@ class TrainConfig:
         spacing: in-plane mm per pixel (None: a 192 mm field of view at ``image_size``).
         warmup: linear LR warm-up steps. grad_clip: max global gradient norm (0 = off; Opacus clips
         per sample instead when DP is on). ema_decay: EMA decay (warmed up). save_every: steps between
-        checkpoints (0: only at the end).
+        checkpoints (0: only at the end). autoencoder_fraction: LDM only, the share of the steps spent on
+        the autoencoder stage before the latent diffusion stage (default 0.3).
     """
 
     data: str
@@ -46,6 +47,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     ema_decay: float = 0.999
+    autoencoder_fraction: float | None = None
     seed: int = 0
     train_patients: int | None = None
     init: str | None = None
@@ -69,6 +71,11 @@ class TrainConfig:
             raise InputError("--weight-decay and --grad-clip must be ≥ 0")
         if not 0 <= self.ema_decay < 1:
             raise InputError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
+        if self.autoencoder_fraction is not None:
+            if self.family != "ldm":
+                raise InputError(f"--autoencoder-fraction applies to --generator ldm only, not {self.family}")
+            if not 0 < self.autoencoder_fraction < 1:
+                raise InputError(f"--autoencoder-fraction must be in (0, 1), got {self.autoencoder_fraction}")
         if self.spacing is not None and not self.spacing > 0:
             raise InputError(f"--spacing must be > 0 mm, got {self.spacing}")
         _choice("--lr-schedule", self.lr_schedule, LR_SCHEDULES)

@@ -53,6 +53,7 @@ from CMRSynthLib.training.ema import EMA
 
 DEFAULT_EPOCHS = 100
 DEFAULT_PRESET, DEFAULT_IMAGE_SIZE, DEFAULT_SPATIAL_DIMS = "small", 64, 2
+DEFAULT_AUTOENCODER_FRACTION = 0.3
 FIELD_OF_VIEW_MM = 192.0  # default in-plane field of view: spacing = FIELD_OF_VIEW_MM / image_size
 
 
@@ -192,6 +193,9 @@ class Trainer:
         torch.manual_seed(c.seed)
         generator = self.make_generator(data.vocabulary, init).to(self.device)
         ema = EMA(generator, decay=c.ema_decay)
+        info = {"step": 0, "history": [], "wall_seconds": 0.0}
+        if resume is not None:  # weights first: they carry an LDM's stage, which decides what trains
+            info = self._restore_weights(resume, generator, ema)
         model = self.make_model(generator)
         optimizer = self.make_optimizer(model)
         loader = self.make_loader(data.dataset)
@@ -200,10 +204,13 @@ class Trainer:
             raise InputError("the training set is empty after preprocessing", path=c.data)
         # under DP an epoch is 1/q steps (each patient drawn once on average), as `cmrsynth privacy-budget` counts
         total = self._total_steps(steps_per_epoch if self.privacy is None else self.privacy.epoch_steps(loader))
-        info = {"step": 0, "history": [], "wall_seconds": 0.0}
+        self.switch_step = info["switch_step"] if resume is not None else self._switch_step(generator, total)
         if resume is not None:
-            info = self._restore(resume, generator, ema, optimizer)
+            optimizer.load_state_dict(ckpt.unpack_state(info["optimizer"], resume.trainer_state.tensors))
         if self.privacy is not None:
+            if self.switch_step is not None:
+                raise InputError("--dp cannot train an LDM's autoencoder stage; pre-train the LDM without DP "
+                                 "(public data) and fine-tune it with --init")
             model, optimizer, loader = self.privacy.attach(model, optimizer, loader, steps=total,
                                                            epochs=total / steps_per_epoch)
             steps_per_epoch = len(loader)
@@ -232,6 +239,8 @@ class Trainer:
             drawn = False
             for batch in parts.loader:
                 drawn = True
+                if step == self.switch_step:
+                    self._start_diffusion_stage(parts, batch[0])
                 loss = self._train_step(parts, batch, step, noise, total=total)
                 step += 1
                 window_sum, window_n = window_sum + loss, window_n + 1
@@ -265,8 +274,9 @@ class Trainer:
         images, cond = images.to(self.device), cond.to(self.device)
         torch.manual_seed(step_seed(c.seed, step, self.world.rank))
         noise.manual_seed(step_seed(c.seed, step, self.world.rank) + 1)
+        start, end = self._stage_bounds(step, total)
         for group in parts.optimizer.param_groups:
-            group["lr"] = lr_at(step, base=c.lr, total=total, warmup=c.warmup, schedule=c.lr_schedule)
+            group["lr"] = lr_at(step - start, base=c.lr, total=end - start, warmup=c.warmup, schedule=c.lr_schedule)
         with torch.autocast(self.device.type, dtype=parts.precision, enabled=parts.precision != torch.float32):
             losses = parts.model(images, cond.mask, cond.vendor, cond.phase, cond.group, noise)
         loss = losses.float().mean()
@@ -274,7 +284,8 @@ class Trainer:
         parts.scaler.scale(loss).backward()
         if c.grad_clip and self.privacy is None:
             parts.scaler.unscale_(parts.optimizer)
-            torch.nn.utils.clip_grad_norm_(parts.generator.parameters(), c.grad_clip)
+            torch.nn.utils.clip_grad_norm_([p for g in parts.optimizer.param_groups for p in g["params"]],
+                                           c.grad_clip)
         parts.scaler.step(parts.optimizer)
         parts.scaler.update()
         parts.ema.update(parts.generator)
@@ -313,11 +324,10 @@ class Trainer:
             identity["privacy"] = self.privacy.identity()
         return identity
 
-    def _restore(self, previous: ckpt.CheckpointContents, generator, ema: EMA, optimizer) -> dict:
+    def _restore_weights(self, previous: ckpt.CheckpointContents, generator, ema: EMA) -> dict:
         state = previous.trainer_state
         ckpt.load_weights(generator, previous.weights, path=previous.path / ckpt.WEIGHTS)
         ema.load_state_dict(previous.ema, updates=state.info["ema_updates"])
-        optimizer.load_state_dict(ckpt.unpack_state(state.info["optimizer"], state.tensors))
         info = dict(state.info)
         info["scaler"] = ckpt.unpack_state(info.get("scaler", {}), state.tensors)
         return info
@@ -328,6 +338,7 @@ class Trainer:
             tensors: dict[str, torch.Tensor] = {}
             finished = step == total
             info = {"step": step, "total_steps": total, "finished": finished, "history": history,
+                    "switch_step": self.switch_step,
                     "wall_seconds": wall, "final_loss": history[-1][1] if history else None,
                     "arguments": self._identity(), "ema_updates": parts.ema.updates,
                     "optimizer": ckpt.pack_state(parts.optimizer.state_dict(), tensors, "optimizer"),
@@ -355,6 +366,7 @@ class Trainer:
             "training": {
                 "steps": step, "total_steps": total, "epochs": round(step / steps_per_epoch, 3),
                 "steps_per_epoch": steps_per_epoch, "seed": c.seed, "batch_size": c.batch_size,
+                "autoencoder_steps": self.switch_step,
                 "world_size": self.world.size, "device": self.device.type, "precision": str(parts.precision),
                 "arguments": c.identity(), "init": parts.init.card["model_id"] if parts.init else None,
                 "loss_curve": history, "final_loss": history[-1][1] if history else None,
@@ -363,6 +375,29 @@ class Trainer:
                              "python": sys.version.split()[0]},
             },
         }
+
+    # -- the two stages of a latent diffusion model ---------------------------------------------------
+    def _switch_step(self, generator, total: int) -> int | None:
+        """The step at which an LDM starting in its autoencoder stage moves on to latent diffusion."""
+        if getattr(generator, "stage", None) != "autoencoder":
+            return None
+        fraction = self.config.autoencoder_fraction or DEFAULT_AUTOENCODER_FRACTION
+        return min(total - 1, max(1, round(total * fraction)))
+
+    def _stage_bounds(self, step: int, total: int) -> tuple[int, int]:
+        """First and end step of the stage ``step`` is in (each stage has its own warm-up and schedule)."""
+        if self.switch_step is None:
+            return 0, total
+        return (0, self.switch_step) if step < self.switch_step else (self.switch_step, total)
+
+    def _start_diffusion_stage(self, parts: "_Parts", images: torch.Tensor) -> None:
+        """Freeze the autoencoder (latent scale from this batch), restart the EMA from the current weights,
+        and rebuild the model wrapper and optimizer over the latent network's parameters."""
+        parts.generator.freeze_autoencoder(images.to(self.device))
+        parts.generator.zero_grad(set_to_none=True)  # the autoencoder's last gradients must not linger
+        parts.ema.load_state_dict(parts.generator.state_dict(), updates=0)
+        parts.model = self.make_model(parts.generator)
+        parts.optimizer = self.make_optimizer(parts.model)
 
     # -- small decisions -----------------------------------------------------------------------------
     def _precision(self) -> torch.dtype:

@@ -100,3 +100,29 @@ def test_learning_rate_schedule():
     cosine = [lr_at(s, base=1.0, total=10, warmup=0, schedule="cosine") for s in range(11)]
     assert cosine[0] == 1.0 and cosine[5] == pytest.approx(0.5) and cosine[10] == pytest.approx(0.0)
     assert all(a >= b for a, b in zip(cosine, cosine[1:]))
+
+
+def test_ldm_trains_its_autoencoder_first_and_resumes_across_the_switch(phantom, tmp_path):  # noqa: F811
+    kwargs = dict(family="ldm", max_steps=6, autoencoder_fraction=0.5)
+    Trainer(train_config(phantom, tmp_path / "whole", **kwargs)).run()
+    interrupted = Trainer(train_config(phantom, tmp_path / "parts", save_every=2, **kwargs))
+    original, calls = interrupted._train_step, []
+
+    def killed_after_the_switch(*args, **kw):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return original(*args, **kw)
+
+    interrupted._train_step = killed_after_the_switch
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.run()
+    assert Trainer(train_config(phantom, tmp_path / "parts", save_every=2, **kwargs)).run().resumed_from == 4
+    whole, parts = ckpt.read_checkpoint(tmp_path / "whole"), ckpt.read_checkpoint(tmp_path / "parts")
+    assert whole.card["training"]["autoencoder_steps"] == 3
+    for name in whole.weights:
+        assert torch.equal(whole.weights[name], parts.weights[name]), name
+        assert torch.equal(whole.ema[name], parts.ema[name]), name
+    generator, _ = ckpt.load_checkpoint(tmp_path / "whole")
+    assert generator.stage == "diffusion" and float(generator.latent_scale) != 1.0
+    assert torch.equal(whole.ema["latent_scale"], whole.weights["latent_scale"])
