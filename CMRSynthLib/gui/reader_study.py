@@ -63,10 +63,10 @@ def image_files(path: str | os.PathLike) -> list[Path]:
 
 
 def central_slices(depth: int, count: int) -> list[int]:
-    """``count`` slice indices evenly spread over the central 60% of a stack of ``depth`` slices."""
+    """``count`` slice indices spread evenly (cell centres) over the central 60% of ``depth`` slices."""
     lo, hi = int(np.floor(0.2 * depth)), int(np.ceil(0.8 * depth)) - 1
     lo, hi = min(lo, depth - 1), max(hi, min(lo, depth - 1))
-    return sorted({int(round(x)) for x in np.linspace(lo, hi, count)})
+    return sorted({int(np.floor(lo + (hi - lo) * (i + 0.5) / count + 0.5)) for i in range(count)})
 
 
 def build_study(real: list[Path], synthetic: list[Path], *, per_class: int, slices_per_volume: int = 2,

@@ -128,3 +128,10 @@ def test_cancel_wins_over_the_exit_code_and_failure_keeps_the_best_message():
     silent.start("sample")
     silent.finish(None)
     assert silent.error == "the job crashed or could not start"
+
+
+def test_verdict_rows_flatten_the_audit_report():
+    report = {"models": [{"name": "m1", "verdict": [{"axis": "privacy", "number": "AUC 0.51", "meaning": "no signal",
+                                                      "level": "good"}]}, {"name": "m2", "verdict": []}]}
+    assert c.verdict_rows(report) == [{"model": "m1", "axis": "privacy", "number": "AUC 0.51",
+                                       "meaning": "no signal", "level": "good"}]

@@ -1,0 +1,55 @@
+"""The model list the panel offers: starter models and the user's model folder, read without torch."""
+
+import json
+
+import pytest
+
+from CMRSynthLib.errors import InputError
+from CMRSynthLib.gui import catalogue
+
+
+def checkpoint(folder, family="flow", *, epsilon=None, members=3, vendors=("Siemens", "GE"), simulated=True):
+    folder.mkdir(parents=True)
+    card = {"format": "cmrsynth-checkpoint", "version": 1, "family": family, "model_id": "abc123",
+            "members": [f"p{i}" for i in range(members)], "vocabulary": {"vendors": list(vendors)},
+            "data": {"simulated": simulated},
+            "privacy": None if epsilon is None else {"epsilon": epsilon, "delta": 1e-5}}
+    (folder / "card.json").write_text(json.dumps(card))
+    return folder
+
+
+def test_starters_come_first_then_the_model_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("CMRSYNTH_MODELS", str(tmp_path / "starters"))
+    checkpoint(tmp_path / "starters" / "tiny-flow")
+    checkpoint(tmp_path / "mine" / "dp-run", family="ddpm", epsilon=3.2)
+    (tmp_path / "mine" / "unfinished").mkdir()  # a run still writing: no card yet, skipped
+    checkpoint(tmp_path / "mine" / ".hidden")
+    models = catalogue.list_models(tmp_path / "mine")
+    assert [(m.name, m.starter, m.argument) for m in models] == [
+        ("tiny-flow", True, "tiny-flow"), ("dp-run", False, str(tmp_path / "mine" / "dp-run"))]
+    flow, ddpm = models
+    assert flow.describe() == "flow · trained on 3 simulated patients · no differential privacy · starter model"
+    assert ddpm.describe().startswith("ddpm · trained on 3 simulated patients · DP ε = 3.2, δ = 1.0e-05 · /")
+    assert flow.vendors == ("Siemens", "GE") and ddpm.epsilon == 3.2
+    assert catalogue.find_model("tiny-flow", tmp_path / "mine") == flow
+    assert catalogue.find_model(str(tmp_path / "mine" / "dp-run"), tmp_path / "mine") == ddpm
+    with pytest.raises(InputError, match="no model named 'nope' \\(known: tiny-flow, dp-run\\)"):
+        catalogue.find_model("nope", tmp_path / "mine")
+
+
+def test_default_model_folder_is_outside_slicer_and_configurable(monkeypatch, tmp_path):
+    monkeypatch.delenv("CMRSYNTH_MODEL_FOLDER", raising=False)
+    assert catalogue.default_model_folder().parts[-2:] == (".cmrsynth", "models")
+    monkeypatch.setenv("CMRSYNTH_MODEL_FOLDER", str(tmp_path))
+    assert catalogue.default_model_folder() == tmp_path
+
+
+def test_unreadable_cards_are_named(tmp_path):
+    with pytest.raises(InputError, match="not a CMRSynth model folder"):
+        catalogue.read_model(tmp_path)
+    (tmp_path / "card.json").write_text("{not json")
+    with pytest.raises(InputError, match="card.json: is not readable JSON"):
+        catalogue.read_model(tmp_path)
+    (tmp_path / "card.json").write_text("{}")
+    with pytest.raises(InputError, match="no generator family"):
+        catalogue.read_model(tmp_path)
