@@ -15,8 +15,10 @@ Three attacks, all through the generator interface's ``loss_at(images, cond, t, 
     the calibration patients' slices.
 
 Protocol (DESIGN §5): members and non-members are first balanced by (vendor, group) by random subsampling;
-the balanced patients are split, stratified, into a CALIBRATION half (choose the timestep and the
-threshold, fit (c)) and an EVALUATION half (report). Scores are per patient: the mean over the patient's
+the balanced patients are split, stratified, into a CALIBRATION half (choose the timestep, the direction
+and the threshold, fit (c)) and an EVALUATION half (report). The direction matters: for a memorising
+flow-matching model the proximal noise of a member is *small*, so its loss along the path is higher, the
+reverse of the DDPM intuition; an adversary with calibration data learns that, and so does the audit. Scores are per patient: the mean over the patient's
 slices. Higher score = "member". Per-timestep AUCs are reported on both halves.
 """
 
@@ -68,28 +70,38 @@ class AttackConfig:
 
 # -- patients: balance and split -----------------------------------------------------------------
 
-def balance(members: dict[str, tuple], nonmembers: dict[str, tuple], *, seed: int = 0) -> tuple[list, list, str]:
-    """Subsample members and non-members to equal counts within each stratum (vendor, group).
+def _balanced(members: dict[str, tuple], nonmembers: dict[str, tuple], key, rng) -> tuple[list, list]:
+    by_m, by_n = defaultdict(list), defaultdict(list)
+    for p in sorted(members):
+        by_m[key(members[p])].append(p)
+    for p in sorted(nonmembers):
+        by_n[key(nonmembers[p])].append(p)
+    kept_m, kept_n = [], []
+    for stratum in sorted(set(by_m) & set(by_n)):
+        k = min(len(by_m[stratum]), len(by_n[stratum]))
+        kept_m += sorted(rng.choice(by_m[stratum], size=k, replace=False).tolist())
+        kept_n += sorted(rng.choice(by_n[stratum], size=k, replace=False).tolist())
+    return kept_m, kept_n
 
-    Falls back to vendor alone, then to no balancing, when fewer than 2 patients per side would remain; the
-    returned note says which was done and how many of each were kept.
+
+def balance(members: dict[str, tuple], nonmembers: dict[str, tuple], *, seed: int = 0,
+            enough: int = 4) -> tuple[list, list, str]:
+    """Subsample members and non-members (patient → (vendor, group)) to equal counts within each stratum.
+
+    Balances by (vendor, group) when that keeps at least ``enough`` patients per side, else by vendor alone
+    when that does, else by whichever keeps more (at least 2); with fewer, no balancing. The returned note
+    says which was done and how many of each were kept.
     """
-    rng = np.random.default_rng(seed)
+    options = []
     for key_name, key in (("vendor and group", lambda s: s), ("vendor", lambda s: s[:1])):
-        by_m, by_n = defaultdict(list), defaultdict(list)
-        for p in sorted(members):
-            by_m[key(members[p])].append(p)
-        for p in sorted(nonmembers):
-            by_n[key(nonmembers[p])].append(p)
-        kept_m, kept_n = [], []
-        for stratum in sorted(set(by_m) & set(by_n)):
-            k = min(len(by_m[stratum]), len(by_n[stratum]))
-            kept_m += sorted(rng.choice(by_m[stratum], size=k, replace=False).tolist())
-            kept_n += sorted(rng.choice(by_n[stratum], size=k, replace=False).tolist())
-        if len(kept_m) >= 2:
-            note = (f"balanced by {key_name}: {len(kept_m)} of {len(members)} members and {len(kept_n)} of "
-                    f"{len(nonmembers)} non-members kept (random subsample, seed {seed})")
-            return kept_m, kept_n, note
+        kept_m, kept_n = _balanced(members, nonmembers, key, np.random.default_rng(seed))
+        options.append((key_name, kept_m, kept_n))
+    chosen = next((o for o in options if len(o[1]) >= enough), max(options, key=lambda o: len(o[1])))
+    key_name, kept_m, kept_n = chosen
+    if len(kept_m) >= 2:
+        note = (f"balanced by {key_name}: {len(kept_m)} of {len(members)} members and {len(kept_n)} of "
+                f"{len(nonmembers)} non-members kept (random subsample, seed {seed})")
+        return kept_m, kept_n, note
     note = (f"NOT balanced: members and non-members share too few vendors; all {len(members)} members and "
             f"{len(nonmembers)} non-members used, so the attack may detect vendor differences, not membership")
     return sorted(members), sorted(nonmembers), note
@@ -145,7 +157,6 @@ def loss_table(generator, slices: Slices, vocabulary, config: AttackConfig, *, p
     """
     import torch
 
-    noise_like = getattr(generator, "noise_like", None)  # latent families draw noise of their latent shape
     rng = torch.Generator().manual_seed(config.seed)
     draws = 1 if proximal else config.draws
     out = np.zeros((len(slices), len(config.timesteps)))
@@ -154,8 +165,7 @@ def loss_table(generator, slices: Slices, vocabulary, config: AttackConfig, *, p
     for images, cond in _batches(slices, vocabulary, config.batch_size):
         b = len(images)
         for d in range(draws):
-            shape_of = noise_like(images) if noise_like is not None else images
-            noise = torch.randn(shape_of.shape, generator=rng)
+            noise = generator.noise_like(images, generator=rng)  # latent families: their latent's shape
             if proximal:
                 noise = proximal_noise(generator, images, cond, noise)
             with torch.no_grad():
@@ -204,13 +214,17 @@ def youden_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
 
 
 def evaluate(scores: np.ndarray, labels: np.ndarray, threshold: float, *, method: str, n_boot: int) -> dict:
-    """AUC, TPR at :data:`FPRS` (with CIs) and the calibrated threshold's operating point on one split."""
+    """AUC, TPR at :data:`FPRS` (with CIs), the one-sided Mann–Whitney p-value of "members score higher"
+    (scipy; exact for small samples without ties) and the calibrated threshold's operating point."""
+    from scipy.stats import mannwhitneyu
+
     predicted = scores >= threshold
     fpr, tpr, _ = roc_curve(scores, labels)
     result = {"auc": auc_estimate(scores, labels, method=method, n_boot=n_boot)}
     for target in FPRS:
         result[f"tpr_at_{target:g}_fpr"] = tpr_estimate(scores, labels, target, method=method, n_boot=n_boot)
-    result.update(threshold=float(threshold), tpr_at_threshold=float(predicted[labels].mean()),
+    result.update(p_value=float(mannwhitneyu(scores[labels], scores[~labels], alternative="greater").pvalue),
+                  threshold=float(threshold), tpr_at_threshold=float(predicted[labels].mean()),
                   fpr_at_threshold=float(predicted[~labels].mean()),
                   accuracy_at_threshold=float((predicted == labels).mean()),
                   roc={"fpr": fpr.tolist(), "tpr": tpr.tolist()})
@@ -219,18 +233,25 @@ def evaluate(scores: np.ndarray, labels: np.ndarray, threshold: float, *, method
 
 def _threshold_attack(name: str, description: str, per_t_cal: np.ndarray, per_t_eval: np.ndarray,
                       labels_cal: np.ndarray, labels_eval: np.ndarray, timesteps, n_boot: int) -> dict:
-    """Choose t by calibration AUC (scores ``(P, T)``), then the threshold on calibration; evaluate."""
+    """Choose the noise level and the direction on calibration AUC, then the threshold; evaluate.
+
+    Scores ``(P, T)`` are minus the losses, so direction +1 means "lower loss = member" (the usual
+    direction) and -1 the reverse; the adversary learns which from the calibration patients. Per-timestep
+    AUCs are reported in the usual direction (below 0.5: the reverse holds).
+    """
     auc_cal = [roc_auc(per_t_cal[:, j], labels_cal) for j in range(len(timesteps))]
     auc_eval = [roc_auc(per_t_eval[:, j], labels_eval) for j in range(len(timesteps))]
-    best = int(np.argmax(auc_cal))
-    threshold = youden_threshold(per_t_cal[:, best], labels_cal)
-    return {"name": name, "description": description, "timestep": timesteps[best],
-            "calibration_auc": auc_cal[best],
+    choices = [(j, sign) for sign in (1, -1) for j in range(len(timesteps))]
+    best, sign = max(choices, key=lambda c: auc_cal[c[0]] if c[1] == 1 else 1.0 - auc_cal[c[0]])
+    cal, ev = sign * per_t_cal[:, best], sign * per_t_eval[:, best]
+    direction = "lower loss = member" if sign == 1 else "higher loss = member"
+    return {"name": name, "description": description, "timestep": timesteps[best], "direction": direction,
+            "calibration_auc": roc_auc(cal, labels_cal),
             "per_timestep": [{"t": t, "calibration_auc": a, "evaluation_auc": e}
                              for t, a, e in zip(timesteps, auc_cal, auc_eval)],
-            "evaluation": evaluate(per_t_eval[:, best], labels_eval, threshold, n_boot=n_boot,
-                                   method=f"{name} at t={timesteps[best]:g} (chosen on calibration patients); "
-                                          f"evaluation patients")}
+            "evaluation": evaluate(ev, labels_eval, youden_threshold(cal, labels_cal), n_boot=n_boot,
+                                   method=f"{name} at t={timesteps[best]:g}, {direction} (chosen on calibration "
+                                          f"patients); evaluation patients")}
 
 
 def membership_inference(generator, vocabulary, members: Slices, nonmembers: Slices, config: AttackConfig, *,
@@ -258,11 +279,11 @@ def membership_inference(generator, vocabulary, members: Slices, nonmembers: Sli
         scores[half] = {key: -_patient_scores(table, slices, m + n) for key, table in
                         (("loss", losses), ("proximal", proximal))}
     attacks = [
-        _threshold_attack("loss threshold", "denoising loss with fresh noise; lower loss = member",
+        _threshold_attack("loss threshold", "denoising loss with fresh noise",
                           scores["calibration"]["loss"], scores["evaluation"]["loss"], labels["calibration"],
                           labels["evaluation"], config.timesteps, config.n_boot),
         _threshold_attack("PIA-style proximal noise", "denoising loss with the model's own noise estimate of "
-                          "the clean image (proximal initialisation); lower = member",
+                          "the clean image (proximal initialisation)",
                           scores["calibration"]["proximal"], scores["evaluation"]["proximal"],
                           labels["calibration"], labels["evaluation"], config.timesteps, config.n_boot),
         _learned_attack(losses, proximal, slices, halves, labels, config),

@@ -193,5 +193,5 @@ def _fit(network, train: Slices, config: SegmenterConfig, *, device: str, progre
         optimiser.step()
         schedule.step()
         if progress is not None and (step % 25 == 0 or step == config.steps):
-            progress.update(step, loss=float(loss))
+            progress.update(step, loss=loss.item())
     network.eval()

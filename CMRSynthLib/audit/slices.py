@@ -12,7 +12,6 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from CMRSynthLib.data.conventions import NUM_CLASSES, UNKNOWN
 
 _PER_SLICE = ("images", "masks", "patients", "vendors", "phases", "groups")
 
@@ -89,24 +88,24 @@ class Slices:
 
 def one_hot(labels: np.ndarray):
     """``(N, H, W)`` canonical labels → ``(N, 4, H, W)`` float32 one-hot torch tensor."""
-    import torch
+    from CMRSynthLib.data.datasets import one_hot as channels_first
 
-    return torch.nn.functional.one_hot(torch.from_numpy(np.asarray(labels, np.int64)), NUM_CLASSES).movedim(-1, 1).float()
+    return channels_first(labels).movedim(0, 1)
 
 
 def to_conditions(slices: Slices, vocabulary):
-    """The generator :class:`~CMRSynthLib.generators.base.Conditions` of slices ``(N, 4, H, W)`` masks + tokens.
+    """Generator :class:`~CMRSynthLib.generators.base.Conditions` for slices: one-hot masks and tokens.
 
-    A vendor, phase or group the cohort does not know ("unknown" or empty) becomes the null token; a
-    known name the model's ``vocabulary`` lacks is an error (:class:`~CMRSynthLib.errors.InputError`).
+    Names are turned into tokens exactly as the training data did (a name the vocabulary lacks, e.g.
+    "unknown", becomes the null token), so the attacked model sees what it was trained on.
     """
     import torch
 
+    from CMRSynthLib.data.datasets import lenient_token
     from CMRSynthLib.generators.base import Conditions
 
     def tokens(kind: str, names: np.ndarray):
-        return torch.tensor([vocabulary.token(kind, None if n in ("", UNKNOWN) else str(n)) for n in names],
-                            dtype=torch.long)
+        return torch.tensor([lenient_token(vocabulary, kind, str(n)) for n in names], dtype=torch.long)
 
     return Conditions(one_hot(slices.masks), tokens("vendors", slices.vendors), tokens("phases", slices.phases),
                       tokens("groups", slices.groups))

@@ -1,0 +1,349 @@
+"""report.json (every number, with n, method and interval) and a self-contained report.html.
+
+The HTML opens offline: CSS inline, figures embedded as base64 PNG. Order: what was audited, the DP
+ledger(s), warnings, then per model fidelity → mask adherence → utility → privacy, the privacy–utility
+figure when several models were audited, and at the end the one-screen verdict table.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+import numpy as np
+
+from CMRSynthLib.audit.stats import Estimate
+from CMRSynthLib.data.conventions import STRUCTURES
+from CMRSynthLib.files import atomic_write_text
+
+
+def jsonable(value):
+    """Estimates, numpy values and tuples → plain JSON values (non-finite floats → null)."""
+    if isinstance(value, Estimate):
+        return value.to_dict()
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return jsonable(value.tolist())
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if np.isfinite(value) else None
+    return value
+
+
+# -- number formatting ---------------------------------------------------------------------------------
+def fmt(est, digits: int = 2) -> str:
+    """``0.83 [0.80–0.86]``; a warning adds ⚠ with the warning as tooltip."""
+    if est is None:
+        return "–"
+    if not isinstance(est, Estimate):
+        return f"{est:.{digits}f}" if isinstance(est, float) else html.escape(str(est))
+    if not np.isfinite(est.value):
+        return "–"
+    text = f"{est.value:.{digits}f}"
+    if est.low is not None:
+        text += f" <span class=ci>[{est.low:.{digits}f}–{est.high:.{digits}f}]</span>"
+    if est.warning:
+        text += f' <span class=warn title="{html.escape(est.warning)}">⚠</span>'
+    return text
+
+
+def _table(header: list[str], rows: list[list[str]], *, cls: str = "") -> str:
+    head = "".join(f"<th>{h}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table class='{cls}'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _figure(out: Path, relative: str | None, caption: str) -> str:
+    if not relative or not (out / relative).is_file():
+        return ""
+    data = base64.b64encode((out / relative).read_bytes()).decode("ascii")
+    return (f"<figure><img src='data:image/png;base64,{data}' alt='{html.escape(caption)}'>"
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+
+# -- sections -----------------------------------------------------------------------------------------
+def _ledger(model: dict) -> str:
+    ledger = model.get("privacy_ledger")
+    name = html.escape(model["name"])
+    if not ledger:
+        return (f"<div class='ledger none'><b>{name}: no differential privacy.</b> This model was trained "
+                f"without DP-SGD; its privacy rests only on the attacks measured below.</div>")
+    keys = ["epsilon", "delta", "accountant", "privacy_unit", "noise_multiplier", "max_grad_norm", "sample_rate",
+            "steps", "epochs"]
+    items = "".join(f"<li><b>{k}</b>: {html.escape(str(ledger[k]))}</li>" for k in keys if k in ledger)
+    rest = {k: v for k, v in ledger.items() if k not in keys}
+    extra = f"<details><summary>full ledger</summary><pre>{html.escape(json.dumps(rest, indent=1))}</pre></details>" \
+        if rest else ""
+    return f"<div class='ledger dp'><b>{name}: differential privacy ledger</b><ul>{items}</ul>{extra}</div>"
+
+
+def _fidelity(model: dict, out: Path) -> str:
+    fid = model["fidelity"]
+    rows = [[k, fmt(v, 3), fmt(fid["yardstick"].get(k), 3)] for k, v in fid["distances"].items()]
+    parts = ["<h3>Fidelity</h3>",
+             f"<p>Distances between synthetic images and real held-out images in the feature space "
+             f"<i>{html.escape(fid['space'])}</i>. The yardstick is the same distance between two groups of "
+             f"<b>real</b> patients (training vs held-out): a synthetic set as close as that is as close as real "
+             f"data gets. Lower is better; 95% bootstrap intervals over patients.</p>",
+             _table(["measure", "synthetic vs real held-out", "yardstick: real vs real"], rows),
+             f"<p>Diversity (MS-SSIM between random pairs of different patients; lower = more diverse): "
+             f"real {fmt(fid['diversity']['real'], 3)}, synthetic {fmt(fid['diversity']['synthetic'], 3)}.</p>"]
+    tissue_rows = [[html.escape(r["vendor"]), html.escape(r["tissue"]), f"{r['real_mean']:.2f} ± {r['real_std']:.2f}",
+                    f"{r['synthetic_mean']:.2f} ± {r['synthetic_std']:.2f}", f"{r['w1']:.3f}"] for r in fid["tissues"]]
+    if tissue_rows:
+        parts += ["<p>Intensity per tissue and vendor (prepared scale [-1, 1]), including tissue outside the "
+                  "heart; W1 = Wasserstein-1 distance between the real and synthetic intensity distributions.</p>",
+                  "<details><summary>tissue table</summary>" +
+                  _table(["vendor", "tissue", "real mean ± sd", "synthetic mean ± sd", "W1"], tissue_rows) +
+                  "</details>", _figure(out, model["figures"].get("intensity"), "Intensity per tissue and vendor")]
+    parts.append(_figure(out, model["figures"].get("samples"), "Synthetic samples per vendor style with their masks"))
+    return "".join(parts)
+
+
+def _seg_rows(summary: dict) -> list[list[str]]:
+    return [[name, fmt(summary[name]["dice"]), fmt(summary[name]["hd95"], 1)] for name in STRUCTURES] + \
+           [["mean", fmt(summary["mean"]["dice"]), ""]]
+
+
+def _adherence(model: dict) -> str:
+    adh = model["adherence"]
+    rows = [[a[0], a[1], a[2], b[1], b[2]] for a, b in zip(_seg_rows(adh["synthetic"]), _seg_rows(adh["ceiling"]))]
+    return ("<h3>Mask adherence</h3><p>A segmenter trained on the real training patients segments each synthetic "
+            "image; its prediction is compared with the mask the image was generated from. The ceiling is the "
+            "same segmenter on real held-out images: adherence cannot be measured above it.</p>" +
+            _table(["structure", "Dice (synthetic)", "HD95 mm (synthetic)", "Dice ceiling (real)",
+                    "HD95 mm ceiling"], rows))
+
+
+def _arms_table(study: dict) -> str:
+    rows = []
+    for arm, summary in study["arms"].items():
+        diff = study["differences"].get(arm)
+        rows.append([html.escape(arm), str(study["n_train_slices"][arm])] +
+                    [fmt(summary[s]["dice"]) for s in STRUCTURES] + [fmt(summary["mean"]["dice"]),
+                                                                    fmt(diff) if diff else "baseline"])
+    return _table(["trained on", "slices", "Dice LV", "Dice MYO", "Dice RV", "mean Dice",
+                   f"Δ mean Dice vs {html.escape(study['baseline'])}"], rows)
+
+
+def _utility(model: dict) -> str:
+    util = model["utility"]
+    parts = ["<h3>Utility</h3>", f"<p>Segmenters trained on each set, tested on {util['test_patients']} real "
+             "held-out patients. Δ is the paired per-patient difference with its interval.</p>", _arms_table(util)]
+    cross = model.get("cross_vendor") or {}
+    if "arms" in cross:
+        parts += [f"<p><b>Cross-vendor.</b> Seen vendors: {', '.join(cross['seen_vendors'])}; unseen (test): "
+                  f"{', '.join(cross['unseen_vendors'])}.</p>", _arms_table(cross)]
+    elif cross.get("skipped"):
+        parts.append(f"<p><b>Cross-vendor</b> not run: {html.escape(cross['skipped'])}.</p>")
+    return "".join(parts)
+
+
+def _privacy(model: dict, out: Path) -> str:
+    parts = ["<h3>Privacy</h3>"]
+    mia = model.get("membership") or {}
+    if "attacks" in mia:
+        rows = [[html.escape(a["name"]) + (" <b>(headline)</b>" if a["name"] == mia["headline"] else ""),
+                 "–" if a["timestep"] is None else f"{a['timestep']:g}", html.escape(a.get("direction", "learned")),
+                 fmt(a["evaluation"]["auc"]),
+                 fmt(a["evaluation"]["tpr_at_0.01_fpr"]), fmt(a["evaluation"]["tpr_at_0.001_fpr"]),
+                 f"{a['evaluation']['p_value']:.2g}", f"{a['evaluation']['accuracy_at_threshold']:.2f}"]
+                for a in mia["attacks"]]
+        ev = mia["evaluation_patients"]
+        parts += [f"<p>Membership inference: {html.escape(mia['protocol'])}. Noise level and threshold chosen on "
+                  f"calibration patients; numbers below on separate evaluation patients ({len(ev['members'])} "
+                  f"members, {len(ev['non_members'])} non-members). AUC 0.5 = the attacker guesses.</p>",
+                  _table(["attack", "t", "direction", "ROC AUC", "TPR @ 1% FPR", "TPR @ 0.1% FPR", "p (members score higher)",
+                          "accuracy at calibrated threshold"], rows),
+                  _figure(out, model["figures"].get("roc"), "ROC curves on the evaluation patients"),
+                  _figure(out, model["figures"].get("timesteps"), "Attack AUC per noise level")]
+    else:
+        parts.append(f"<p>Membership inference not run: {html.escape(mia.get('skipped', 'no model'))}.</p>")
+    mem = model["memorisation"]
+    rows = []
+    for space in ("pixel", "feature"):
+        s = mem.get(space)
+        if s:
+            rows.append([space, str(s["n_synthetic"]), f"<b>{s['near_copies']}</b> ({s['near_copies_of_members']} of "
+                         f"members, {s['near_copies_of_non_members']} of non-members)", f"{s['threshold']:.3g}",
+                         f"{s['median_d1']:.3g}", f"{s['median_real_to_real']:.3g}",
+                         "–" if s["median_ratio_d1_d2"] is None else f"{s['median_ratio_d1_d2']:.2f}"])
+    parts += [f"<p>Memorisation: nearest real slice of every synthetic image. {html.escape(mem['rule'])}.</p>",
+              _table(["space", "synthetic images", "near-copies", "threshold", "median nearest distance",
+                      "median real-to-real", "median d1/d2"], rows)]
+    if mem.get("source_attack") is not None:
+        parts.append(f"<p>Black-box check: synthetic images closer to their own (member) source patient than "
+                     f"non-members' are to theirs: AUC {fmt(mem['source_attack'])}.</p>")
+    gallery = _figure(out, model["figures"].get("gallery"), "Closest synthetic/real pairs")
+    if gallery:
+        parts.append(f"<div class='sensitive'><b>SENSITIVE</b>{' (real images redacted)' if model.get('redacted') else ': shows real training images'}"
+                     f"{gallery}</div>")
+    return "".join(parts)
+
+
+def _verdict(models: list[dict]) -> str:
+    rows = []
+    for model in models:
+        for row in model["verdict"]:
+            rows.append([html.escape(model["name"]), html.escape(row["axis"]),
+                         f"<span class='badge {row['level']}'>{row['number']}</span>", html.escape(row["meaning"])])
+    return "<h2 id=verdict>Verdict</h2>" + _table(["model", "axis", "number", "what it means"], rows, cls="verdict")
+
+
+CSS = """
+body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:0 auto;max-width:1100px;padding:18px 28px;
+color:#1d2329;line-height:1.45}
+h1{margin-bottom:4px} h2{border-bottom:2px solid #d0d7de;padding-bottom:4px;margin-top:32px}
+h3{margin-top:22px;color:#24405c} .sub{color:#57606a;margin-top:0}
+table{border-collapse:collapse;margin:8px 0 12px;font-size:14px} th,td{border:1px solid #d0d7de;padding:4px 9px;
+text-align:left;vertical-align:top} th{background:#f3f5f7}
+.ci{color:#57606a;font-size:12px} .warn{color:#b26b00;cursor:help}
+.ledger{padding:10px 14px;border-radius:6px;margin:8px 0} .ledger.dp{background:#e8f3ff;border:1px solid #9cc8f5}
+.ledger.none{background:#fff4e5;border:1px solid #f0c27b} .ledger ul{margin:4px 0}
+.warnings{background:#fff8e1;border:1px solid #f0d27b;padding:8px 14px;border-radius:6px}
+.sensitive{border:3px solid #b30000;padding:8px 12px;border-radius:6px;background:#fff5f5}
+.sensitive>b{color:#b30000}
+figure{margin:10px 0} img{max-width:100%} figcaption{color:#57606a;font-size:13px}
+.badge{display:inline-block;padding:2px 8px;border-radius:10px;font-weight:600;white-space:nowrap}
+.good{background:#dcf5e3;color:#0f5323} .fair{background:#fff1cc;color:#6b4b00} .poor{background:#ffdcdc;color:#8a0000}
+.info{background:#e8eef5;color:#24405c} table.verdict td{font-size:15px}
+.simulated{display:inline-block;background:#6f42c1;color:#fff;padding:1px 8px;border-radius:4px;font-size:13px}
+"""
+
+
+def render_html(report: dict, out: Path) -> str:
+    data = report["data"]
+    simulated = " <span class=simulated>SIMULATED DATA</span>" if data.get("simulated") else ""
+    head = (f"<h1>CMRSynth audit{simulated}</h1><p class=sub>{html.escape(report['created'])} · cmrsynth "
+            f"{html.escape(report['cmrsynth'])} · data <code>{html.escape(data['path'])}</code> "
+            f"({data['patients']} patients, layout {html.escape(data['layout'])})"
+            f"{' · quick run (small n)' if report['quick'] else ''}</p>")
+    models = report["models"]
+    intro = _table(["model", "family", "members audited", "non-members audited", "synthetic images"],
+                   [[html.escape(m["name"]), html.escape(m["family"]), str(len(m["patients"]["members"])),
+                     str(len(m["patients"]["non_members"])), f"{m['synthetic']['slices']} "
+                     f"({html.escape(m['synthetic']['source'])})"] for m in models])
+    ledgers = "".join(_ledger(m) for m in models)
+    warnings = ("<div class=warnings><b>Warnings</b><ul>" + "".join(f"<li>{html.escape(w)}</li>"
+                for w in report["warnings"]) + "</ul></div>") if report["warnings"] else ""
+    body = [head, intro, ledgers, warnings,
+            "<p><a href='#verdict'>Jump to the verdict table</a></p>"]
+    for model in models:
+        body += [f"<h2>{html.escape(model['name'])}</h2>", _fidelity(model, out), _adherence(model), _utility(model),
+                 _privacy(model, out)]
+    if report["figures"].get("privacy_utility"):
+        body += ["<h2>Privacy–utility</h2>", _figure(out, report["figures"]["privacy_utility"],
+                                                     "Each model's headline attack AUC against its utility")]
+    body.append(_verdict(models))
+    return (f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>CMRSynth audit</title>"
+            f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>")
+
+
+def write_report(report: dict, out: Path) -> tuple[Path, Path]:
+    """Write ``out/report.json`` and ``out/report.html`` (figures must already be in ``out``)."""
+    out = Path(out)
+    json_path, html_path = out / "report.json", out / "report.html"
+    atomic_write_text(json_path, json.dumps(jsonable(report), indent=1, allow_nan=False))
+    atomic_write_text(html_path, render_html(report, out))
+    return json_path, html_path
+
+
+# -- the verdict: each axis, its number, what it means in words ---------------------------------------------
+def _row(axis: str, number: str, meaning: str, level: str) -> dict:
+    return {"axis": axis, "number": number, "meaning": meaning, "level": level}
+
+
+def _ci(est: Estimate, digits: int = 2) -> str:
+    text = f"{est.value:.{digits}f}"
+    return text + (f" [{est.low:.{digits}f}–{est.high:.{digits}f}]" if est.low is not None else "")
+
+
+def verdict_rows(model: dict) -> list[dict]:
+    """The verdict of one audited model: rows of axis, number (text), meaning (a sentence), level."""
+    rows = []
+    fid = model["fidelity"]
+    fd_name = next(k for k in fid["distances"] if k.startswith("FD"))
+    fd, ref = fid["distances"][fd_name], fid["yardstick"][fd_name]
+    ratio = fd.value / max(ref.value, 1e-9)
+    level = "good" if ratio <= 1.5 else "fair" if ratio <= 3 else "poor"
+    rows.append(_row("fidelity", f"{fd_name} {fd.value:.3g} (real vs real {ref.value:.3g})",
+                     f"synthetic images are {ratio:.1f}× as far from real held-out images as real training "
+                     f"images are ({'close to' if level == 'good' else 'recognisably different from' if level == 'fair' else 'far from'} real data)",
+                     level))
+    synth, ceiling = model["adherence"]["synthetic"]["mean"]["dice"], model["adherence"]["ceiling"]["mean"]["dice"]
+    share = synth.value / max(ceiling.value, 1e-9)
+    rows.append(_row("mask adherence", f"Dice {_ci(synth)} (ceiling {ceiling.value:.2f})",
+                     f"a segmenter finds the requested heart in synthetic images with {100 * share:.0f}% of the "
+                     f"Dice it reaches on real images", "good" if share >= 0.9 else "fair" if share >= 0.75 else "poor"))
+    util = model["utility"]
+    arms = util["arms"]
+    if "synthetic" in arms and "real" in arms:
+        s, r = arms["synthetic"]["mean"]["dice"], arms["real"]["mean"]["dice"]
+        share = s.value / max(r.value, 1e-9)
+        rows.append(_row("utility (synthetic only)", f"Dice {_ci(s)} vs real {r.value:.2f}",
+                         f"a segmenter trained only on synthetic images reaches {100 * share:.0f}% of the Dice of "
+                         f"one trained on the real patients", "good" if share >= 0.9 else "fair" if share >= 0.7 else "poor"))
+    rows += [_difference_row(f"utility ({name})", diff) for name, diff in util["differences"].items()
+             if name != "synthetic"]
+    cross = model.get("cross_vendor") or {}
+    rows += [_difference_row("cross-vendor", diff) for diff in cross.get("differences", {}).values()]
+    ledger = model.get("privacy_ledger")
+    if ledger:
+        rows.append(_row("privacy (DP)", f"ε = {ledger.get('epsilon')}, δ = {ledger.get('delta')}",
+                         f"formal guarantee, privacy unit: {ledger.get('privacy_unit', 'not stated')}", "info"))
+    else:
+        rows.append(_row("privacy (DP)", "none", "no formal privacy guarantee: trained without DP-SGD", "fair"))
+    mia = model.get("membership") or {}
+    if "attacks" in mia:
+        rows.append(_membership_row(mia))
+    mem = model["memorisation"]["pixel"]
+    copies = mem["near_copies"]
+    rows.append(_row("privacy (memorisation)", f"{copies} near-copies / {mem['n_synthetic']}",
+                     "no synthetic image is a near-copy of a real image" if copies == 0 else
+                     f"{copies} synthetic images are near-copies of real images ({mem['near_copies_of_members']} of "
+                     f"training patients, {mem['near_copies_of_non_members']} of held-out patients)",
+                     "good" if copies == 0 else "poor"))
+    return rows
+
+
+def _membership_row(mia: dict) -> dict:
+    """Leakage is claimed only when the headline attack's Mann–Whitney p-value, Bonferroni-corrected for
+    the number of attacks tried, is below 0.05; "readily identifiable" when its AUC is also ≥ 0.8."""
+    head = next(a for a in mia["attacks"] if a["name"] == mia["headline"])
+    ev = head["evaluation"]
+    auc, tpr = ev["auc"], ev["tpr_at_0.01_fpr"]
+    p = min(1.0, ev["p_value"] * len(mia["attacks"]))
+    n_m, n_n = len(mia["evaluation_patients"]["members"]), len(mia["evaluation_patients"]["non_members"])
+    number = f"AUC {_ci(auc)}, TPR@1%FPR {tpr.value:.2f}, p = {p:.2g}"
+    if p < 0.05:
+        level = "poor" if auc.value >= 0.8 else "fair"
+        meaning = (f"an attacker tells training patients from others ({head['name']}): "
+                   f"{'members are readily identifiable' if level == 'poor' else 'measurable membership leakage'}")
+    elif min(n_m, n_n) < 4:
+        level = "info"
+        meaning = (f"inconclusive: {n_m} members vs {n_n} non-members in the evaluation half cannot show a "
+                   f"significant difference even for a perfect attack; audit more held-out patients")
+    else:
+        level = "good"
+        meaning = (f"no membership signal distinguishable from chance ({n_m} + {n_n} evaluation patients; "
+                   f"strongest of {len(mia['attacks'])} attacks, Bonferroni-corrected)")
+    return _row("privacy (membership)", number, meaning, level)
+
+
+def _difference_row(axis: str, diff: Estimate) -> dict:
+    if diff.low is not None and diff.low > 0:
+        meaning, level = "adding synthetic images improves the segmenter on real held-out patients", "good"
+    elif diff.high is not None and diff.high < 0:
+        meaning, level = "adding synthetic images makes the segmenter worse on real held-out patients", "poor"
+    else:
+        meaning, level = "adding synthetic images makes no difference measurable at this sample size", "fair"
+    return _row(axis, f"Δ Dice {diff.value:+.3f}" + (f" [{diff.low:+.3f}, {diff.high:+.3f}]" if diff.low is not None
+                                                     else ""), meaning, level)

@@ -1,0 +1,341 @@
+"""Orchestration of the audit: checkpoints + cohort → report.json, report.html and figures.
+
+Who is who: members are the patients the checkpoint card lists as trained on (or ``members``);
+non-members are the card's held-out patients, or ``holdout`` (a cohort folder whose patients are all
+non-members, a file of patient ids, or ids). Overlap is refused: the numbers would be meaningless.
+
+What is compared with what (all on the checkpoint's prepared grid, slices that show the heart):
+
+- the synthetic set is generated from the members' masks, vendors and attributes (the set a hospital would
+  share), plus one image per non-member slice for memorisation and adherence; or read from ``synthetic``;
+- fidelity: synthetic (member masks) vs real non-members, with real members vs real non-members as the
+  yardstick; adherence on all synthetic images, ceiling on real non-members;
+- utility: segmenters on real members / synthetic / both, tested on real non-members;
+- privacy: attacks on members vs non-members; nearest neighbours among all of their real slices.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from CMRSynthLib import __version__
+from CMRSynthLib.audit import figures
+from CMRSynthLib.audit.adherence import mask_adherence, segmenter_ceiling
+from CMRSynthLib.audit.features import segmenter_space
+from CMRSynthLib.audit.fidelity import feature_distances, ms_ssim_diversity, tissue_statistics
+from CMRSynthLib.audit.membership import AttackConfig, membership_inference
+from CMRSynthLib.audit.memorisation import nearest_neighbours
+from CMRSynthLib.audit.report import verdict_rows, write_report
+from CMRSynthLib.audit.segmenter import SegmenterConfig, train_segmenter
+from CMRSynthLib.audit.slices import Slices, to_conditions
+from CMRSynthLib.audit.stats import MIN_PATIENTS_FOR_CI
+from CMRSynthLib.audit.utility import cross_vendor_study, split_vendors, utility_study
+from CMRSynthLib.errors import InputError
+from CMRSynthLib.files import atomic_dir
+
+
+@dataclass(frozen=True)
+class AuditPlan:
+    """How much work an audit does: patients per side, segmenter, attacks, bootstrap draws."""
+
+    max_patients: int | None = None  # per side (members, non-members); None = all
+    segmenter: SegmenterConfig = SegmenterConfig()
+    attack: AttackConfig = AttackConfig()
+    n_boot: int = 1000
+    batch_size: int = 32
+    seed: int = 0
+
+    @classmethod
+    def quick(cls) -> "AuditPlan":
+        return cls(max_patients=8, segmenter=SegmenterConfig.quick(), attack=AttackConfig.quick(), n_boot=300)
+
+
+# -- who is who ---------------------------------------------------------------------------------------
+def patient_list(value, *, flag: str) -> list[str] | None:
+    """Patient ids from a sequence, a file (one id per line or comma-separated) or a comma-separated string."""
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple, set)):
+        ids = [str(v).strip() for v in value]
+    elif os.path.isfile(value):
+        ids = Path(value).read_text(encoding="utf-8").replace(",", "\n").split()
+    else:
+        ids = str(value).split(",")
+    ids = sorted({i.strip() for i in ids if i.strip()})
+    if not ids:
+        raise InputError(f"{flag} names no patient", path=value if isinstance(value, str) and os.path.isfile(value) else None)
+    return ids
+
+
+def resolve_patients(card: dict, cohort, *, members=None, holdout=None, holdout_cohort=None,
+                     warnings: list[str]) -> tuple[list[str], list[str]]:
+    """Members and non-members present in the data; InputError on overlap or when a side is empty."""
+    member_ids = patient_list(members, flag="--members") or list(card.get("members") or [])
+    if holdout_cohort is not None:
+        non_ids = holdout_cohort.patients()
+    else:
+        non_ids = patient_list(holdout, flag="--holdout") or list(card.get("holdout") or [])
+    if not member_ids:
+        raise InputError("the checkpoint card lists no member patients; give --members")
+    if not non_ids:
+        raise InputError("the checkpoint card lists no held-out patients; give --holdout")
+    overlap = sorted(set(member_ids) & set(non_ids))
+    if overlap:
+        raise InputError(f"members and held-out patients overlap ({len(overlap)}: {', '.join(overlap[:5])}); "
+                         "membership numbers would be meaningless - give disjoint --members/--holdout")
+    present = set(cohort.patients())
+    non_present = set(holdout_cohort.patients()) if holdout_cohort is not None else present
+    kept_m = [p for p in member_ids if p in present]
+    kept_n = [p for p in non_ids if p in non_present]
+    for name, wanted, kept in (("member", member_ids, kept_m), ("held-out", non_ids, kept_n)):
+        if not kept:
+            raise InputError(f"none of the {len(wanted)} {name} patients ({', '.join(wanted[:3])}, ...) is in the "
+                             f"data; is --data the cohort this model was trained on?", path=cohort.root)
+        if len(kept) < len(wanted):
+            warnings.append(f"{len(wanted) - len(kept)} of {len(wanted)} {name} patients are not in the data "
+                            "and were left out")
+    return sorted(kept_m), sorted(kept_n)
+
+
+def _subsample(ids: list[str], limit: int | None, seed: int) -> list[str]:
+    if limit is None or len(ids) <= limit:
+        return ids
+    return sorted(np.random.default_rng(seed).choice(ids, size=limit, replace=False).tolist())
+
+
+# -- slices -------------------------------------------------------------------------------------------------
+def load_slices(cohort, patients: Sequence[str], preprocessing, *, what: str) -> Slices:
+    """The prepared slices showing the heart of ``patients`` in ``cohort`` (every case must have a label)."""
+    from CMRSynthLib.data.cohorts import load_case
+    from CMRSynthLib.data.preprocess import prepare_case
+
+    wanted = set(patients)
+    parts = []
+    for record in cohort.records:
+        if record.patient not in wanted:
+            continue
+        if not record.label_path:
+            raise InputError(f"{what} image has no mask; the audit needs the mask of every image",
+                             path=record.image_path)
+        prepared = prepare_case(load_case(record), preprocessing)
+        keep = prepared.mask.reshape(len(prepared.mask), -1).any(axis=1)
+        n = int(keep.sum())
+        parts.append(Slices(prepared.image[keep], prepared.mask[keep], [record.patient] * n, [record.vendor] * n,
+                            [record.phase] * n, [record.group] * n, spacing=preprocessing.spacing))
+    if not parts:
+        raise InputError(f"no {what} slices showing the heart were found", path=cohort.root)
+    return Slices.cat(parts)
+
+
+def generate(generator, vocabulary, source: Slices, *, seed: int, batch_size: int, progress, label: str,
+             vendors: np.ndarray | None = None) -> Slices:
+    """One synthetic image per ``source`` slice, conditioned on its mask, vendor (or ``vendors``), phase, group.
+
+    Batch ``b`` uses a torch generator seeded ``seed + b``: the same call gives the same images.
+    """
+    import torch
+
+    target = source if vendors is None else Slices(source.images, source.masks, source.patients, vendors,
+                                                   source.phases, source.groups, spacing=source.spacing)
+    out = []
+    progress.start(f"audit: {label}", len(target))
+    for b, start in enumerate(range(0, len(target), batch_size)):
+        part = target.take(np.arange(start, min(start + batch_size, len(target))))
+        cond = to_conditions(part, vocabulary)
+        with torch.no_grad():
+            images = generator.sample(cond, generator=torch.Generator().manual_seed(seed + b))
+        out.append(images[:, 0].float().cpu().numpy())
+        progress.update(min(start + batch_size, len(target)))
+    return target.with_images(np.concatenate(out))
+
+
+# -- one model ----------------------------------------------------------------------------------------------
+def audit_model(name: str, generator, card: dict, real_m: Slices, real_n: Slices, plan: AuditPlan, *,
+                synthetic: Slices | None, figures_dir: Path, cache, device: str, redact: bool, progress,
+                warnings: list[str]) -> dict:
+    """Every measure for one model; returns its report section (figures written to ``figures_dir``).
+
+    Problems that only limit one measure (too few patients for the attacks) become ``warnings``."""
+    from CMRSynthLib.generators.base import Vocabulary
+
+    vocabulary = Vocabulary.from_dict(card["vocabulary"])
+    kw = dict(cache=cache, device=device, progress=progress, n_boot=plan.n_boot)
+    judge = train_segmenter(real_m, plan.segmenter, cache=cache, device=device, progress=progress,
+                            label="segmenter on real training patients")
+    space = segmenter_space(judge)
+    if synthetic is None:
+        synth_m = generate(generator, vocabulary, real_m, seed=plan.seed, batch_size=plan.batch_size,
+                           progress=progress, label="synthesis from members' masks")
+        synth_n = generate(generator, vocabulary, real_n, seed=plan.seed + 10_000, batch_size=plan.batch_size,
+                           progress=progress, label="synthesis from held-out masks")
+        synth_all, source = Slices.cat([synth_m, synth_n]), "generated by the model"
+    else:
+        synth_m = synth_all = synthetic
+        source = "read from --synthetic"
+    progress.start("audit: fidelity", None)
+    fidelity = {"space": space.description,
+                "distances": feature_distances(space, real_n, synth_m, n_boot=plan.n_boot // 5, seed=plan.seed),
+                "yardstick": feature_distances(space, real_n, real_m, n_boot=plan.n_boot // 5, seed=plan.seed),
+                "diversity": {"real": ms_ssim_diversity(real_m, seed=plan.seed),
+                              "synthetic": ms_ssim_diversity(synth_m, seed=plan.seed)},
+                "tissues": tissue_statistics(real_n, synth_m, seed=plan.seed)}
+    adherence = {"synthetic": mask_adherence(judge, synth_all, n_boot=plan.n_boot),
+                 "ceiling": segmenter_ceiling(judge, real_n, n_boot=plan.n_boot)}
+    utility = utility_study(real_m, synth_m, real_n, plan.segmenter, **kw)
+    cross = _cross_vendor(generator, vocabulary, real_m, real_n, synthetic, plan, kw)
+    try:
+        membership = membership_inference(generator, vocabulary, real_m, real_n, plan.attack, progress=progress)
+    except InputError as exc:
+        membership = {"skipped": str(exc)}
+        warnings.append(f"{name}: membership inference not run: {exc}")
+    progress.start("audit: nearest neighbours", None)
+    memorisation = nearest_neighbours(synth_all, Slices.cat([real_m, real_n]), set(real_m.patient_ids()),
+                                      space=space, n_boot=plan.n_boot)
+    figs = _figures(name, figures_dir, synth_m, synth_all, Slices.cat([real_m, real_n]), fidelity, membership,
+                    memorisation, redact)
+    section = {"name": name, "family": card.get("family", "unknown"), "model_id": card.get("model_id"),
+               "privacy_ledger": card.get("privacy"), "redacted": redact,
+               "patients": {"members": list(real_m.patient_ids()), "non_members": list(real_n.patient_ids())},
+               "synthetic": {"slices": len(synth_all), "source": source},
+               "segmenter": {"config": plan.segmenter.to_dict(), "fingerprint": judge.key},
+               "fidelity": fidelity, "adherence": adherence, "utility": utility, "cross_vendor": cross,
+               "membership": membership, "memorisation": memorisation, "figures": figs}
+    section["verdict"] = verdict_rows(section)
+    return section
+
+
+def _cross_vendor(generator, vocabulary, real_m: Slices, real_n: Slices, synthetic: Slices | None, plan, kw) -> dict:
+    vendors = split_vendors(real_m.vendors.tolist(), real_n.vendors.tolist())
+    if vendors is None:
+        return {"skipped": "needs at least two vendors among both members and held-out patients"}
+    seen, unseen = vendors
+    seen_real = real_m.take(np.isin(real_m.vendors, seen))
+    if synthetic is not None:
+        styled = synthetic
+    elif not set(unseen) <= set(vocabulary.vendors):
+        return {"skipped": f"the model does not know the vendors {', '.join(sorted(set(unseen) - set(vocabulary.vendors)))}"}
+    else:
+        restyle = np.array([unseen[i % len(unseen)] for i in range(len(seen_real))])
+        styled = generate(generator, vocabulary, seen_real, seed=plan.seed + 20_000, batch_size=plan.batch_size,
+                          progress=kw["progress"], label="synthesis in unseen vendors' style", vendors=restyle)
+    return cross_vendor_study(real_m, styled, real_n, seen, unseen, plan.segmenter, **kw)
+
+
+def _figures(name, figures_dir: Path, synth_m, synth_all, real, fidelity, membership, memorisation, redact) -> dict:
+    slug = "".join(c if c.isalnum() else "-" for c in name)
+    paths = {"samples": figures.sample_grid(synth_m, figures_dir / f"{slug}-samples.png"),
+             "gallery": figures.gallery(memorisation["gallery"], synth_all, real,
+                                        figures_dir / f"{slug}-nearest-neighbours.png", redact=redact)}
+    if fidelity["tissues"]:
+        paths["intensity"] = figures.intensity_figure(fidelity["tissues"], figures_dir / f"{slug}-intensity.png")
+    if "attacks" in membership:
+        paths["roc"] = figures.roc_figure(membership["attacks"], figures_dir / f"{slug}-roc.png")
+        paths["timesteps"] = figures.timestep_figure(membership["attacks"], figures_dir / f"{slug}-timesteps.png")
+    return {k: f"figures/{Path(v).name}" for k, v in paths.items()}
+
+
+# -- the whole audit ------------------------------------------------------------------------------------------
+def _check_out(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "report.json").is_file())):
+        raise InputError("--out exists and is not an earlier audit folder; choose a new folder", path=out)
+
+
+def run_audit(models: Sequence[str], data, out, *, synthetic=None, members=None, holdout=None,
+              quick: bool = False, redact: bool = False, device: str = "cpu", cache=None,
+              plan: AuditPlan | None = None, progress=None) -> dict:
+    """Audit one or more checkpoints on a cohort; writes ``out/report.json``, ``out/report.html``, figures.
+
+    Args:
+        models: checkpoint folders or starter names.
+        data: the cohort the models were trained on (may hold more patients than they saw).
+        synthetic: a cohort folder of synthetic images with their masks, used instead of generating (one model).
+        members / holdout: override the card's members / held-out patients (see :func:`patient_list`);
+            ``holdout`` may also be a cohort folder whose patients are all non-members.
+        quick: small n (:meth:`AuditPlan.quick`); ``plan`` overrides it.
+        redact: the nearest-neighbour gallery shows outlines instead of real images.
+        cache: where trained segmenters are kept (default ``$CMRSYNTH_CACHE`` or ``~/.cache/cmrsynth``).
+
+    Returns the report dict (as written to report.json, before JSON conversion).
+    """
+    from CMRSynthLib.data.cohorts import open_cohort
+    from CMRSynthLib.data.preprocess import PreprocessConfig
+    from CMRSynthLib.jobs.progress import Progress
+    from CMRSynthLib.training.checkpoint import load_checkpoint
+
+    progress = progress or Progress("none")
+    plan = plan or (AuditPlan.quick() if quick else AuditPlan())
+    out = Path(out)
+    _check_out(out)
+    if not models:
+        raise InputError("--model: give at least one checkpoint to audit")
+    if synthetic is not None and len(models) > 1:
+        raise InputError("--synthetic belongs to one model; audit one --model with it")
+    loaded = [load_checkpoint(m, device=device) for m in models]
+    cohort = open_cohort(data)
+    holdout_cohort = open_cohort(holdout) if holdout is not None and os.path.isdir(holdout) else None
+    warnings: list[str] = [f"data: {p}" for p in cohort.problems[:5]]
+    if quick:
+        warnings.append(f"quick run: at most {plan.max_patients} members and {plan.max_patients} held-out patients, "
+                        "small segmenters and few bootstrap draws; use the full audit for decisions")
+    sections, names = [], _names(models)
+    with atomic_dir(out) as tmp:
+        for name, (generator, card) in zip(names, loaded):
+            preprocessing = PreprocessConfig.from_dict(card["preprocessing"])
+            if card["config"].get("spatial_dims", 2) != 2:
+                raise InputError(f"{name} is a 3D model; the audit handles 2D (slice-wise) models")
+            ids_m, ids_n = resolve_patients(card, cohort, members=members, holdout=holdout,
+                                            holdout_cohort=holdout_cohort, warnings=warnings)
+            ids_m = _subsample(ids_m, plan.max_patients, plan.seed)
+            ids_n = _subsample(ids_n, plan.max_patients, plan.seed)
+            for side, ids in (("member", ids_m), ("held-out", ids_n)):
+                if len(ids) < MIN_PATIENTS_FOR_CI:
+                    warnings.append(f"{name}: only {len(ids)} {side} patients; confidence intervals are unreliable "
+                                    f"below {MIN_PATIENTS_FOR_CI}")
+            real_m = load_slices(cohort, ids_m, preprocessing, what="member")
+            real_n = load_slices(holdout_cohort or cohort, ids_n, preprocessing, what="held-out")
+            synth = None
+            if synthetic is not None:
+                synth_cohort = open_cohort(synthetic)
+                synth = load_slices(synth_cohort, synth_cohort.patients(), preprocessing, what="synthetic")
+            sections.append(audit_model(name, generator, card, real_m, real_n, plan, synthetic=synth,
+                                        figures_dir=tmp / "figures", cache=cache, device=device, redact=redact,
+                                        progress=progress, warnings=warnings))
+        report = {"format": "cmrsynth-audit", "version": 1, "cmrsynth": __version__,
+                  "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                  "data": {"path": str(data), "layout": cohort.layout, "patients": len(cohort.patients()),
+                           "simulated": all(r.simulated for r in cohort.records)},
+                  "quick": quick, "redacted": redact, "sensitive": not redact, "warnings": warnings,
+                  "settings": {"max_patients": plan.max_patients, "n_boot": plan.n_boot, "seed": plan.seed,
+                               "segmenter": plan.segmenter.to_dict(), "attack": plan.attack.to_dict()},
+                  "models": sections, "figures": {}}
+        if len(sections) > 1:
+            report["figures"]["privacy_utility"] = _privacy_utility(sections, tmp / "figures")
+        write_report(report, tmp)
+    progress.artefact(str(out / "report.html"), "report")
+    return report
+
+
+def _names(models: Sequence[str]) -> list[str]:
+    names = [Path(str(m)).name or str(m) for m in models]
+    return [n if names.count(n) == 1 else f"{n} ({i + 1})" for i, n in enumerate(names)]
+
+
+def _privacy_utility(sections: list[dict], figures_dir: Path) -> str:
+    points = []
+    for s in sections:
+        if "attacks" not in s["membership"] or "synthetic" not in s["utility"]["arms"]:
+            continue
+        head = next(a for a in s["membership"]["attacks"] if a["name"] == s["membership"]["headline"])
+        auc, dice = head["evaluation"]["auc"], s["utility"]["arms"]["synthetic"]["mean"]["dice"]
+        ledger = s.get("privacy_ledger") or {}
+        points.append({"name": s["name"], "mia_auc": auc.value, "mia_low": auc.low or auc.value,
+                       "mia_high": auc.high or auc.value, "dice": dice.value, "dice_low": dice.low or dice.value,
+                       "dice_high": dice.high or dice.value, "epsilon": ledger.get("epsilon")})
+    path = figures.privacy_utility(points, figures_dir / "privacy-utility.png")
+    return f"figures/{path.name}"

@@ -1,0 +1,47 @@
+"""``cmrsynth audit``: the receipt (DESIGN §6) — fidelity, mask adherence, utility and privacy in one report."""
+
+from __future__ import annotations
+
+HELP = "audit generators: fidelity, mask adherence, utility and privacy → report.html + report.json"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--model", action="append", required=True, metavar="CKPT",
+                        help="checkpoint folder or starter name; repeat to audit several models together")
+    parser.add_argument("--data", required=True, help="the cohort the model(s) were trained on")
+    parser.add_argument("--out", required=True, help="folder for report.html, report.json and figures/")
+    parser.add_argument("--synthetic", metavar="DIR",
+                        help="a cohort folder of synthetic images with their masks, audited instead of generating")
+    parser.add_argument("--members", metavar="IDS",
+                        help="member patients (file of ids or comma-separated) instead of the card's")
+    parser.add_argument("--holdout", metavar="COHORT_OR_IDS",
+                        help="non-member patients: a cohort folder, a file of ids or comma-separated ids "
+                             "(default: the card's held-out patients)")
+    parser.add_argument("--inception-weights", metavar="FILE",
+                        help="Inception-v3 weights (safetensors) to add ImageNet-Inception FID/KID")
+    parser.add_argument("--quick", action="store_true", help="small n: minutes on a laptop (tests, demo)")
+    parser.add_argument("--redact", action="store_true",
+                        help="draw outlines instead of real images in the nearest-neighbour gallery")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "mps"))
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def run(args, progress) -> int:
+    from CMRSynthLib.audit.run import AuditPlan, run_audit
+
+    plan = AuditPlan.quick() if args.quick else AuditPlan()
+    if args.seed != plan.seed:
+        from dataclasses import replace
+
+        plan = replace(plan, seed=args.seed)
+    report = run_audit(args.model, args.data, args.out, synthetic=args.synthetic, members=args.members,
+                       holdout=args.holdout, quick=args.quick, redact=args.redact, device=args.device, plan=plan,
+                       inception_weights=args.inception_weights, progress=progress)
+    progress.done(report=f"{args.out}/report.html",
+                  verdict={m["name"]: {r["axis"]: r["number"] for r in m["verdict"]} for m in report["models"]})
+    for model in report["models"]:
+        print(f"{model['name']}:")
+        for row in model["verdict"]:
+            print(f"  {row['axis']:<26} {row['number']:<40} {row['meaning']}")
+    print(f"report: {args.out}/report.html")
+    return 0
