@@ -111,28 +111,39 @@ def generator_config(generator) -> dict:
 
 
 def save_checkpoint(out_dir: str | os.PathLike, generator: torch.nn.Module, card: dict, *,
-                    ema: Mapping[str, torch.Tensor] | None = None, trainer_state: TrainerState | None = None) -> dict:
+                    ema: Mapping[str, torch.Tensor] | None = None, trainer_state: TrainerState | None = None,
+                    parameters_dtype: torch.dtype | None = None) -> dict:
     """Write a checkpoint folder atomically; returns the card as written.
 
     ``card`` supplies everything but the fields this function owns: ``format``, ``version``, ``family``,
     ``config``, ``model_id`` and ``created`` are set here. ``ema`` is the EMA copy of the generator's
-    state_dict (same keys).
+    state_dict (same keys). ``parameters_dtype`` (e.g. float16 for compact starter models) stores the
+    parameters, not the buffers, in that dtype; loading casts them back to the model's dtype.
     """
     weights = _cpu_copy(generator.state_dict())
-    stored = dict(weights)
+    stored = _cast_parameters(weights, generator, parameters_dtype)
     if ema is not None:
         ema = _cpu_copy(ema)
         if set(ema) != set(weights):
             raise ValueError("ema state_dict keys differ from the generator's")
+        ema = _cast_parameters(ema, generator, parameters_dtype)
         stored.update({EMA_PREFIX + k: v for k, v in ema.items()})
     full = {**card, "format": FORMAT, "version": VERSION, "family": generator.family,
-            "config": generator_config(generator), "model_id": model_id(ema if ema is not None else weights),
+            "config": generator_config(generator),
+            "model_id": model_id(ema if ema is not None else stored),
             "created": card.get("created") or datetime.datetime.now(datetime.timezone.utc).isoformat(
                 timespec="seconds")}
     full.setdefault("privacy", None)
     with atomic_dir(out_dir) as tmp:
         _write_folder(tmp, stored, full, trainer_state)
     return full
+
+
+def _cast_parameters(state: dict, generator: torch.nn.Module, dtype: torch.dtype | None) -> dict:
+    if dtype is None:
+        return dict(state)
+    names = set(dict(generator.named_parameters(remove_duplicate=False)))
+    return {k: v.to(dtype) if k in names and v.is_floating_point() else v for k, v in state.items()}
 
 
 def _write_folder(folder: Path, stored: dict, card: dict, trainer_state: TrainerState | None) -> None:
@@ -144,6 +155,10 @@ def _write_folder(folder: Path, stored: dict, card: dict, trainer_state: Trainer
         (folder / STATE_JSON).write_text(json.dumps(trainer_state.info, indent=1), encoding="utf-8")
     # the card goes last: a folder with a card is a complete folder
     (folder / CARD).write_text(json.dumps(card, indent=1, sort_keys=True), encoding="utf-8")
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in (folder, *folder.iterdir()):  # temporary files are private (0600/0700); a checkpoint is not
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 # -- reading --------------------------------------------------------------------------------------

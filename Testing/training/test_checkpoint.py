@@ -131,3 +131,15 @@ def test_default_models_folder_is_beside_the_package(monkeypatch):
     monkeypatch.delenv(ckpt.MODELS_ENV, raising=False)
     assert ckpt.models_dir().parts[-2:] == ("Resources", "models")
     assert (ckpt.models_dir().parent.parent / "CMRSynthLib").is_dir()
+
+
+def test_float16_parameters_load_back_as_float32(model, tmp_path):
+    ckpt.save_checkpoint(tmp_path / "m", model, card(), parameters_dtype=torch.float16)
+    stored = ckpt.read_checkpoint(tmp_path / "m").weights
+    names = set(dict(model.named_parameters()))
+    assert all(v.dtype == torch.float16 for k, v in stored.items() if k in names)
+    loaded, _ = ckpt.load_checkpoint(tmp_path / "m")
+    for name, value in loaded.state_dict().items():
+        original = model.state_dict()[name]
+        assert value.dtype == original.dtype
+        assert torch.allclose(value, original, rtol=1e-3, atol=1e-4)
