@@ -227,7 +227,8 @@ class Trainer:
         c = self.config
         step = start = info["step"]
         history = [list(h) for h in info["history"]]
-        window, window_sum, window_n = max(1, total // 100), 0.0, 0
+        window = max(1, total // 100)  # the loss curve keeps the mean loss of every window of steps
+        self.window_sum, self.window_n = info.get("window", (0.0, 0))
         t0, wall0 = time.monotonic(), float(info.get("wall_seconds", 0.0))
         noise = torch.Generator(device=self.device)
         self.progress.start("train", total=total, family=c.family, resumed_from=start)
@@ -243,11 +244,11 @@ class Trainer:
                     self._start_diffusion_stage(parts, batch[0])
                 loss = self._train_step(parts, batch, step, noise, total=total)
                 step += 1
-                window_sum, window_n = window_sum + loss, window_n + 1
+                self.window_sum, self.window_n = self.window_sum + loss, self.window_n + 1
                 if step % window == 0 or step == total:
-                    mean = distributed.mean_across(self.world, window_sum / window_n, self.device)
+                    mean = distributed.mean_across(self.world, self.window_sum / self.window_n, self.device)
                     history.append([step, mean])
-                    window_sum, window_n = 0.0, 0
+                    self.window_sum, self.window_n = 0.0, 0
                     epsilon = self.privacy.epsilon() if self.privacy is not None else None
                     self.progress.update(step, loss=mean, epsilon=epsilon)
                 if step == total or (c.save_every and step % c.save_every == 0):
@@ -338,7 +339,7 @@ class Trainer:
             tensors: dict[str, torch.Tensor] = {}
             finished = step == total
             info = {"step": step, "total_steps": total, "finished": finished, "history": history,
-                    "switch_step": self.switch_step,
+                    "switch_step": self.switch_step, "window": [self.window_sum, self.window_n],
                     "wall_seconds": wall, "final_loss": history[-1][1] if history else None,
                     "arguments": self._identity(), "ema_updates": parts.ema.updates,
                     "optimizer": ckpt.pack_state(parts.optimizer.state_dict(), tensors, "optimizer"),
