@@ -103,7 +103,7 @@ def synthesize(generator, card: dict, mask: Volume, *, vendor: str | None, phase
     """``count`` synthetic images for ``mask``, each a float32 :class:`Volume` on the mask's exact geometry.
 
     ``vendor``/``phase``/``group`` None means unconditional (the null token). ``callback(done, total)``
-    counts sampler steps over all ``count`` images. Raises :class:`InputError` for a bad mask (naming
+    counts network steps (as the generator reports them) over all ``count`` images. Raises :class:`InputError` for a bad mask (naming
     ``path``), an unknown vendor/phase/group, or bad sampling options.
     """
     if int(count) != count or count < 1:
@@ -118,7 +118,7 @@ def synthesize(generator, card: dict, mask: Volume, *, vendor: str | None, phase
     volumes = []
     for index in range(count):
         rng = torch.Generator(device=device).manual_seed(seed + index)
-        relay = None if callback is None else (lambda done, total, i=index: callback(i * steps + done, count * steps))
+        relay = None if callback is None else (lambda done, total, i=index: callback(i * total + done, count * total))
         images = generator.sample(cond, sampler=sampler, steps=steps, guidance=guidance, generator=rng,
                                   callback=relay)
         stack = _to_stack(images, generator, labels.shape[0], start)

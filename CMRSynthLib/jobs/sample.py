@@ -90,16 +90,14 @@ def run(args, progress) -> int:
         prepare(card, volume, path=path)
         _check_writable(volume, args.format, path)
 
-    total = len(masks) * args.count * steps
-    progress.start("sample", total=total, model=card["model_id"], masks=len(masks))
-    done = 0
-    for name, volume, path in masks:
-        base = done
+    progress.start("sample", total=len(masks) * args.count, model=card["model_id"], masks=len(masks))
+    for number, (name, volume, path) in enumerate(masks):
+        done = number * args.count
         images = synthesize(generator, card, volume, vendor=args.vendor, phase=args.phase, group=args.group,
                             seed=args.seed, steps=steps, sampler=sampler, guidance=args.guidance,
                             count=args.count, path=path,
-                            callback=lambda d, t, b=base: progress.update(b + d, total=total))
-        done += args.count * steps
+                            callback=lambda d, t, base=done, label=name: progress.update(
+                                base + d * args.count // t, message=f"{label}: step {d} of {t}"))
         for index, image in enumerate(images):
             target = out / f"{name}_synth_{safe_word(args.vendor)}_{args.seed + index}{FORMATS[args.format]}"
             _write(image, target, args.format, card)
