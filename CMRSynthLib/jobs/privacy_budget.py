@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 HELP = "plan differential privacy before training: ε for a given noise, or the noise for a target ε"
 
@@ -31,8 +32,11 @@ def run(args, progress) -> int:
                             args.accountant)
     else:
         plan = plan_noise(args.patients, args.batch_size, args.epochs, args.epsilon, args.delta, args.accountant)
-    if args.json:
-        print(json.dumps(plan.to_dict()))
+    if not math.isfinite(plan.epsilon):
+        progress.warning(f"noise multiplier {plan.noise_multiplier:g} gives no meaningful guarantee (ε is "
+                         "unbounded); raise --noise-multiplier")
+    if args.json:  # an unbounded ε is null (JSON has no infinity)
+        print(json.dumps({**plan.to_dict(), "epsilon": plan.epsilon if math.isfinite(plan.epsilon) else None}))
     else:
         print(_table(plan, args))
     return 0
@@ -47,7 +51,8 @@ def _table(plan, args) -> str:
         ("sample rate q", f"{plan.sample_rate:.6g}"),
         ("steps", f"{plan.steps}  ({args.epochs:g} epochs)"),
         ("noise multiplier σ", f"{plan.noise_multiplier:.6g}" + ("  (calibrated)" if args.epsilon is not None else "")),
-        ("ε", f"{plan.epsilon:.4g}" + (f"  (target {args.epsilon:g})" if args.epsilon is not None else "")),
+        ("ε", (f"{plan.epsilon:.4g}" if math.isfinite(plan.epsilon) else "∞ (no meaningful guarantee)")
+         + (f"  (target {args.epsilon:g})" if args.epsilon is not None else "")),
         ("δ", f"{plan.delta:.3g}"),
     ]
     width = max(len(name) for name, _ in rows)

@@ -57,3 +57,10 @@ def test_bad_input_exits_2_with_one_line(run_cli, change, flag):
     assert code == 2
     assert out == ""
     assert len(err.strip().splitlines()) == 1 and flag in err
+
+
+def test_an_unbounded_epsilon_is_null_in_json_and_warned(run_cli):
+    code, out, err = run_cli("privacy-budget", "--patients", "10", "--batch-size", "10", "--epochs", "100",
+                             "--noise-multiplier", "0.1", "--delta", "1e-3", "--accountant", "prv", "--json")
+    assert code == 0
+    assert json.loads(out)["epsilon"] is None and "no meaningful guarantee" in err
