@@ -277,3 +277,20 @@ def test_every_generator_family_gets_exact_per_sample_gradients(family):
     generator.loss_at(images, cond, t, noise).mean().backward()
     per_sample = flat([p.grad_sample if p.grad_sample is not None else torch.zeros(3, *p.shape) for p in params])
     assert torch.allclose(per_sample, reference, rtol=1e-3, atol=1e-6)
+
+
+def test_an_ldm_is_dp_trained_only_in_its_diffusion_stage():
+    from CMRSynthLib.generators import build_generator, preset_config
+    from CMRSynthLib.generators.base import Vocabulary
+
+    ldm = build_generator("ldm", preset_config("ldm", "tiny", spatial_dims=2, image_size=16,
+                                               vocabulary=Vocabulary(vendors=("GE",))))
+    privacy = DPTraining(DPConfig(delta=1e-3, max_grad_norm=1.0, noise_multiplier=1.0))
+    loader = torch.utils.data.DataLoader(PatientSlices(patients=6), batch_size=2, collate_fn=collate)
+    holder = nn.Module()
+    holder.generator = ldm  # what the trainer's LossModel looks like
+    with pytest.raises(InputError, match="autoencoder was trained on public data"):
+        privacy.attach(holder, torch.optim.SGD(ldm.parameters(), lr=0.1), loader, steps=10)
+    ldm.freeze_autoencoder()
+    privacy.attach(holder, torch.optim.SGD([p for p in ldm.parameters() if p.requires_grad], lr=0.1), loader,
+                   steps=10)

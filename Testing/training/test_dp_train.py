@@ -71,6 +71,17 @@ def test_progress_reports_epsilon(public_model, phantom, tmp_path, run_cli):  # 
     assert epsilons and epsilons == sorted(epsilons) and epsilons[-1] == card_of(tmp_path / "m")["privacy"]["epsilon"]
 
 
+def test_slice_level_dp_reports_the_group_privacy_of_a_patient(public_model, phantom, tmp_path, run_cli):  # noqa: F811
+    code, out, err = run_cli("train", "--data", phantom, "--out", tmp_path / "m", "--init", public_model,
+                             "--max-steps", "2", *COMMON, *DP, "--delta", "1e-3", "--noise-multiplier", "2.0",
+                             "--slice-level", "--progress", "none")
+    assert code == 0, err
+    ledger = Ledger.from_dict(card_of(tmp_path / "m")["privacy"])
+    assert ledger.unit == "slice" and ledger.max_slices_per_patient >= 2
+    assert ledger.sample_rate < 2 / ledger.patients  # q is over slices, not patients
+    assert ledger.group_epsilon == ledger.max_slices_per_patient * ledger.epsilon
+
+
 def test_a_dp_fine_tune_of_a_dp_model_on_the_same_data_composes(dp_model, phantom, tmp_path, run_cli):  # noqa: F811
     first = Ledger.from_dict(card_of(dp_model)["privacy"])
     code, out, err = run_cli("train", "--data", phantom, "--out", tmp_path / "again", "--init", dp_model,
