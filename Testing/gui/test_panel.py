@@ -182,7 +182,7 @@ def test_train_tab_makes_a_cohort_plans_the_budget_and_cancels_training(panel, t
     tab.out.set_path(str(out))
     tab.train_button.click()
     assert tab.runner.running
-    wait_until(lambda: tab.runner.status.step >= 3 or not tab.runner.running)
+    wait_until(lambda: tab.runner.status.step >= 2 or not tab.runner.running)
     assert tab.runner.running, tab.runner.status.error
     job_pid = int(tab.runner._process.processId())
     screenshot(panel, "train", tmp_path)
