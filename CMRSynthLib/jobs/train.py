@@ -38,6 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="network size: tiny (tests), small (CPU, default), base (GPU)")
     model.add_argument("--image-size", type=int, default=None, help="prepared in-plane size in pixels (default 64)")
     model.add_argument("--spatial-dims", type=int, choices=(2, 3), default=None, help="2D slices (default) or 3D stacks")
+    model.add_argument("--depth", type=int, default=None,
+                       help="3D only: slices per stack (default: the deepest stack, rounded up to a multiple of 8)")
     model.add_argument("--spacing", type=float, default=None,
                        help="prepared in-plane pixel size in mm (default: a 192 mm field of view)")
     model.add_argument("--init", default=None, help="checkpoint (or starter name) to fine-tune from")
@@ -74,7 +76,7 @@ def run(args, progress) -> int:
 
     config = TrainConfig(
         data=args.data, family=args.generator, out=args.out, preset=args.preset, image_size=args.image_size,
-        spatial_dims=args.spatial_dims, spacing=args.spacing, max_steps=args.max_steps, epochs=args.epochs,
+        spatial_dims=args.spatial_dims, depth=args.depth, spacing=args.spacing, max_steps=args.max_steps, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule, warmup=args.warmup,
         weight_decay=args.weight_decay, grad_clip=args.grad_clip, ema_decay=args.ema_decay,
         autoencoder_fraction=args.autoencoder_fraction, seed=args.seed,

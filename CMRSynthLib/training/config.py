@@ -25,6 +25,7 @@ class TrainConfig:
         data: cohort folder. family: generator family. out: checkpoint folder.
         max_steps / epochs: the run stops at whichever comes first (epochs default 100 when neither is set).
         spacing: in-plane mm per pixel (None: a 192 mm field of view at ``image_size``).
+        depth: 3D only, slices per stack (None: the deepest stack, rounded up to a multiple of 8).
         warmup: linear LR warm-up steps. grad_clip: max global gradient norm (0 = off; Opacus clips
         per sample instead when DP is on). ema_decay: EMA decay (warmed up). save_every: steps between
         checkpoints (0: only at the end). autoencoder_fraction: LDM only, the share of the steps spent on
@@ -37,6 +38,7 @@ class TrainConfig:
     preset: str | None = None
     image_size: int | None = None
     spatial_dims: int | None = None
+    depth: int | None = None
     spacing: float | None = None
     max_steps: int | None = None
     epochs: int | None = None
@@ -59,7 +61,8 @@ class TrainConfig:
     def __post_init__(self):
         _positive("--batch-size", self.batch_size)
         for flag, value in (("--max-steps", self.max_steps), ("--epochs", self.epochs),
-                            ("--image-size", self.image_size), ("--train-patients", self.train_patients)):
+                            ("--image-size", self.image_size), ("--train-patients", self.train_patients),
+                            ("--depth", self.depth)):
             if value is not None:
                 _positive(flag, value)
         for flag, value in (("--warmup", self.warmup), ("--save-every", self.save_every)):
@@ -85,6 +88,8 @@ class TrainConfig:
             _choice("--preset", self.preset, PRESETS)
         if self.spatial_dims is not None:
             _choice("--spatial-dims", self.spatial_dims, (2, 3))
+        if self.depth is not None and self.spatial_dims != 3:
+            raise InputError("--depth applies to 3D training only (--spatial-dims 3)")
 
     def identity(self) -> dict:
         """The fields that define the run (see the module docstring)."""

@@ -10,6 +10,7 @@ attributes).
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import random
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ import numpy as np
 from CMRSynthLib.data.conventions import UNKNOWN
 from CMRSynthLib.errors import InputError
 from CMRSynthLib.generators.base import Vocabulary
+
+DEPTH_MULTIPLE = 8  # 3D stacks are padded to a multiple of this many slices
 
 
 @dataclass(frozen=True, eq=False)
@@ -35,6 +38,7 @@ class TrainingData:
     unused: tuple[str, ...]
     fingerprint: dict
     intensity: dict  # vendor → [lo, hi] median original intensities mapped to -1 and 1 ("*" = all)
+    depth: int | None  # slices per stack (3D), None for slices (2D)
 
 
 def fingerprint(cohort) -> dict:
@@ -69,11 +73,13 @@ def choose_members(train: tuple[str, ...], count: int | None, *, seed: int) -> t
 
 def load_training_data(data: str | os.PathLike, *, preprocessing, spatial_dims: int, seed: int,
                        train_patients: int | None = None, vocabulary: Vocabulary | None = None,
+                       depth: int | None = None,
                        fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)) -> TrainingData:
     """Open the cohort, split it by patient, prepare the member cases and wrap them in a dataset.
 
     ``vocabulary`` (from a checkpoint being fine-tuned) must know every member vendor; by default it is
-    the sorted member vendors.
+    the sorted member vendors. ``depth`` (3D) is the slices per stack, by default the deepest member stack
+    rounded up to a multiple of :data:`DEPTH_MULTIPLE` (what the 3D networks can halve).
     """
     from CMRSynthLib.data.cohorts import load_case, open_cohort
     from CMRSynthLib.data.datasets import SliceDataset, StackDataset
@@ -99,10 +105,15 @@ def load_training_data(data: str | os.PathLike, *, preprocessing, spatial_dims: 
         if unknown:
             raise InputError(f"vendors {unknown} are not in the --init model's vocabulary "
                              f"({', '.join(vocabulary.vendors)})", path=data)
-    dataset = (SliceDataset if spatial_dims == 2 else StackDataset)(prepared, vocabulary)
+    if spatial_dims == 2:
+        dataset, depth = SliceDataset(prepared, vocabulary), None
+    else:
+        deepest = max(len(p.image) for p in prepared)
+        depth = depth or DEPTH_MULTIPLE * math.ceil(deepest / DEPTH_MULTIPLE)
+        dataset = StackDataset(prepared, vocabulary, depth=depth)
     return TrainingData(dataset=dataset, vocabulary=vocabulary, preprocessing=preprocessing, members=members,
                         validation=tuple(split.validation), holdout=tuple(split.holdout), unused=unused,
-                        fingerprint=fingerprint(cohort), intensity=typical_intensity(prepared))
+                        fingerprint=fingerprint(cohort), intensity=typical_intensity(prepared), depth=depth)
 
 
 def typical_intensity(prepared) -> dict:

@@ -119,11 +119,16 @@ class Trainer:
         self.out = Path(config.out)
 
     # -- the factories (hooks) -------------------------------------------------------------------
-    def make_generator(self, vocabulary, init: ckpt.CheckpointContents | None):
-        """The generator of ``config.family`` from its preset, or from ``init``'s config and weights."""
+    def make_generator(self, vocabulary, init: ckpt.CheckpointContents | None, *, depth: int | None = None):
+        """The generator of ``config.family`` from its preset, or from ``init``'s config and weights.
+
+        ``depth`` (3D) is the slices per stack: the generator's ``image_size`` is ``(depth, H, W)``.
+        """
         from CMRSynthLib.generators import build_generator, config_to_dict, preset_config
 
         c = self.config
+        size = c.image_size or DEFAULT_IMAGE_SIZE
+        image_size = size if depth is None else (depth, size, size)
         if init is not None:
             if init.card["family"] != c.family:
                 raise InputError(f"--init is a {init.card['family']} model; --generator {c.family} cannot "
@@ -132,16 +137,14 @@ class Trainer:
             wanted = None
             if any(v is not None for v in (c.preset, c.image_size, c.spatial_dims)):
                 wanted = preset_config(c.family, c.preset or DEFAULT_PRESET, vocabulary=vocabulary,
-                                       image_size=c.image_size or DEFAULT_IMAGE_SIZE,
-                                       spatial_dims=c.spatial_dims or DEFAULT_SPATIAL_DIMS)
+                                       image_size=image_size, spatial_dims=c.spatial_dims or DEFAULT_SPATIAL_DIMS)
             if wanted is not None and config_to_dict(wanted) != init.card["config"]:
                 raise InputError("--preset/--image-size/--spatial-dims describe a different model than --init; "
                                  "leave them out to fine-tune the checkpoint's own configuration", path=init.path)
             ckpt.load_weights(generator, init.ema or init.weights, path=init.path / ckpt.WEIGHTS)
             return generator
         config = preset_config(c.family, c.preset or DEFAULT_PRESET, vocabulary=vocabulary,
-                               image_size=c.image_size or DEFAULT_IMAGE_SIZE,
-                               spatial_dims=c.spatial_dims or DEFAULT_SPATIAL_DIMS)
+                               image_size=image_size, spatial_dims=c.spatial_dims or DEFAULT_SPATIAL_DIMS)
         return build_generator(c.family, config)
 
     def make_model(self, generator: nn.Module) -> nn.Module:
@@ -188,10 +191,12 @@ class Trainer:
             from CMRSynthLib.generators.base import Vocabulary
 
             vocabulary = Vocabulary.from_dict(init.card["vocabulary"])
+        depth = int(init.card["config"]["image_size"][0]) if init is not None and self._spatial_dims(init) == 3 \
+            else c.depth
         data = load_training_data(c.data, preprocessing=preprocessing, spatial_dims=self._spatial_dims(init),
-                                  seed=c.seed, train_patients=c.train_patients, vocabulary=vocabulary)
+                                  seed=c.seed, train_patients=c.train_patients, vocabulary=vocabulary, depth=depth)
         torch.manual_seed(c.seed)
-        generator = self.make_generator(data.vocabulary, init).to(self.device)
+        generator = self.make_generator(data.vocabulary, init, depth=data.depth).to(self.device)
         ema = EMA(generator, decay=c.ema_decay)
         info = {"step": 0, "history": [], "wall_seconds": 0.0}
         if resume is not None:  # weights first: they carry an LDM's stage, which decides what trains

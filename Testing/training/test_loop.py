@@ -126,3 +126,17 @@ def test_ldm_trains_its_autoencoder_first_and_resumes_across_the_switch(phantom,
     generator, _ = ckpt.load_checkpoint(tmp_path / "whole")
     assert generator.stage == "diffusion" and float(generator.latent_scale) != 1.0
     assert torch.equal(whole.ema["latent_scale"], whole.weights["latent_scale"])
+
+
+def test_3d_training_pads_stacks_and_samples_a_whole_stack(phantom, tmp_path):  # noqa: F811
+    from CMRSynthLib.data.cohorts import load_case, open_cohort
+    from CMRSynthLib.synthesis import synthesize
+
+    Trainer(train_config(phantom, tmp_path / "3d", spatial_dims=3, image_size=16, max_steps=2, batch_size=2)).run()
+    generator, card = ckpt.load_checkpoint(tmp_path / "3d")
+    assert card["config"]["image_size"] == [8, 16, 16] and card["config"]["spatial_dims"] == 3
+    case = load_case(open_cohort(phantom).records[0])
+    (image,) = synthesize(generator, card, case.label, vendor=None, steps=2)
+    assert image.same_geometry(case.label) and np.isfinite(image.array).all()
+    with pytest.raises(InputError, match="--depth applies to 3D"):
+        train_config(phantom, tmp_path / "x", depth=8)
