@@ -103,6 +103,7 @@ class Generator(nn.Module, ABC):
     samplers: ClassVar[tuple[str, ...]]
     default_sampler: ClassVar[str]
     default_steps: ClassVar[int]
+    config_class: ClassVar[type]  # the family's frozen config dataclass (``preset``, ``to_dict``/``from_dict``)
 
     @abstractmethod
     def loss(self, images: torch.Tensor, cond: Conditions, *, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -25,16 +25,13 @@ def check_config(config, *, samplers: tuple[str, ...], factor: int = 1) -> None:
         raise ValueError(f"steps must be positive, got {config.steps}")
 
 
-def check_preset(name: str) -> None:
+def preset_fields(name: str, *, spatial_dims: int, image_size, vocabulary) -> dict:
+    """The fields every family's preset ``name`` shares: the data description and the preset's UNet.
+    ``image_size`` may be one int (the same size on every axis) or ``spatial_dims`` ints."""
     if name not in PRESETS:
         raise ValueError(f"preset {name!r} is not one of {PRESETS}")
-
-
-def image_size_tuple(image_size, spatial_dims: int) -> tuple[int, ...]:
-    """``image_size`` as a tuple of ``spatial_dims`` ints (an int means the same size on every axis)."""
-    if isinstance(image_size, int):
-        return (image_size,) * spatial_dims
-    return tuple(int(s) for s in image_size)
+    size = (image_size,) * spatial_dims if isinstance(image_size, int) else tuple(int(s) for s in image_size)
+    return dict(spatial_dims=spatial_dims, image_size=size, vocabulary=vocabulary, network=UNET_PRESETS[name])
 
 
 def randn(shape, generator: torch.Generator | None, device, dtype=torch.float32) -> torch.Tensor:

@@ -28,10 +28,9 @@ from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
 from CMRSynthLib.errors import InputError
 from CMRSynthLib.generators.base import Conditions, Generator, ProgressCallback, Vocabulary
-from CMRSynthLib.generators.common import (check_config, check_preset, image_size_tuple, mse_per_sample,
-                                           randn)
+from CMRSynthLib.generators.common import check_config, mse_per_sample, preset_fields, randn
 from CMRSynthLib.models.config import FrozenConfig
-from CMRSynthLib.models.unet import (UNET_PRESETS, ConditionalUNet, UNetConfig, drop_tokens, guided_output,
+from CMRSynthLib.models.unet import (ConditionalUNet, UNetConfig, drop_tokens, guided_output,
                                      token_counts, tokens_of)
 
 SAMPLERS = ("ancestral", "ddim", "dpmpp")
@@ -67,10 +66,8 @@ class DDPMConfig(FrozenConfig):
     @classmethod
     def preset(cls, name: str, *, spatial_dims: int, image_size, vocabulary: Vocabulary, **overrides) -> "DDPMConfig":
         """The "tiny" (tests), "small" (CPU) or "base" (GPU) configuration; keyword overrides win."""
-        check_preset(name)
-        values = dict(spatial_dims=spatial_dims, image_size=image_size_tuple(image_size, spatial_dims),
-                      vocabulary=vocabulary, network=UNET_PRESETS[name], steps=DEFAULT_STEPS[name])
-        return cls(**{**values, **overrides})
+        fields = preset_fields(name, spatial_dims=spatial_dims, image_size=image_size, vocabulary=vocabulary)
+        return cls(**{**fields, "steps": DEFAULT_STEPS[name], **overrides})
 
 
 class DDPMGenerator(Generator):

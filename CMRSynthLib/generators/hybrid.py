@@ -23,11 +23,11 @@ from dataclasses import dataclass, field
 import torch
 
 from CMRSynthLib.generators.base import Conditions, Generator, ProgressCallback, Vocabulary
-from CMRSynthLib.generators.common import check_config, check_preset, image_size_tuple, randn
+from CMRSynthLib.generators.common import check_config, preset_fields, randn
 from CMRSynthLib.generators.ddpm import DDPMConfig, DDPMGenerator
 from CMRSynthLib.generators.flow import SAMPLERS, FlowConfig, FlowGenerator
 from CMRSynthLib.models.config import FrozenConfig
-from CMRSynthLib.models.unet import UNET_PRESETS, UNetConfig
+from CMRSynthLib.models.unet import UNetConfig
 
 DEFAULT_STEPS = {"tiny": 4, "small": 6, "base": 15}
 DEFAULT_REFINE_STEPS = {"tiny": 3, "small": 4, "base": 10}
@@ -63,11 +63,9 @@ class HybridConfig(FrozenConfig):
     @classmethod
     def preset(cls, name: str, *, spatial_dims: int, image_size, vocabulary: Vocabulary, **overrides):
         """The "tiny" (tests), "small" (CPU) or "base" (GPU) configuration; keyword overrides win."""
-        check_preset(name)
-        values = dict(spatial_dims=spatial_dims, image_size=image_size_tuple(image_size, spatial_dims),
-                      vocabulary=vocabulary, network=UNET_PRESETS[name], steps=DEFAULT_STEPS[name],
-                      refine_steps=DEFAULT_REFINE_STEPS[name])
-        return cls(**{**values, **overrides})
+        fields = preset_fields(name, spatial_dims=spatial_dims, image_size=image_size, vocabulary=vocabulary)
+        return cls(**{**fields, "steps": DEFAULT_STEPS[name], "refine_steps": DEFAULT_REFINE_STEPS[name],
+                      **overrides})
 
     def flow_config(self) -> FlowConfig:
         return FlowConfig(spatial_dims=self.spatial_dims, image_size=self.image_size, vocabulary=self.vocabulary,
