@@ -91,8 +91,9 @@ def main(argv: list[str] | None = None) -> int:
         module, function = SECTIONS[name]
         section_start = time.perf_counter()
         produced = getattr(importlib.import_module(module), function)(settings, context)
+        if produced:
+            produced[-1].notes.append(f"section `{name}` took {time.perf_counter() - section_start:.0f} s")
         for table in produced:
-            table.notes.append(f"section `{name}` took {time.perf_counter() - section_start:.0f} s")
             print(table.markdown(), flush=True)
         tables += produced
     from benchmarks.targets import targets_table

@@ -29,6 +29,8 @@ PLANS = {  # (sampler, steps) rows per family; the family's default is always ad
     "ddpm": [("ancestral", 1000), ("ddim", 50), ("dpmpp", 20), ("dpmpp", 10)],
     "flow": [("euler", 4), ("euler", 8), ("euler", 16), ("euler", 50), ("heun", 4), ("heun", 10), ("heun", 16),
              ("midpoint", 10)],
+    "ldm": [("euler", 4), ("heun", 4), ("heun", 10)],
+    "hybrid": [("euler", 4), ("heun", 6)],
 }
 QUICK_PLANS = {
     "ddpm": [("ancestral", 1000), ("ddim", 50), ("dpmpp", 10)],

@@ -1,0 +1,228 @@
+"""Quality of the starter models (issue 3), so that speed is compared at equal quality.
+
+On the held-out phantom patients of each starter model's card (the phantom cohort its card names, prepared
+with its card's preprocessing), for each (sampler, steps) row:
+
+- **mask adherence**: Dice per LV / MYO / RV between the conditioning mask and the prediction of the audit's
+  segmenter (:func:`CMRSynthLib.audit.segmenter.train_segmenter`, a MONAI UNet trained on the real member
+  patients, cached) on the synthetic image — :func:`CMRSynthLib.audit.adherence.mask_adherence`; the same
+  segmenter on the real held-out images is the ceiling;
+- **LV-vs-MYO contrast per vendor**: mean intensity of the LV blood pool minus that of the myocardium (images
+  in [-1, 1]), synthetic vs real held-out slices of the same vendor;
+- **vendor recognisability**: accuracy of a vendor classifier (a small MONAI ``Classifier`` CNN trained here
+  on the real member slices — the audit has no vendor classifier) on synthetic images, whose label is the
+  vendor they were asked for; its accuracy on the real held-out slices is the ceiling.
+
+Issue 3's targets: Dice ≥ 0.85 for LV and RV, ≥ 0.75 for MYO; vendor accuracy ≥ 80%.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from benchmarks import subjects
+from benchmarks.common import Settings, Table, load_average
+from benchmarks.sampling import BASELINE
+
+TARGETS = {"LV": 0.85, "MYO": 0.75, "RV": 0.85}
+VENDOR_TARGET = 0.80
+SLICES = {"smoke": 4, "quick": 16, "full": 24}  # held-out slices generated per row (spread over patients)
+ROWS = {  # (sampler, steps) rows beyond each family's default (full mode); the baseline is added for DDPM
+    "ddpm": [("dpmpp", 10), ("ddim", 50)],
+    "flow": [("euler", 4), ("euler", 16), ("heun", 4)],
+    "ldm": [("euler", 4)],
+}
+
+
+MEMBERS = {"smoke": 3, "quick": 12, "full": None}  # member patients the judges train on (None: all)
+
+
+def phantom_slices(patients, phantom: dict, preprocessing):
+    """Prepared slices showing the heart of phantom ``patients`` (ids ``phantomNNN``), made in memory."""
+    from CMRSynthLib.audit.slices import Slices
+    from CMRSynthLib.data.phantom import make_phantom_patient
+    from CMRSynthLib.data.preprocess import prepare_case
+
+    parts = []
+    for patient in patients:
+        for case in make_phantom_patient(int(patient.removeprefix("phantom")), seed=phantom["seed"],
+                                         shape=tuple(phantom["shape"])):
+            prepared = prepare_case(case, preprocessing)
+            keep = prepared.mask.reshape(len(prepared.mask), -1).any(axis=1)
+            n, r = int(keep.sum()), case.record
+            parts.append(Slices(prepared.image[keep], prepared.mask[keep], [r.patient] * n, [r.vendor] * n,
+                                [r.phase] * n, [r.group] * n, spacing=preprocessing.spacing))
+    return Slices.cat(parts)
+
+
+def members_and_holdout(card: dict, settings: Settings):
+    """Real member and held-out slices of the starter's phantom cohort, on the card's prepared grid."""
+    from CMRSynthLib.data.preprocess import PreprocessConfig
+
+    preprocessing = PreprocessConfig.from_dict(card["preprocessing"])
+    members = sorted(card["members"])[:MEMBERS[settings.mode]]
+    holdout = sorted(card["holdout"])[:2] if settings.smoke else sorted(card["holdout"])
+    phantom = card["starter"]["phantom"]
+    return phantom_slices(members, phantom, preprocessing), phantom_slices(holdout, phantom, preprocessing)
+
+
+def spread(slices, count: int):
+    """``count`` slices taken evenly over the whole set (so every held-out patient and vendor appears)."""
+    index = np.unique(np.linspace(0, len(slices) - 1, min(count, len(slices))).round().astype(int))
+    return slices.take(index)
+
+
+def synthesise(generator, card: dict, source, sampler: str, steps: int, *, seed: int = 0):
+    """``(synthetic slices, seconds per slice)``: one image per ``source`` slice, all in one batch."""
+    from CMRSynthLib.audit.slices import to_conditions
+    from CMRSynthLib.generators.base import Vocabulary
+
+    cond = to_conditions(source, Vocabulary.from_dict(card["vocabulary"]))
+    start = time.perf_counter()
+    images = generator.sample(cond, sampler=sampler, steps=steps, generator=torch.Generator().manual_seed(seed))
+    seconds = (time.perf_counter() - start) / len(source)
+    return source.with_images(images[:, 0].float().numpy()), seconds
+
+
+def lv_myo_contrast(slices) -> dict[str, float]:
+    """Vendor → mean over slices of (mean LV intensity − mean MYO intensity); slices lacking either are skipped."""
+    out: dict[str, list[float]] = {}
+    for image, mask, vendor in zip(slices.images, slices.masks, slices.vendors):
+        if (mask == 1).any() and (mask == 2).any():
+            out.setdefault(str(vendor), []).append(float(image[mask == 1].mean() - image[mask == 2].mean()))
+    return {vendor: float(np.mean(values)) for vendor, values in sorted(out.items())}
+
+
+class VendorClassifier:
+    """A small MONAI ``Classifier`` CNN: slice ``(H, W)`` in [-1, 1] → vendor. Trained with Adam, fixed seed."""
+
+    def __init__(self, train, *, steps: int, batch_size: int = 16, seed: int = 0):
+        from monai.networks.nets import Classifier
+
+        self.vendors = sorted(set(train.vendors.tolist()))
+        torch.manual_seed(seed)
+        self.network = Classifier(in_shape=(1, *train.shape), classes=len(self.vendors), channels=(8, 16, 32, 64),
+                                  strides=(2, 2, 2, 2), num_res_units=1, norm="batch")
+        images = torch.from_numpy(train.images)[:, None]
+        labels = torch.tensor([self.vendors.index(v) for v in train.vendors])
+        optimiser = torch.optim.Adam(self.network.parameters(), lr=2e-3)
+        rng = np.random.default_rng(seed)
+        self.network.train()
+        for _ in range(steps):
+            index = torch.from_numpy(rng.choice(len(images), size=min(batch_size, len(images)), replace=False))
+            loss = torch.nn.functional.cross_entropy(self.network(images[index]), labels[index])
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+        self.network.eval()
+
+    def accuracy(self, slices) -> float:
+        """Fraction of ``slices`` whose predicted vendor is their vendor (unknown vendors count as wrong)."""
+        with torch.no_grad():
+            predicted = self.network(torch.from_numpy(slices.images)[:, None]).argmax(1).numpy()
+        return float(np.mean([self.vendors[p] == v for p, v in zip(predicted, slices.vendors)]))
+
+
+def plan(generator, family: str, settings: Settings) -> list[tuple[str, int]]:
+    rows = [(generator.default_sampler, generator.default_steps)]
+    if settings.full:
+        rows += [r for r in ROWS.get(family, []) if r not in rows]
+        if family == BASELINE[0]:
+            rows.append(BASELINE[1:])
+    return rows
+
+
+def starters(settings: Settings) -> dict[str, tuple]:
+    """Family → (generator, card) of the shipped starters this run covers (smoke: the tiny flow starter)."""
+    names = {"flow": "tiny-flow"} if settings.smoke else {f: f for f in subjects.FAMILIES}
+    found = {}
+    for family, name in names.items():
+        loaded = subjects.starter(name, device=settings.device)
+        if loaded is not None:
+            found[family] = loaded
+    return found
+
+
+def run(settings: Settings, context: dict) -> list[Table]:
+    from CMRSynthLib.audit.adherence import mask_adherence, segmenter_ceiling
+    from CMRSynthLib.audit.segmenter import SegmenterConfig, train_segmenter
+
+    models = starters(settings)
+    adherence = Table("Quality: mask adherence of the starter models on held-out phantom patients",
+                      ["generator", "sampler", "steps", "Dice LV", "Dice MYO", "Dice RV", "mean Dice",
+                       "Dice targets (LV, RV ≥ 0.85; MYO ≥ 0.75)", "s/slice (trained, batch of all)"])
+    if not models:
+        adherence.notes.append("No starter model is shipped yet (Resources/models/<family>/): quality is n/a, "
+                               "the speed tables use random weights.")
+        return [adherence]
+    loads = [load_average()]
+    card0 = next(iter(models.values()))[1]
+    members, holdout = members_and_holdout(card0, settings)
+    seg_config = SegmenterConfig.quick(steps=20) if settings.smoke else (
+        SegmenterConfig.quick() if not settings.full else SegmenterConfig())
+    judge = train_segmenter(members, seg_config)
+    classifier = VendorClassifier(members, steps={"smoke": 10, "quick": 150, "full": 400}[settings.mode])
+    source = spread(holdout, SLICES[settings.mode])
+    n_boot = 100 if settings.smoke else 500
+    ceiling = segmenter_ceiling(judge, holdout, n_boot=n_boot)
+    _add_dice(adherence, "real held-out images (segmenter ceiling)", "–", "–", ceiling, None)
+    contrast = {"real held-out": lv_myo_contrast(holdout)}
+    vendor_rows = [("real held-out images (classifier ceiling)", classifier.accuracy(holdout))]
+    dice: dict[tuple, float] = {}
+    cells: dict[tuple, str] = {}
+    for family, (generator, card) in models.items():
+        if card["preprocessing"] != card0["preprocessing"] or card["holdout"] != card0["holdout"]:
+            adherence.notes.append(f"{family}: trained on other data or preprocessing than the others; skipped")
+            continue
+        for sampler, steps in plan(generator, family, settings):
+            synthetic, per_slice = synthesise(generator, card, source, sampler, steps)
+            summary = mask_adherence(judge, synthetic, n_boot=n_boot)
+            _add_dice(adherence, family, sampler, steps, summary, per_slice)
+            dice[(family, sampler, steps)] = summary["mean"]["dice"].value
+            cells[(family, sampler, steps)] = " / ".join(f"{summary[s]['dice'].value:.2f}" for s in TARGETS)
+            if (sampler, steps) == (generator.default_sampler, generator.default_steps):
+                contrast[f"{family} ({sampler} {steps})"] = lv_myo_contrast(synthetic)
+                vendor_rows.append((f"{family} ({sampler}, {steps} steps)", classifier.accuracy(synthetic)))
+    loads.append(load_average())
+    context["dice"] = dice
+    context["dice_of"] = lambda family, sampler, steps: cells.get((family, sampler, steps), "n/a (not measured)")
+    size = "×".join(map(str, card0["preprocessing"]["size"]))
+    adherence.notes += [
+        f"Starter models (EMA weights) at their own {size} grid; {len(source)} held-out slices spread over "
+        f"{len(set(source.patients.tolist()))} patients per row (one batch, seed 0); Dice per patient over its "
+        f"slices, mean over patients; segmenter: MONAI UNet trained on {len(members)} real member slices "
+        f"({seg_config.steps} steps, cached). Load average: " + " → ".join(loads) + ".",
+    ]
+    return [adherence, contrast_table(contrast), vendor_table(vendor_rows, classifier, members)]
+
+
+def _add_dice(table: Table, name: str, sampler, steps, summary: dict, per_slice: float | None) -> None:
+    values = {s: summary[s]["dice"].value for s in TARGETS}
+    met = all(np.isfinite(values[s]) and values[s] >= TARGETS[s] for s in TARGETS)
+    table.add(name, sampler, steps, *(f"{values[s]:.3f}" for s in TARGETS), f"{summary['mean']['dice'].value:.3f}",
+              "met" if met else "missed", "–" if per_slice is None else f"{per_slice:.3g}")
+
+
+def contrast_table(contrast: dict[str, dict[str, float]]) -> Table:
+    vendors = sorted({v for values in contrast.values() for v in values})
+    table = Table("Quality: LV blood pool minus myocardium intensity per vendor (images in [-1, 1])",
+                  ["images", *vendors])
+    for name, values in contrast.items():
+        table.add(name, *(f"{values[v]:+.3f}" if v in values else "–" for v in vendors))
+    table.notes.append("Default sampler of each starter; the synthetic rows should match the real row vendor by "
+                       "vendor (the vendors differ in contrast by design).")
+    return table
+
+
+def vendor_table(rows: list[tuple[str, float]], classifier: VendorClassifier, members) -> Table:
+    table = Table("Quality: vendor recognisable? Accuracy of a vendor classifier trained on real images",
+                  ["images", "accuracy", f"target ≥ {VENDOR_TARGET:.0%}"])
+    for name, accuracy in rows:
+        table.add(name, f"{accuracy:.0%}", "met" if accuracy >= VENDOR_TARGET else "missed")
+    table.notes.append(f"MONAI Classifier (4 strided residual levels, batch norm) trained on {len(members)} real "
+                       f"member slices of vendors {', '.join(classifier.vendors)}; chance = "
+                       f"{1 / len(classifier.vendors):.0%}.")
+    return table
