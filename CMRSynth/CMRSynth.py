@@ -92,6 +92,7 @@ class CMRSynthWidget(ScriptedLoadableModuleWidget):
         self._parameterObserverTag = None
         self._sceneObserverTags = []
         self._job = None
+        self._updatingGUI = False
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -171,8 +172,15 @@ class CMRSynthWidget(ScriptedLoadableModuleWidget):
     def onParameterNodeModified(self, caller=None, event=None) -> None:
         """Fill the widgets the wrapper cannot bind (lists that depend on the scene or the model)."""
         node = self._parameterNode
-        if node is None:
+        if node is None or self._updatingGUI:
             return
+        self._updatingGUI = True  # filling the lists may set parameters, which calls this again
+        try:
+            self._updateGUIFromParameterNode(node)
+        finally:
+            self._updatingGUI = False
+
+    def _updateGUIFromParameterNode(self, node) -> None:
         self.logic.modelFolder = Path(node.modelFolder)
         self._fillSegmentCombos(node)
         info = self._chosenModel()

@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from typing import Callable
 
 from CMRSynthLib.gui.controller import JobState, JobStatus
@@ -96,13 +97,12 @@ class JobRunner:
 
     def wait(self, timeout: float | None = None) -> JobStatus:
         """Block until the job ends (events keep flowing to listeners); cancel it after ``timeout`` seconds."""
-        timer = QtCore.QElapsedTimer()
-        timer.start()
+        start = time.monotonic()
         while self.running:
             if self._process is not None:
                 self._process.waitForFinished(50)
             QtCore.QCoreApplication.processEvents()
-            if timeout is not None and timer.elapsed() > timeout * 1000 and not self._cancelled:
+            if timeout is not None and time.monotonic() - start > timeout and not self._cancelled:
                 self.cancel()
         return self.status
 

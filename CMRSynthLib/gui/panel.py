@@ -106,7 +106,7 @@ class ModelChooser(QtWidgets.QWidget):
                 self.card.setText(str(exc))
 
     def argument(self) -> str:
-        data = self.combo.itemData(read(self.combo, "currentIndex")) if self.combo.count() else None
+        data = self.combo.itemData(read(self.combo, "currentIndex")) if read(self.combo, "count") else None
         return data or ""
 
     def info(self) -> catalogue.ModelInfo | None:
@@ -191,7 +191,7 @@ class GenerateTab(QtWidgets.QWidget):
         self.vendor.addItem("")  # unconditional
         for vendor in info.vendors if info else ():
             self.vendor.addItem(vendor)
-        self.vendor.setCurrentIndex(max(self.vendor.findText(current), 1 if self.vendor.count() > 1 else 0))
+        self.vendor.setCurrentIndex(max(self.vendor.findText(current), 1 if read(self.vendor, "count") > 1 else 0))
 
     def settings(self) -> controller.SampleSettings:
         steps = read(self.steps, "value")
@@ -222,7 +222,10 @@ class GenerateTab(QtWidgets.QWidget):
             self.job.show_error(str(exc))
 
     def _artefact(self, status, event) -> None:
-        self.results.addItem(event.get("path", ""))
+        path = str(event.get("path", ""))
+        item = QtWidgets.QListWidgetItem(Path(path).name)
+        item.setToolTip(path)
+        self.results.addItem(item)
 
     def _finished(self, status, _payload) -> None:
         images = [path for path, kind in status.artefacts if kind != "mask"]
