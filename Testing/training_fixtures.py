@@ -24,12 +24,24 @@ def train_config(data, out, **overrides):
     return TrainConfig(**{**base, **overrides})
 
 
+# Each test module that imports a fixture gets its own copy of the definition, so a session scope alone
+# would build these once per module; this cache makes it once per process (per xdist worker).
+_BUILT: dict[str, object] = {}
+
+
+def _once(name, build):
+    if name not in _BUILT:
+        _BUILT[name] = build()
+    return _BUILT[name]
+
+
 @pytest.fixture(scope="session")
 def phantom(tmp_path_factory):
     """A 6-patient phantom cohort of 4×48×48 stacks (all four vendors)."""
     from CMRSynthLib.data.phantom import write_phantom_cohort
 
-    return write_phantom_cohort(tmp_path_factory.mktemp("phantom") / "cohort", PATIENTS, seed=0, shape=SHAPE)
+    return _once("phantom", lambda: write_phantom_cohort(tmp_path_factory.mktemp("phantom") / "cohort", PATIENTS,
+                                                         seed=0, shape=SHAPE))
 
 
 @pytest.fixture(scope="session")
@@ -37,9 +49,12 @@ def tiny_flow(phantom, tmp_path_factory):
     """A tiny flow checkpoint trained for 40 steps on :func:`phantom`."""
     from CMRSynthLib.training.loop import Trainer
 
-    out = tmp_path_factory.mktemp("models") / "flow"
-    Trainer(train_config(phantom, out, max_steps=40, lr_schedule="constant")).run()
-    return out
+    def build():
+        out = tmp_path_factory.mktemp("models") / "flow"
+        Trainer(train_config(phantom, out, max_steps=40, lr_schedule="constant")).run()
+        return out
+
+    return _once("tiny_flow", build)
 
 
 def oblique_mask(shape=(3, 40, 36), spacing=(1.3, 1.7, 8.0)) -> Volume:
