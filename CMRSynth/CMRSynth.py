@@ -190,7 +190,7 @@ class CMRSynthWidget(ScriptedLoadableModuleWidget):
         anatomy = bool(node.segmentation and node.referenceVolume)
         idle = bool(info and self._job is None)
         self.ui.generateButton.enabled = idle and (anatomy or node.newAnatomy > 0)
-        self.ui.restyleButton.enabled = idle and anatomy and info.family in ("flow", "hybrid")
+        self.ui.restyleButton.enabled = idle and anatomy and info.family == "flow"  # invertible models only
         self.ui.cancelButton.enabled = self._job is not None
 
     def _segmentCombos(self):
@@ -271,7 +271,8 @@ class CMRSynthWidget(ScriptedLoadableModuleWidget):
             self.logic.ensureDependencies(interactive=True)
             node = self._parameterNode
             job = self.logic.restyle(node.referenceVolume, node.segmentation, vendor=node.vendor, model=node.model,
-                                     structures=self.logic.structuresFromParameterNode(node), wait=False)
+                                     structures=self.logic.structuresFromParameterNode(node),
+                                     steps=node.steps or None, device=node.device, wait=False)
             self._follow(job, onDone=lambda volume: slicer.util.setSliceViewerLayers(background=volume))
 
     def onCancelButton(self) -> None:
@@ -564,8 +565,10 @@ class CMRSynthLogic(ScriptedLoadableModuleLogic):
         job = self.runJob(settings, complete, workDir)
         return job.wait() if wait else job
 
-    def restyle(self, volumeNode, segmentationNode, vendor, model="flow", structures=None, wait=True):
-        """``volumeNode`` re-rendered in ``vendor``'s style (flow-matching inversion) → a new volume node."""
+    def restyle(self, volumeNode, segmentationNode, vendor, model="flow", structures=None, steps=None,
+                device="auto", wait=True):
+        """``volumeNode`` re-rendered in ``vendor``'s style (flow-matching inversion) → a new volume node
+        named ``<volume>_restyled_<vendor>``."""
         info = catalogue.find_model(model, self.modelFolder)
         structures = structures or scene.guess_mapping(self.segments(segmentationNode))
         workDir = self._workDir()
@@ -577,7 +580,8 @@ class CMRSynthLogic(ScriptedLoadableModuleLogic):
             shutil.rmtree(workDir, ignore_errors=True)
             raise
         out = os.path.join(workDir, "restyled.nii.gz")
-        settings = controller.RestyleSettings(model=info.argument, image=image, mask=mask, vendor=vendor, out=out)
+        settings = controller.RestyleSettings(model=info.argument, image=image, mask=mask, vendor=vendor, out=out,
+                                              steps=steps, device=device)
         attributes = {"generator": info.family, "modelId": info.model_id, "vendor": vendor, "restyled": "true",
                       "source": volumeNode.GetName()}
         job = self.runJob(settings, lambda status: addVolumeNode(

@@ -138,7 +138,7 @@ class TrainSettings:
 
 @dataclass(frozen=True)
 class RestyleSettings:
-    """``cmrsynth restyle``: a real image re-rendered in another vendor's style."""
+    """``cmrsynth restyle``: a real image re-rendered in another vendor's style (flow models)."""
 
     command: ClassVar[str] = "restyle"
     model: str
@@ -146,11 +146,17 @@ class RestyleSettings:
     mask: str
     vendor: str
     out: str
+    steps: int | None = None
+    device: str = "auto"
 
     def arguments(self) -> list[str]:
-        return ["--model", _text("model", self.model), "--image", _text("image", self.image),
+        args = ["--model", _text("model", self.model), "--image", _text("image", self.image),
                 "--mask", _text("mask", self.mask), "--vendor", _text("vendor", self.vendor),
                 "--out", _text("output file", self.out)]
+        args += _optional("--steps", None if self.steps is None else _integer("steps", self.steps, 1))
+        if _choice("device", self.device, DEVICES) != "auto":
+            args += ["--device", self.device]
+        return args
 
 
 @dataclass(frozen=True)

@@ -211,7 +211,9 @@ class GenerateTab(QtWidgets.QWidget):
             vendor = read(self.vendor, "currentText") or "any"
             return controller.RestyleSettings(model=self.model.argument(), image=self.image.path(),
                                               mask=self.mask.path(), vendor=read(self.vendor, "currentText"),
-                                              out=str(Path(self.out.path()) / f"{stem}_restyled_{vendor}.nii.gz"))
+                                              out=str(Path(self.out.path()) / f"{stem}_restyled_{vendor}.nii.gz"),
+                                              steps=read(self.steps, "value") or None,
+                                              device=read(self.device, "currentText"))
         self._start(settings)
 
     def _start(self, make_settings) -> None:

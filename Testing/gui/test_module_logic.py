@@ -167,6 +167,20 @@ def test_generate_adds_named_volumes_on_the_reference_geometry(stub_slicer, hear
     assert list((tmp_path / "slicer-temp").iterdir()) == []  # the job's files are gone
 
 
+def test_restyle_adds_one_volume_in_the_target_style(stub_slicer, heart, tmp_path):
+    module, scene, slicer = stub_slicer
+    reference, segmentation = heart
+    reference.array[:] = np.random.default_rng(0).normal(100, 20, reference.array.shape)
+    model = starter()
+    logic = module.CMRSynthLogic(modelFolder=tmp_path / "models")
+    logic.python = sys.executable
+    node = logic.restyle(reference, segmentation, vendor=model.vendors[0], model=model.name, steps=2, device="cpu")
+    assert scene == [node] and node.GetName() == f"cine_restyled_{model.vendors[0]}"
+    assert node.array.shape == reference.array.shape and np.allclose(node.matrix, reference.matrix, atol=1e-4)
+    assert node.attributes["CMRSynth.restyled"] == "true" and node.attributes["CMRSynth.source"] == "cine"
+    assert not np.array_equal(node.array, reference.array)
+
+
 def test_a_cancelled_job_adds_nothing_and_cleans_up(stub_slicer, heart, tmp_path):
     module, scene, slicer = stub_slicer
     reference, segmentation = heart
