@@ -37,7 +37,7 @@ ROWS = {  # (sampler, steps) rows beyond each family's default (full mode); the 
 }
 
 
-MEMBERS = {"smoke": 3, "quick": 12, "full": None}  # member patients the judges train on (None: all)
+MEMBERS = {"smoke": 2, "quick": 12, "full": None}  # member patients the judges train on (None: all)
 
 
 def phantom_slices(patients, phantom: dict, preprocessing):
@@ -64,7 +64,7 @@ def members_and_holdout(card: dict, settings: Settings):
 
     preprocessing = PreprocessConfig.from_dict(card["preprocessing"])
     members = sorted(card["members"])[:MEMBERS[settings.mode]]
-    holdout = sorted(card["holdout"])[:2] if settings.smoke else sorted(card["holdout"])
+    holdout = sorted(card["holdout"])[:1] if settings.smoke else sorted(card["holdout"])
     phantom = card["starter"]["phantom"]
     return phantom_slices(members, phantom, preprocessing), phantom_slices(holdout, phantom, preprocessing)
 
