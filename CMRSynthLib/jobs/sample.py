@@ -67,7 +67,7 @@ def stem(path: Path) -> str:
 def run(args, progress) -> int:
     from CMRSynthLib.data.volume import read_volume
     from CMRSynthLib.errors import InputError
-    from CMRSynthLib.synthesis import prepare, synthesize, tokens
+    from CMRSynthLib.synthesis import conditions, prepare, synthesize, tokens
     from CMRSynthLib.training.checkpoint import load_checkpoint
     from CMRSynthLib.training.loop import resolve_device
     from CMRSynthLib.training.distributed import World
@@ -87,7 +87,8 @@ def run(args, progress) -> int:
     else:
         masks = [(stem(p), read_volume(p), p) for p in mask_files(Path(args.mask))]
     for name, volume, path in masks:  # check every mask before generating anything
-        prepare(card, volume, path=path)
+        labels, _ = prepare(card, volume, path=path)
+        conditions(generator, labels, (0, 0, 0), path=path)  # a 3D model refuses stacks deeper than its own
         _check_writable(volume, args.format, path)
 
     progress.start("sample", total=len(masks) * args.count, model=card["model_id"], masks=len(masks))
@@ -100,7 +101,7 @@ def run(args, progress) -> int:
                                 base + d * args.count // t, message=f"{label}: step {d} of {t}"))
         for index, image in enumerate(images):
             target = out / f"{name}_synth_{safe_word(args.vendor)}_{args.seed + index}{FORMATS[args.format]}"
-            _write(image, target, args.format, card)
+            _write(image, target, args.format)
             progress.artefact(str(target), "synthetic")
     progress.done(out=str(out), images=len(masks) * args.count)
     return 0
@@ -118,7 +119,7 @@ def _check_writable(volume, fmt: str, path) -> None:
         raise InputError("mask grid is sheared; NIfTI cannot store it: use --format nrrd", path=path)
 
 
-def _write(image, target: Path, fmt: str, card: dict) -> None:
+def _write(image, target: Path, fmt: str) -> None:
     from CMRSynthLib.data.volume import write_volume
 
     if fmt == "dicom":
