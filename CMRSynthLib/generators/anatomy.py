@@ -24,8 +24,9 @@ from torch.nn import functional as F
 
 from CMRSynthLib.data.conventions import NUM_CLASSES
 from CMRSynthLib.generators.base import NULL, Conditions, ProgressCallback
+from CMRSynthLib.generators.common import tokens_of
 from CMRSynthLib.generators.flow import FlowConfig, FlowGenerator
-from CMRSynthLib.models.unet import ConditionalUNet, tokens_of
+from CMRSynthLib.models.unet import ConditionalUNet
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,14 @@
-"""Small pieces every generator family shares: config checks, seeded noise, the per-sample loss."""
+"""Small pieces every generator family shares: config checks, presets, seeded noise, the per-sample loss,
+and classifier-free guidance (Ho & Salimans 2022): :func:`drop_tokens` nulls each token with probability
+``p_uncond`` in training (the mask is always given); :func:`guided_output` combines the conditional and
+unconditional outputs as ``out_uncond + w·(out_cond − out_uncond)``."""
 
 from __future__ import annotations
 
 import torch
+from torch import nn
 
+from CMRSynthLib.generators.base import NULL, Conditions
 from CMRSynthLib.models.unet import UNET_PRESETS
 
 PRESETS = tuple(UNET_PRESETS)  # "tiny" (tests), "small" (CPU), "base" (GPU)
@@ -42,3 +47,29 @@ def randn(shape, generator: torch.Generator | None, device, dtype=torch.float32)
 def mse_per_sample(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean squared error of each sample: ``(B, ...)`` → ``(B,)`` (DP-SGD clips per sample)."""
     return (prediction - target).pow(2).flatten(1).mean(1)
+
+
+def tokens_of(cond: Conditions) -> torch.Tensor:
+    """The ``(B, 3)`` long tokens (vendor, phase, group) of a batch of conditions."""
+    return torch.stack([cond.vendor, cond.phase, cond.group], dim=1)
+
+
+def drop_tokens(tokens: torch.Tensor, p_uncond: float, generator: torch.Generator | None) -> torch.Tensor:
+    """Classifier-free guidance dropout: each of the ``(B, 3)`` tokens becomes null with probability ``p_uncond``."""
+    if p_uncond <= 0:
+        return tokens
+    keep = torch.rand(tokens.shape, generator=generator, device=tokens.device) >= p_uncond
+    return torch.where(keep, tokens, torch.full_like(tokens, NULL))
+
+
+def guided_output(net: nn.Module, x: torch.Tensor, timesteps: torch.Tensor, mask: torch.Tensor | None,
+                  tokens: torch.Tensor, guidance: float) -> torch.Tensor:
+    """The network output with classifier-free guidance ``w``: one forward if ``w == 1``, else a batched
+    conditional + unconditional forward combined as ``u + w·(c − u)``. Shapes as :class:`ConditionalUNet`."""
+    if guidance == 1.0:
+        return net(x, timesteps, mask, tokens)
+    both = net(torch.cat([x, x]), torch.cat([timesteps, timesteps]),
+               None if mask is None else torch.cat([mask, mask]),
+               torch.cat([tokens, torch.full_like(tokens, NULL)]))
+    cond, uncond = both.chunk(2)
+    return uncond + guidance * (cond - uncond)

@@ -35,10 +35,10 @@ import torch
 from torch import nn
 
 from CMRSynthLib.generators.base import Conditions, Generator, ProgressCallback, Vocabulary
-from CMRSynthLib.generators.common import check_config, mse_per_sample, preset_fields, randn
+from CMRSynthLib.generators.common import (check_config, drop_tokens, guided_output, mse_per_sample,
+                                           preset_fields, randn, tokens_of)
 from CMRSynthLib.models.config import FrozenConfig
-from CMRSynthLib.models.unet import (ConditionalUNet, UNetConfig, drop_tokens, guided_output,
-                                     token_counts, tokens_of)
+from CMRSynthLib.models.unet import ConditionalUNet, UNetConfig, token_counts
 
 SAMPLERS = ("euler", "heun", "midpoint")
 T_SAMPLING = ("uniform", "logit_normal")

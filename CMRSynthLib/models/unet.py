@@ -8,9 +8,8 @@ Conditioning (DESIGN §2.5):
   to the time embedding for ONE label; we swap that module for :class:`TokenEmbedding`, which takes the
   ``(B, 3)`` tokens and returns the sum — no copy of MONAI's forward needed.
 
-Classifier-free guidance (Ho & Salimans 2022): :func:`drop_tokens` nulls each token with probability
-``p_uncond`` during training (the mask is always given); :func:`guided_output` combines the conditional and
-unconditional outputs, ``out = out_uncond + w·(out_cond − out_uncond)``.
+Classifier-free guidance (dropping tokens in training, combining outputs in sampling) lives with the
+generators, in :mod:`CMRSynthLib.generators.common`; this module knows only networks.
 
 The network only uses GroupNorm, Linear, Conv and Embedding layers, so Opacus can compute per-sample gradients.
 """
@@ -24,7 +23,6 @@ from monai.networks.nets import DiffusionModelUNet
 from torch import nn
 from torch.nn import functional as F
 
-from CMRSynthLib.generators.base import NULL, Conditions
 from CMRSynthLib.models.config import FrozenConfig
 
 
@@ -119,29 +117,3 @@ class ConditionalUNet(nn.Module):
 def token_counts(vocabulary) -> tuple[int, int, int]:
     """Embedding sizes (with the null token) for a :class:`~CMRSynthLib.generators.base.Vocabulary`."""
     return len(vocabulary.vendors) + 1, len(vocabulary.phases) + 1, len(vocabulary.groups) + 1
-
-
-def tokens_of(cond: Conditions) -> torch.Tensor:
-    """The ``(B, 3)`` long tokens (vendor, phase, group) of a batch of conditions."""
-    return torch.stack([cond.vendor, cond.phase, cond.group], dim=1)
-
-
-def drop_tokens(tokens: torch.Tensor, p_uncond: float, generator: torch.Generator | None) -> torch.Tensor:
-    """Classifier-free guidance dropout: each of the ``(B, 3)`` tokens becomes null with probability ``p_uncond``."""
-    if p_uncond <= 0:
-        return tokens
-    keep = torch.rand(tokens.shape, generator=generator, device=tokens.device) >= p_uncond
-    return torch.where(keep, tokens, torch.full_like(tokens, NULL))
-
-
-def guided_output(net: nn.Module, x: torch.Tensor, timesteps: torch.Tensor, mask: torch.Tensor | None,
-                  tokens: torch.Tensor, guidance: float) -> torch.Tensor:
-    """The network output with classifier-free guidance ``w``: one forward if ``w == 1``, else a batched
-    conditional + unconditional forward combined as ``u + w·(c − u)``. Shapes as :class:`ConditionalUNet`."""
-    if guidance == 1.0:
-        return net(x, timesteps, mask, tokens)
-    both = net(torch.cat([x, x]), torch.cat([timesteps, timesteps]),
-               None if mask is None else torch.cat([mask, mask]),
-               torch.cat([tokens, torch.full_like(tokens, NULL)]))
-    cond, uncond = both.chunk(2)
-    return uncond + guidance * (cond - uncond)
