@@ -412,7 +412,8 @@ class CMRSynthJob:
 class CMRSynthLogic(ScriptedLoadableModuleLogic):
     """Everything the panel does, callable from the Python console; never touches a widget.
 
-    ``interactive=False`` (the default for console use) never opens a dialog: missing dependencies raise.
+    ``interactive=False`` (the default for console use) never opens a dialog: missing dependencies raise
+    with a sentence saying how to install them (``ensureDependencies(interactive=True)``).
     """
 
     def __init__(self, modelFolder=None, interactive=False) -> None:
@@ -526,6 +527,7 @@ class CMRSynthLogic(ScriptedLoadableModuleLogic):
         ``newAnatomy`` > 0 ignores the segmentation: the model draws that many new masks (added as
         segmentation nodes) and images for them.
         """
+        self.ensureDependencies()
         info = catalogue.find_model(model, self.modelFolder)
         workDir = self._workDir()
         mask = ""
@@ -569,6 +571,7 @@ class CMRSynthLogic(ScriptedLoadableModuleLogic):
                 device="auto", wait=True):
         """``volumeNode`` re-rendered in ``vendor``'s style (flow-matching inversion) → a new volume node
         named ``<volume>_restyled_<vendor>``."""
+        self.ensureDependencies()
         info = catalogue.find_model(model, self.modelFolder)
         structures = structures or scene.guess_mapping(self.segments(segmentationNode))
         workDir = self._workDir()
@@ -591,6 +594,7 @@ class CMRSynthLogic(ScriptedLoadableModuleLogic):
     def train(self, data, out=None, generator="flow", preset="tiny", init="", dp=False, epsilon=None, delta=None,
               maxGradNorm=None, maxSteps=None, wait=True):
         """Train a generator on a cohort folder; the model lands in the model folder → its ModelInfo."""
+        self.ensureDependencies()
         out = out or str(self.modelFolder / f"{generator}-{time.strftime('%Y%m%d-%H%M%S')}")
         settings = controller.TrainSettings(data=str(data), out=str(out), generator=generator, preset=preset,
                                             init=init, dp=dp, epsilon=epsilon, delta=delta,
@@ -602,6 +606,7 @@ class CMRSynthLogic(ScriptedLoadableModuleLogic):
         """Audit a model against real data → the report's JSON as a dict (``report.html`` beside it)."""
         import json
 
+        self.ensureDependencies()
         info = catalogue.find_model(model, self.modelFolder)
         out = out or str(self.modelFolder / f"audit-{info.name}-{time.strftime('%Y%m%d-%H%M%S')}")
         settings = controller.AuditSettings(model=info.argument, data=str(data), out=str(out), quick=quick)

@@ -433,6 +433,7 @@ class AuditTab(QtWidgets.QWidget):
         self.table.setEditTriggers(QtWidgets.QAbstractItemView.NoEditTriggers)
         self.open_button = QtWidgets.QPushButton("Open report.html")
         self.open_button.setEnabled(False)
+        self._html = None
         layout = QtWidgets.QVBoxLayout(self)
         layout.addLayout(form)
         layout.addWidget(self.run_button)

@@ -196,6 +196,23 @@ def test_train_tab_makes_a_cohort_plans_the_budget_and_cancels_training(panel, t
     assert not list(out.parent.glob(".run*partial*"))
 
 
+def test_a_trained_model_joins_the_model_lists(panel, tmp_path):
+    from CMRSynthLib.gui.controller import JobStatus
+
+    folder = tmp_path / "models" / "flow-new"
+    folder.mkdir(parents=True)
+    (folder / "card.json").write_text(json.dumps({"family": "flow", "members": ["p1", "p2"], "privacy":
+                                                  {"epsilon": 7.9, "delta": 1e-5}, "vocabulary": {"vendors": ["GE"]}}))
+    status = JobStatus()
+    status.start("train")
+    status.apply({"event": "artefact", "path": str(folder), "kind": "checkpoint"})
+    status.finish(0)
+    panel.train._finished(status, None)  # what the runner calls when a training job ends
+    for chooser in (panel.generate.model, panel.audit.model):
+        assert chooser.argument() == str(folder) and "DP ε = 7.9" in chooser.card.text()
+    assert [panel.generate.vendor.itemText(i) for i in range(panel.generate.vendor.count())] == ["", "GE"]
+
+
 REPORT = {"models": [{"name": "flow-dp8", "verdict": [
     {"axis": "fidelity", "number": "FD 12.4 [10.9, 14.0]", "meaning": "close to real held-out images",
      "level": "good"},
@@ -260,9 +277,20 @@ def test_reader_study_tab_records_answers_and_agreement(panel, cohort, tmp_path)
     assert "Cohen's κ A vs B: 0.00" in tab.kappa.text()
 
 
-def test_cmrsynth_gui_command_is_registered():
+def test_cmrsynth_gui_opens_the_panel_on_the_chosen_tab(tmp_path):
     from CMRSynthLib.cli import COMMANDS, build_parser
+    from CMRSynthLib.jobs import gui
 
     assert COMMANDS["gui"] == "gui"
-    args = build_parser().parse_args(["gui", "--tab", "reader", "--model-folder", "/tmp/m"])
-    assert args.tab == "reader" and args.model_folder == "/tmp/m"
+    args = build_parser().parse_args(["gui", "--tab", "reader", "--model-folder", str(tmp_path)])
+    shown = []
+
+    def look_and_quit():
+        panel = next(w for w in QtWidgets.QApplication.topLevelWidgets() if w.windowTitle() == "CMRSynth")
+        shown.append((panel.tabText(panel.currentIndex()), panel.context.model_folder(), panel.isVisible()))
+        panel.close()
+        QtWidgets.QApplication.instance().quit()
+
+    QtCore.QTimer.singleShot(0, look_and_quit)
+    assert gui.run(args, progress=None) == 0
+    assert shown == [("Reader study", str(tmp_path), True)]
