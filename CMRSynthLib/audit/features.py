@@ -13,6 +13,7 @@ Distances: the Fréchet distance between Gaussians fitted to the two feature set
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -49,7 +50,10 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     from monai.metrics.fid import get_fid_score
 
     _check_features(a, b)
-    value = float(get_fid_score(torch.from_numpy(np.asarray(a, np.float64)), torch.from_numpy(np.asarray(b, np.float64))))
+    with warnings.catch_warnings():  # MONAI passes scipy's deprecated ``disp`` to sqrtm
+        warnings.simplefilter("ignore", DeprecationWarning)
+        value = float(get_fid_score(torch.from_numpy(np.asarray(a, np.float64)),
+                                    torch.from_numpy(np.asarray(b, np.float64))))
     return max(value, 0.0)  # tiny negative values are round-off of sqrtm on (near-)identical sets
 
 

@@ -89,10 +89,11 @@ def _fidelity(model: dict, out: Path) -> str:
     fid = model["fidelity"]
     rows = [[k, fmt(v, 3), fmt(fid["yardstick"].get(k), 3)] for k, v in fid["distances"].items()]
     parts = ["<h3>Fidelity</h3>",
-             f"<p>Distances between synthetic images and real held-out images in the feature space "
-             f"<i>{html.escape(fid['space'])}</i>. The yardstick is the same distance between two groups of "
-             f"<b>real</b> patients (training vs held-out): a synthetic set as close as that is as close as real "
-             f"data gets. Lower is better; 95% bootstrap intervals over patients.</p>",
+             "<p>Distances between synthetic images and real held-out images in the feature space" +
+             ("s " if len(fid["spaces"]) > 1 else " ") +
+             "; ".join(f"<i>{html.escape(s)}</i>" for s in fid["spaces"]) +
+             ". The yardstick is the same distance between two groups of <b>real</b> patients (training vs held-out): a synthetic set as close as that is as close as real "
+             "data gets. Lower is better; 95% bootstrap intervals over patients (none for Inception).</p>",
              _table(["measure", "synthetic vs real held-out", "yardstick: real vs real"], rows),
              f"<p>Diversity (MS-SSIM between random pairs of different patients; lower = more diverse): "
              f"real {fmt(fid['diversity']['real'], 3)}, synthetic {fmt(fid['diversity']['synthetic'], 3)}.</p>"]

@@ -29,6 +29,7 @@ from CMRSynthLib.audit import figures
 from CMRSynthLib.audit.adherence import mask_adherence, segmenter_ceiling
 from CMRSynthLib.audit.features import segmenter_space
 from CMRSynthLib.audit.fidelity import feature_distances, ms_ssim_diversity, tissue_statistics
+from CMRSynthLib.audit.inception import inception_space
 from CMRSynthLib.audit.membership import AttackConfig, membership_inference
 from CMRSynthLib.audit.memorisation import nearest_neighbours
 from CMRSynthLib.audit.report import verdict_rows, write_report
@@ -158,10 +159,11 @@ def generate(generator, vocabulary, source: Slices, *, seed: int, batch_size: in
 # -- one model ----------------------------------------------------------------------------------------------
 def audit_model(name: str, generator, card: dict, real_m: Slices, real_n: Slices, plan: AuditPlan, *,
                 synthetic: Slices | None, figures_dir: Path, cache, device: str, redact: bool, progress,
-                warnings: list[str]) -> dict:
+                warnings: list[str], extra_spaces: Sequence = ()) -> dict:
     """Every measure for one model; returns its report section (figures written to ``figures_dir``).
 
-    Problems that only limit one measure (too few patients for the attacks) become ``warnings``."""
+    Problems that only limit one measure (too few patients for the attacks) become ``warnings``;
+    ``extra_spaces`` are further feature spaces for FD/KD (Inception), without bootstrap intervals."""
     from CMRSynthLib.generators.base import Vocabulary
 
     vocabulary = Vocabulary.from_dict(card["vocabulary"])
@@ -179,9 +181,12 @@ def audit_model(name: str, generator, card: dict, real_m: Slices, real_n: Slices
         synth_m = synth_all = synthetic
         source = "read from --synthetic"
     progress.start("audit: fidelity", None)
-    fidelity = {"space": space.description,
-                "distances": feature_distances(space, real_n, synth_m, n_boot=plan.n_boot // 5, seed=plan.seed),
-                "yardstick": feature_distances(space, real_n, real_m, n_boot=plan.n_boot // 5, seed=plan.seed),
+    distances, yardstick = {}, {}
+    for extra, n_boot in [(space, plan.n_boot // 5)] + [(s, 0) for s in extra_spaces]:  # 2048-d: no bootstrap
+        distances.update(feature_distances(extra, real_n, synth_m, n_boot=n_boot, seed=plan.seed))
+        yardstick.update(feature_distances(extra, real_n, real_m, n_boot=n_boot, seed=plan.seed))
+    fidelity = {"space": space.description, "spaces": [s.description for s in [space, *extra_spaces]],
+                "distances": distances, "yardstick": yardstick,
                 "diversity": {"real": ms_ssim_diversity(real_m, seed=plan.seed),
                               "synthetic": ms_ssim_diversity(synth_m, seed=plan.seed)},
                 "tissues": tissue_statistics(real_n, synth_m, seed=plan.seed)}
@@ -247,7 +252,7 @@ def _check_out(out: Path) -> None:
 
 
 def run_audit(models: Sequence[str], data, out, *, synthetic=None, members=None, holdout=None,
-              quick: bool = False, redact: bool = False, device: str = "cpu", cache=None,
+              quick: bool = False, redact: bool = False, inception_weights=None, device: str = "cpu", cache=None,
               plan: AuditPlan | None = None, progress=None) -> dict:
     """Audit one or more checkpoints on a cohort; writes ``out/report.json``, ``out/report.html``, figures.
 
@@ -259,6 +264,7 @@ def run_audit(models: Sequence[str], data, out, *, synthetic=None, members=None,
             ``holdout`` may also be a cohort folder whose patients are all non-members.
         quick: small n (:meth:`AuditPlan.quick`); ``plan`` overrides it.
         redact: the nearest-neighbour gallery shows outlines instead of real images.
+        inception_weights: an Inception-v3 weights file; adds FD/KD-Inception (:mod:`.inception`).
         cache: where trained segmenters are kept (default ``$CMRSYNTH_CACHE`` or ``~/.cache/cmrsynth``).
 
     Returns the report dict (as written to report.json, before JSON conversion).
@@ -276,6 +282,7 @@ def run_audit(models: Sequence[str], data, out, *, synthetic=None, members=None,
         raise InputError("--model: give at least one checkpoint to audit")
     if synthetic is not None and len(models) > 1:
         raise InputError("--synthetic belongs to one model; audit one --model with it")
+    extra_spaces = [inception_space(inception_weights)] if inception_weights is not None else []
     loaded = [load_checkpoint(m, device=device) for m in models]
     cohort = open_cohort(data)
     holdout_cohort = open_cohort(holdout) if holdout is not None and os.path.isdir(holdout) else None
@@ -302,10 +309,14 @@ def run_audit(models: Sequence[str], data, out, *, synthetic=None, members=None,
             synth = None
             if synthetic is not None:
                 synth_cohort = open_cohort(synthetic)
+                if synth_cohort.problems:  # e.g. images without a mask, which the listing skips
+                    raise InputError(f"--synthetic: every synthetic image needs its mask; {synth_cohort.problems[0]}"
+                                     + (f" (and {len(synth_cohort.problems) - 1} more problems)"
+                                        if len(synth_cohort.problems) > 1 else ""), path=synthetic)
                 synth = load_slices(synth_cohort, synth_cohort.patients(), preprocessing, what="synthetic")
             sections.append(audit_model(name, generator, card, real_m, real_n, plan, synthetic=synth,
                                         figures_dir=tmp / "figures", cache=cache, device=device, redact=redact,
-                                        progress=progress, warnings=warnings))
+                                        progress=progress, warnings=warnings, extra_spaces=extra_spaces))
         report = {"format": "cmrsynth-audit", "version": 1, "cmrsynth": __version__,
                   "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                   "data": {"path": str(data), "layout": cohort.layout, "patients": len(cohort.patients()),

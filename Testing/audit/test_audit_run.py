@@ -1,0 +1,150 @@
+"""End to end: the audit catches a deliberately overfit model, flags a "generator" that returns held-out
+real images, refuses overlapping members/holdout and bad input, and writes a report a person can read.
+
+One module fixture trains a tiny flow-matching model to memorise 8 phantom patients (one ED slice each,
+32 px); the other 8 patients are held out. Everything else uses small settings (:data:`TINY`).
+"""
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from CMRSynthLib.audit.membership import AttackConfig, membership_inference
+from CMRSynthLib.audit.memorisation import nearest_neighbours
+from CMRSynthLib.audit.run import AuditPlan, generate, load_slices, run_audit
+from CMRSynthLib.audit.segmenter import SegmenterConfig
+from CMRSynthLib.audit.slices import to_conditions
+from CMRSynthLib.data.cohorts import open_cohort
+from CMRSynthLib.data.phantom import write_phantom_cohort
+from CMRSynthLib.data.preprocess import PreprocessConfig
+from CMRSynthLib.generators import build_generator, preset_config
+from CMRSynthLib.generators.base import Vocabulary
+from CMRSynthLib.jobs.progress import Progress
+from CMRSynthLib.models.unet import UNetConfig
+from CMRSynthLib.training.checkpoint import save_checkpoint
+
+pytestmark = pytest.mark.xdist_group("audit-end-to-end")
+
+MEMBERS = [f"phantom{i:03d}" for i in range(8)]
+HOLDOUT = [f"phantom{i:03d}" for i in range(8, 16)]
+PREPROCESSING = PreprocessConfig(spacing=(6.0, 6.0), size=(32, 32))
+ATTACK = AttackConfig(timesteps=(0.02, 0.05, 0.1, 0.2), draws=2, n_boot=200)
+TINY = AuditPlan(segmenter=SegmenterConfig.quick(steps=25), attack=ATTACK, n_boot=100)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A 16-patient phantom cohort (ED only: one 32-px slice per patient) and a model that memorised 8."""
+    root = tmp_path_factory.mktemp("audit")
+    cohort = write_phantom_cohort(root / "cohort", 16, seed=0, shape=(1, 48, 48))
+    with open(cohort / "cohort.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["phase"] == "ED"]
+    with open(cohort / "cohort.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+    torch.manual_seed(0)
+    vocabulary = Vocabulary(vendors=("Canon", "GE", "Philips", "Siemens"))
+    network = UNetConfig(channels=(8, 16), attention_levels=(False, False), num_res_blocks=1, norm_num_groups=4,
+                         num_head_channels=8)
+    config = preset_config("flow", "tiny", spatial_dims=2, image_size=32, vocabulary=vocabulary, network=network,
+                           p_uncond=0.0, t_sampling="uniform")
+    model = build_generator("flow", config)
+    members = load_slices(open_cohort(cohort), MEMBERS, PREPROCESSING, what="member")
+    images, cond = torch.from_numpy(members.images)[:, None], to_conditions(members, vocabulary)
+    optimiser = torch.optim.Adam(model.parameters(), lr=5e-3)
+    noise = torch.Generator().manual_seed(0)
+    for _ in range(300):  # deliberately far too long for 8 images: the model memorises them
+        loss = model.loss(images, cond, generator=noise).mean()
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    model.eval()
+    card = {"members": MEMBERS, "holdout": HOLDOUT, "vocabulary": vocabulary.to_dict(),
+            "preprocessing": PREPROCESSING.to_dict(), "privacy": None}
+    save_checkpoint(root / "memoriser", model, card)
+    return {"root": root, "cohort": cohort, "model": model, "vocabulary": vocabulary,
+            "checkpoint": root / "memoriser", "cache": root / "cache"}
+
+
+def test_overfit_model_is_caught(workspace):
+    cohort = open_cohort(workspace["cohort"])
+    members = load_slices(cohort, MEMBERS, PREPROCESSING, what="member")
+    holdout = load_slices(cohort, HOLDOUT, PREPROCESSING, what="held-out")
+    result = membership_inference(workspace["model"], workspace["vocabulary"], members, holdout, ATTACK)
+    assert "balanced by vendor" in result["protocol"]
+    assert len(result["evaluation_patients"]["members"]) == 4
+    loss_attack = result["attacks"][0]
+    assert loss_attack["evaluation"]["auc"].value >= 0.9
+    assert loss_attack["evaluation"]["p_value"] < 0.05
+    synthetic = generate(workspace["model"], workspace["vocabulary"], members, seed=0, batch_size=8,
+                         progress=Progress("none"), label="test")
+    copies = nearest_neighbours(synthetic, members, set(MEMBERS), n_boot=50)
+    assert copies["pixel"]["near_copies_of_members"] >= 1
+
+
+def test_audit_writes_a_truthful_report(workspace):
+    out = workspace["root"] / "report"
+    report = run_audit([str(workspace["checkpoint"])], workspace["cohort"], out, plan=TINY, redact=True,
+                       cache=workspace["cache"])
+    model = report["models"][0]
+    verdict = {row["axis"]: row for row in model["verdict"]}
+    assert verdict["privacy (membership)"]["level"] == "poor"
+    assert verdict["privacy (memorisation)"]["level"] == "poor"
+    assert verdict["privacy (DP)"]["number"] == "none"
+    stored = json.loads((out / "report.json").read_text())
+    auc = stored["models"][0]["membership"]["attacks"][0]["evaluation"]["auc"]
+    assert auc["n"] == 8 and auc["method"] and auc["low"] <= auc["value"] <= auc["high"]
+    assert stored["models"][0]["adherence"]["ceiling"]["LV"]["dice"]["n"] == 8
+    assert "4 patients per class" in auc["warning"]  # the evaluation half is small, and the report says so
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 4 and "SENSITIVE" in html and "real images redacted" in html
+    assert html.index("no differential privacy") < html.index("Fidelity") < html.index("id=verdict")
+    assert sorted(p.name for p in (out / "figures").iterdir()) == sorted(
+        f"memoriser-{k}.png" for k in ("samples", "nearest-neighbours", "intensity", "roc", "timesteps"))
+
+
+def test_generator_returning_held_out_images_is_flagged(workspace):
+    copies = workspace["root"] / "copies"
+    shutil.copytree(workspace["cohort"], copies)
+    with open(copies / "cohort.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["patient"] in HOLDOUT]
+    with open(copies / "cohort.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    report = run_audit([str(workspace["checkpoint"])], workspace["cohort"], workspace["root"] / "report-copies",
+                       synthetic=copies, plan=TINY, cache=workspace["cache"])
+    pixel = report["models"][0]["memorisation"]["pixel"]
+    assert pixel["near_copies"] == pixel["near_copies_of_non_members"] == len(HOLDOUT)
+    assert report["models"][0]["synthetic"]["source"] == "read from --synthetic"
+
+
+def test_overlap_and_bad_input_are_refused(workspace, run_cli, tmp_path):
+    common = ["audit", "--model", workspace["checkpoint"], "--data", workspace["cohort"]]
+    code, _, err = run_cli(*common, "--out", tmp_path / "a", "--members", ",".join(MEMBERS[:4]),
+                           "--holdout", ",".join(MEMBERS[3:]))
+    assert code == 2 and "overlap" in err and "phantom003" in err
+    code, _, err = run_cli(*common, "--out", tmp_path / "b", "--holdout", "nobody1,nobody2")
+    assert code == 2 and "none of the 2 held-out patients" in err
+    no_masks = tmp_path / "no-masks"
+    no_masks.mkdir()
+    with open(workspace["cohort"] / "cohort.csv", newline="") as f:
+        rows = list(csv.DictReader(f))[:2]
+    for row in rows:
+        shutil.copy(workspace["cohort"] / row["image"], no_masks / f"{row['patient']}.nii.gz")
+    shutil.copy(workspace["cohort"] / rows[0]["label"], no_masks / f"{rows[0]['patient']}_gt.nii.gz")
+    code, _, err = run_cli(*common, "--out", tmp_path / "c", "--synthetic", no_masks)
+    assert code == 2 and "needs its mask" in err and "phantom001.nii.gz" in err
+    bad = tmp_path / "inception.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({"Conv2d_1a_3x3.conv.weight": torch.zeros(32, 1, 3, 3)}, str(bad))
+    code, _, err = run_cli(*common, "--out", tmp_path / "d", "--inception-weights", bad)
+    assert code == 2 and "do not fit Inception-v3" in err
+    assert not any((tmp_path / name).exists() for name in "abcd")  # nothing written on failure

@@ -1,0 +1,63 @@
+"""Distribution distances tell a set from itself and from another; tissue statistics find an offset."""
+
+import numpy as np
+import pytest
+from audit_helpers import make_slices
+
+from CMRSynthLib.audit.features import FeatureSpace, frechet_distance, kernel_distance
+from CMRSynthLib.audit.fidelity import feature_distances, ms_ssim_diversity, tissue_masks, tissue_statistics
+
+# A fixed hand-made feature map: intensity moments and a coarse 4×4 average image (18 features).
+SPACE = FeatureSpace("toy", "moments and a 4x4 thumbnail", lambda im: np.c_[
+    im.mean((1, 2)), im.std((1, 2)), im.reshape(len(im), 4, im.shape[1] // 4, 4, -1).mean((2, 4)).reshape(len(im), -1)
+].astype(np.float64))
+
+
+def test_frechet_distance_closed_form():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(3000, 2))
+    b = rng.normal(size=(3000, 2)) * 2.0 + np.array([3.0, 0.0])
+    # N(0, I) vs N((3, 0), 4I): |Δμ|² + tr(I + 4I − 2·2I) = 9 + 2
+    assert frechet_distance(a, b) == pytest.approx(11.0, rel=0.05)
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-8)
+    assert kernel_distance(a[:500], b[:500]) > 100 * abs(kernel_distance(a[:500], a[500:1000]))
+
+
+def test_set_against_itself_is_zero_and_a_shifted_set_is_not():
+    real = make_slices(12, seed=1)
+    same = feature_distances(SPACE, real, real, n_boot=20)
+    shifted = feature_distances(SPACE, real, make_slices(12, seed=2, offset=0.3), n_boot=20)
+    other_noise = feature_distances(SPACE, real, make_slices(12, seed=3), n_boot=20)
+    assert same["FD-toy"].value == pytest.approx(0.0, abs=1e-6)
+    assert shifted["FD-toy"].value > 50 * other_noise["FD-toy"].value > 0
+    assert shifted["FD-toy"].low > other_noise["FD-toy"].high  # intervals separate
+    assert shifted["KD-toy"].value > other_noise["KD-toy"].value
+    assert shifted["FD-toy"].n == 24 and "12 patients" in shifted["FD-toy"].method
+
+
+def test_tissue_statistics_find_an_offset_everywhere():
+    real, synthetic = make_slices(6, seed=1), make_slices(6, seed=2, offset=0.2)
+    rows = tissue_statistics(real, synthetic)
+    assert {r["tissue"] for r in rows} >= {"LV blood pool", "myocardium", "RV blood pool", "around the heart",
+                                          "far from the heart"}
+    assert {r["vendor"] for r in rows} == {"Siemens", "Philips"}
+    for row in rows:
+        assert row["synthetic_mean"] - row["real_mean"] == pytest.approx(0.2, abs=0.03), row
+        assert row["w1"] == pytest.approx(0.2, abs=0.03)
+    assert all(r["w1"] < 0.03 for r in tissue_statistics(real, make_slices(6, seed=3)))
+
+
+def test_tissue_masks_partition_the_image():
+    masks = make_slices(2).masks
+    parts = tissue_masks(masks, (1.5, 1.5))
+    total = sum(p.astype(int) for p in parts.values())
+    assert np.array_equal(total, np.ones_like(total))
+    assert parts["around the heart"].any() and parts["far from the heart"].any()
+
+
+def test_ms_ssim_diversity_of_identical_images_is_one():
+    same = make_slices(6, seed=0)
+    same = same.with_images(np.repeat(same.images[:1], len(same), axis=0))
+    assert ms_ssim_diversity(same, pairs=20).value == pytest.approx(1.0, abs=1e-4)
+    varied = ms_ssim_diversity(make_slices(6, seed=0), pairs=20)  # same anatomy, independent noise
+    assert varied.high < 0.99 and "2 scales" in varied.method  # 32 px allows two 11-px scales
