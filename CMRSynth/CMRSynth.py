@@ -185,7 +185,7 @@ class CMRSynthWidget(ScriptedLoadableModuleWidget):
         self._fillSegmentCombos(node)
         info = self._chosenModel()
         self.ui.modelCardLabel.text = info.describe() if info else _("No model found: train one or add a folder.")
-        vendors = list(info.vendors) if info else []
+        vendors = ["", *info.vendors] if info else [""]  # "": no vendor style (unconditional)
         _setItems(self.ui.vendorComboBox, vendors, node.vendor)
         anatomy = bool(node.segmentation and node.referenceVolume)
         idle = bool(info and self._job is None)
@@ -632,7 +632,7 @@ def _setItems(combo, items, current) -> None:
     combo.clear()
     for item in items:
         combo.addItem(item)
-    combo.currentIndex = max(combo.findText(current), 0) if current else 0
+    combo.currentIndex = max(combo.findText(current), 0)
     combo.blockSignals(False)
 
 
