@@ -155,6 +155,14 @@ def test_config_round_trip_and_unknown_keys(family):
     assert config_from_dict(family, data) == config
     with pytest.raises(InputError, match="learning_rat"):
         config_from_dict(family, {**data, "learning_rat": 1})
+    with pytest.raises(InputError, match="network.*width"):
+        config_from_dict(family, {**data, "network": {**data["network"], "width": 3}})
+    with pytest.raises(InputError, match="spatial_dims"):
+        config_from_dict(family, {k: v for k, v in data.items() if k != "spatial_dims"})
+    with pytest.raises(InputError, match="image_size"):
+        config_from_dict(family, {**data, "image_size": 32})
+    with pytest.raises(InputError, match="p_uncond"):
+        config_from_dict(family, {**data, "p_uncond": 1.5})
 
 
 @pytest.mark.parametrize("family", list(GENERATORS))
