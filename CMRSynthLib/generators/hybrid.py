@@ -29,8 +29,8 @@ from CMRSynthLib.generators.flow import SAMPLERS, FlowConfig, FlowGenerator
 from CMRSynthLib.models.config import FrozenConfig
 from CMRSynthLib.models.unet import UNetConfig
 
-DEFAULT_STEPS = {"tiny": 4, "small": 6, "base": 15}
-DEFAULT_REFINE_STEPS = {"tiny": 3, "small": 4, "base": 10}
+DEFAULT_STEPS = {"tiny": 4, "small": 4, "base": 15}  # small: 8 Heun forwards + 3 refinement forwards
+DEFAULT_REFINE_STEPS = {"tiny": 3, "small": 3, "base": 10}
 
 
 @dataclass(frozen=True)
