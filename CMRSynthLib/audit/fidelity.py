@@ -28,9 +28,13 @@ def feature_distances(space: FeatureSpace, real: Slices, synthetic: Slices, *, n
                       seed: int = 0, features: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Estimate]:
     """``FD-<space>`` and ``KD-<space>`` between real and synthetic slices, CIs by resampling patients.
 
-    ``features`` may pass precomputed ``(real (N, F), synthetic (M, F))`` features.
+    Features are standardised with the real set's mean and standard deviation first, so that no single
+    channel's scale dominates (KID's cubic kernel is very sensitive to it). ``features`` may pass
+    precomputed ``(real (N, F), synthetic (M, F))`` features.
     """
     fr, fs = features if features is not None else (space.encode(real.images), space.encode(synthetic.images))
+    mean, std = fr.mean(0), fr.std(0) + 1e-8
+    fr, fs = (fr - mean) / std, (fs - mean) / std
     groups_r, groups_s = _patient_index(real), _patient_index(synthetic)
     n_r, n_s = len(groups_r), len(groups_s)
 
@@ -47,7 +51,7 @@ def feature_distances(space: FeatureSpace, real: Slices, synthetic: Slices, *, n
     for kind, fn in (("FD", frechet_distance), ("KD", kernel_distance)):
         low, high = bootstrap(resampled(fn), n_r + n_s, strata=strata, n_boot=n_boot, seed=seed)
         out[f"{kind}-{space.name}"] = Estimate(fn(fr, fs), low, high, n_r + n_s,
-                                              f"{kind} in {space.description}; {n}",
+                                              f"{kind} in {space.description} (standardised on the real set); {n}",
                                               warning=small_sample_warning(min(n_r, n_s)))
     return out
 

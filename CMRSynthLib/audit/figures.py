@@ -33,7 +33,8 @@ def _save(fig, path: Path) -> Path:
 
 
 def _contours(ax, mask: np.ndarray, *, linewidth: float = 0.8) -> None:
-    for name, label in STRUCTURES.items():
+    for name in ("MYO", "LV", "RV"):  # LV after MYO: the LV outline is the ring's inner edge, keep it visible
+        label = STRUCTURES[name]
         if (mask == label).any():
             ax.contour(mask == label, levels=[0.5], colors=COLOURS[name], linewidths=linewidth)
 
@@ -63,6 +64,7 @@ def sample_grid(synthetic: Slices, path: Path, *, per_vendor: int = 6, seed: int
         axes[row, 0].set_ylabel(vendor, fontsize=10)
     fig.suptitle("Synthetic images per vendor style, with the conditioning mask "
                  "(red LV, green MYO, blue RV)", fontsize=10)
+    fig.tight_layout()
     return _save(fig, path)
 
 
@@ -104,11 +106,11 @@ def timestep_figure(attacks: list[dict], path: Path) -> Path:
                 color=line.get_color(), label=f"{attack['name']} (calibration)")
         ax.axvline(attack["timestep"], color=line.get_color(), alpha=0.3)
     ax.axhline(0.5, color="grey", linestyle="--", linewidth=0.8)
-    ax.set_xscale("log")
+    ax.set_xlim(0, 1)
     ax.set_xlabel("noise level t (0 = clean image, 1 = pure noise)")
-    ax.set_ylabel("ROC AUC")
-    ax.set_ylim(0, 1.02)
-    ax.legend(fontsize=7)
+    ax.set_ylabel("ROC AUC (lower loss = member)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     ax.set_title("Attack strength per noise level (vertical line: t chosen on calibration)", fontsize=9)
     return _save(fig, path)
 

@@ -49,7 +49,7 @@ def fmt(est, digits: int = 2) -> str:
         return "–"
     text = f"{est.value:.{digits}f}"
     if est.low is not None:
-        text += f" <span class=ci>[{est.low:.{digits}f}–{est.high:.{digits}f}]</span>"
+        text += f" <span class=ci>[{est.low:.{digits}f}, {est.high:.{digits}f}]</span>"
     if est.warning:
         text += f' <span class=warn title="{html.escape(est.warning)}">⚠</span>'
     return text
@@ -76,9 +76,10 @@ def _ledger(model: dict) -> str:
     if not ledger:
         return (f"<div class='ledger none'><b>{name}: no differential privacy.</b> This model was trained "
                 f"without DP-SGD; its privacy rests only on the attacks measured below.</div>")
-    keys = ["epsilon", "delta", "accountant", "privacy_unit", "noise_multiplier", "max_grad_norm", "sample_rate",
-            "steps", "epochs"]
-    items = "".join(f"<li><b>{k}</b>: {html.escape(str(ledger[k]))}</li>" for k in keys if k in ledger)
+    keys = ["epsilon", "delta", "unit", "group_epsilon", "group_delta", "mechanism", "accountant", "noise_multiplier",
+            "max_grad_norm", "sample_rate", "steps", "patients", "slices_per_patient"]
+    items = "".join(f"<li><b>{k}</b>: {html.escape(str(ledger[k]))}</li>" for k in keys
+                    if ledger.get(k) is not None)
     rest = {k: v for k, v in ledger.items() if k not in keys}
     extra = f"<details><summary>full ledger</summary><pre>{html.escape(json.dumps(rest, indent=1))}</pre></details>" \
         if rest else ""
@@ -191,12 +192,18 @@ def _privacy(model: dict, out: Path) -> str:
 
 
 def _verdict(models: list[dict]) -> str:
+    several = len(models) > 1
     rows = []
     for model in models:
         for row in model["verdict"]:
-            rows.append([html.escape(model["name"]), html.escape(row["axis"]),
-                         f"<span class='badge {row['level']}'>{row['number']}</span>", html.escape(row["meaning"])])
-    return "<h2 id=verdict>Verdict</h2>" + _table(["model", "axis", "number", "what it means"], rows, cls="verdict")
+            rows.append(([html.escape(model["name"])] if several else []) +
+                        [html.escape(row["axis"]), f"<span class='badge {row['level']}'>{html.escape(row['number'])}</span>",
+                         html.escape(row["meaning"])])
+    title = "Verdict" if several else f"Verdict: {html.escape(models[0]['name'])}"
+    legend = ("<p class=sub>Green: reassuring; amber: limited or inconclusive; red: a problem; blue: information. "
+              "Intervals are 95% bootstrap intervals over patients.</p>")
+    return (f"<h2 id=verdict>{title}</h2>{legend}" +
+            _table((["model"] if several else []) + ["axis", "number", "what it means"], rows, cls="verdict"))
 
 
 CSS = """
@@ -264,7 +271,7 @@ def _row(axis: str, number: str, meaning: str, level: str) -> dict:
 
 def _ci(est: Estimate, digits: int = 2) -> str:
     text = f"{est.value:.{digits}f}"
-    return text + (f" [{est.low:.{digits}f}–{est.high:.{digits}f}]" if est.low is not None else "")
+    return text + (f" [{est.low:.{digits}f}, {est.high:.{digits}f}]" if est.low is not None else "")
 
 
 def verdict_rows(model: dict) -> list[dict]:
@@ -297,9 +304,15 @@ def verdict_rows(model: dict) -> list[dict]:
     cross = model.get("cross_vendor") or {}
     rows += [_difference_row("cross-vendor", diff) for diff in cross.get("differences", {}).values()]
     ledger = model.get("privacy_ledger")
-    if ledger:
-        rows.append(_row("privacy (DP)", f"ε = {ledger.get('epsilon')}, δ = {ledger.get('delta')}",
-                         f"formal guarantee, privacy unit: {ledger.get('privacy_unit', 'not stated')}", "info"))
+    if ledger and ledger.get("unit") == "slice":
+        rows.append(_row("privacy (DP)", f"slice-level ε = {ledger.get('epsilon'):.3g}; patient-level ε = "
+                         f"{ledger.get('group_epsilon')}, δ = {ledger.get('group_delta')}",
+                         "the guarantee per patient follows from group privacy over the patient's slices and is much "
+                         "weaker than the slice-level ε", "fair"))
+    elif ledger:
+        rows.append(_row("privacy (DP)", f"ε = {ledger.get('epsilon'):.3g}, δ = {ledger.get('delta'):.2g}",
+                         f"formal differential-privacy guarantee per {ledger.get('unit', 'unit not stated')} "
+                         f"({ledger.get('mechanism', 'DP-SGD')})", "info"))
     else:
         rows.append(_row("privacy (DP)", "none", "no formal privacy guarantee: trained without DP-SGD", "fair"))
     mia = model.get("membership") or {}
