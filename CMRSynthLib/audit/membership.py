@@ -149,11 +149,12 @@ def proximal_noise(generator, images, cond, noise):
 
 
 def loss_table(generator, slices: Slices, vocabulary, config: AttackConfig, *, proximal: bool = False,
-               progress=None) -> np.ndarray:
+               progress=None, done: int = 0) -> np.ndarray:
     """Per-slice losses ``(N, T)`` at ``config.timesteps``, averaged over ``config.draws`` noise draws.
 
     With ``proximal`` the noise is the model's own :func:`proximal_noise` of each slice (attack b; one draw).
     Noise comes from a torch generator seeded by ``config.seed``: the same call gives the same table.
+    ``progress`` is updated with ``done`` + the slices finished.
     """
     import torch
 
@@ -173,7 +174,7 @@ def loss_table(generator, slices: Slices, vocabulary, config: AttackConfig, *, p
                     out[row:row + b, j] += generator.loss_at(images, cond, torch.full((b,), t), noise).double().numpy()
         row += b
         if progress is not None:
-            progress.update(row, total=len(slices))
+            progress.update(done + row)
     return out / draws
 
 
@@ -271,7 +272,7 @@ def membership_inference(generator, vocabulary, members: Slices, nonmembers: Sli
     if progress is not None:
         progress.start("audit: membership losses", 2 * len(slices))
     losses = loss_table(generator, slices, vocabulary, config, progress=progress)
-    proximal = loss_table(generator, slices, vocabulary, config, proximal=True, progress=None)
+    proximal = loss_table(generator, slices, vocabulary, config, proximal=True, progress=progress, done=len(slices))
     halves = {"calibration": (cal_m, cal_n), "evaluation": (ev_m, ev_n)}
     scores, labels = {}, {}
     for half, (m, n) in halves.items():
