@@ -58,10 +58,19 @@ class AuditPlan:
 
 
 # -- who is who ---------------------------------------------------------------------------------------
-def patient_list(value, *, flag: str) -> list[str] | None:
-    """Patient ids from a sequence, a file (one id per line or comma-separated) or a comma-separated string."""
+CARD_SPLITS = ("members", "validation", "holdout", "unused")  # patient lists a checkpoint card may hold
+
+
+def patient_list(value, *, flag: str, card: dict | None = None) -> list[str] | None:
+    """Patient ids from a sequence, the name of one of the card's splits (:data:`CARD_SPLITS`), a file (one
+    id per line or comma-separated) or a comma-separated string; several split names may be joined by ``+``."""
     if value is None:
         return None
+    if isinstance(value, str) and card is not None and all(p in CARD_SPLITS for p in value.split("+")):
+        ids = [i for part in value.split("+") for i in (card.get(part) or [])]
+        if not ids:
+            raise InputError(f"{flag} {value}: the checkpoint card lists no such patients")
+        return sorted(set(ids))
     if isinstance(value, (list, tuple, set)):
         ids = [str(v).strip() for v in value]
     elif os.path.isfile(value):
@@ -77,11 +86,11 @@ def patient_list(value, *, flag: str) -> list[str] | None:
 def resolve_patients(card: dict, cohort, *, members=None, holdout=None, holdout_cohort=None,
                      warnings: list[str]) -> tuple[list[str], list[str]]:
     """Members and non-members present in the data; InputError on overlap or when a side is empty."""
-    member_ids = patient_list(members, flag="--members") or list(card.get("members") or [])
+    member_ids = patient_list(members, flag="--members", card=card) or list(card.get("members") or [])
     if holdout_cohort is not None:
         non_ids = holdout_cohort.patients()
     else:
-        non_ids = patient_list(holdout, flag="--holdout") or list(card.get("holdout") or [])
+        non_ids = patient_list(holdout, flag="--holdout", card=card) or list(card.get("holdout") or [])
     if not member_ids:
         raise InputError("the checkpoint card lists no member patients; give --members")
     if not non_ids:

@@ -12,11 +12,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", required=True, help="folder for report.html, report.json and figures/")
     parser.add_argument("--synthetic", metavar="DIR",
                         help="a cohort folder of synthetic images with their masks, audited instead of generating")
-    parser.add_argument("--members", metavar="IDS",
-                        help="member patients (file of ids or comma-separated) instead of the card's")
-    parser.add_argument("--holdout", metavar="COHORT_OR_IDS",
-                        help="non-member patients: a cohort folder, a file of ids or comma-separated ids "
-                             "(default: the card's held-out patients)")
+    parser.add_argument("--members", metavar="SPLIT_OR_IDS",
+                        help="member patients instead of the card's: a split of the card (members, validation, "
+                             "holdout, unused; join with +), a file of ids or comma-separated ids")
+    parser.add_argument("--holdout", metavar="SPLIT_COHORT_OR_IDS",
+                        help="non-member patients (default: the card's held-out patients): a split of the card "
+                             "(e.g. validation+holdout), a cohort folder, a file of ids or comma-separated ids")
     parser.add_argument("--inception-weights", metavar="FILE",
                         help="Inception-v3 weights (safetensors) to add ImageNet-Inception FID/KID")
     parser.add_argument("--quick", action="store_true", help="small n: minutes on a laptop (tests, demo)")

@@ -132,6 +132,10 @@ def test_overlap_and_bad_input_are_refused(workspace, run_cli, tmp_path):
     assert code == 2 and "overlap" in err and "phantom003" in err
     code, _, err = run_cli(*common, "--out", tmp_path / "b", "--holdout", "nobody1,nobody2")
     assert code == 2 and "none of the 2 held-out patients" in err
+    code, _, err = run_cli(*common, "--out", tmp_path / "b", "--holdout", "validation")  # not in this card
+    assert code == 2 and "--holdout validation" in err
+    code, _, err = run_cli(*common, "--out", tmp_path / "b", "--holdout", "members")
+    assert code == 2 and "overlap" in err
     no_masks = tmp_path / "no-masks"
     no_masks.mkdir()
     with open(workspace["cohort"] / "cohort.csv", newline="") as f:
