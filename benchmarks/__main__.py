@@ -67,8 +67,9 @@ def header(settings: Settings, context: dict, argv: list[str]) -> str:
         f"`python -m benchmarks {' '.join(argv)}`".rstrip(),
         f"- machine: {machine_name(settings.device)} ({cpu_model()}, {isa_flags()}); "
         f"Python {platform.python_version()}, torch {torch.__version__}, {settings.threads} threads",
-        f"- measured matmul peak (2048², best of 7): fp32 {peak['fp32'] / 1e9:,.0f} GFLOP/s, "
-        f"bf16 {peak['bf16'] / 1e9:,.0f} GFLOP/s",
+        f"- measured matmul peak (2048², {settings.threads} threads): fp32 {peak['fp32']['wall'] / 1e9:,.0f} GFLOP/s "
+        f"wall ({peak['fp32']['cpu'] / 1e9:,.0f} per CPU-second), bf16 {peak['bf16']['wall'] / 1e9:,.0f} GFLOP/s "
+        f"wall ({peak['bf16']['cpu'] / 1e9:,.0f} per CPU-second)",
         f"- load average (1/5/15 min) at start: {context['load_start']} — this machine is shared; "
         "compare ratios within one file rather than absolute times across files",
     ]

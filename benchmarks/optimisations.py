@@ -21,7 +21,7 @@ import torch
 
 from benchmarks import subjects
 from benchmarks.common import Settings, Table, load_average, measure_interleaved, ratio, seconds
-from benchmarks.sampling import PER_STEP_FAMILIES, run_sampler
+from benchmarks.sampling import UNIFORM_FAMILIES, run_sampler
 
 TOLERANCE = {"max": 0.1, "mean": 0.01}  # |Δ| on images in [-1, 1]: "the same image" for a reader
 
@@ -112,7 +112,7 @@ def family_rows(table: Table, family: str, settings: Settings) -> None:
     generator = subjects.build(family, preset=settings.preset, size=settings.size, device=settings.device)
     sampler, steps = generator.default_sampler, generator.default_steps
     variants = dict(VARIANTS, **(FULL_ONLY if settings.full else {}))
-    stop = min(steps, 2 if not settings.full else 4) if family in PER_STEP_FAMILIES else None
+    stop = min(steps, 2 if not settings.full else 4) if family in UNIFORM_FAMILIES else None
     cond = subjects.conditions(settings.stack, settings.size, device=settings.device)
     calls, setup = {}, {}
     for name, (make, context, single) in variants.items():

@@ -3,9 +3,9 @@
 Every row is one call of ``Generator.sample`` (the public interface; ``torch.no_grad`` as the generators
 use it). The 1000-step ancestral DDPM — the SynCMRI-style baseline on the *same* backbone — is timed over
 its first few steps and extrapolated (its steps all cost the same: one network evaluation and one scheduler
-update). Long rows of the per-step families (DDPM, flow) are extrapolated the same way when a full run would
-exceed the mode's budget; such cells are marked ``≈``. Families with work after the loop (LDM decoding,
-hybrid refinement) are always run in full.
+update). Long rows of DDPM, flow and the hybrid are extrapolated the same way — by network evaluations —
+when a full run would exceed the mode's budget; such cells are marked ``≈``. The LDM decodes after its loop,
+so its rows always run in full.
 
 The peer row rebuilds SynCMRI's DDPM network (diffusers ``UNet2DModel``, 113.7 M parameters) and times a few
 forwards, extrapolated to 1000 steps ("peer (reconstructed)").
@@ -24,7 +24,8 @@ from benchmarks.common import (PeakRSS, Settings, Table, Timing, count_flops, gi
                                seconds)
 
 BASELINE = ("ddpm", "ancestral", 1000)
-PER_STEP_FAMILIES = ("ddpm", "flow")  # one network evaluation (or two for Heun/midpoint) per step, nothing after
+UNIFORM_FAMILIES = ("ddpm", "flow")  # every step costs the same (one evaluation, two for Heun/midpoint)
+PARTIAL_FAMILIES = ("ddpm", "flow", "hybrid")  # all their work is network evaluations inside the step loop
 PLANS = {  # (sampler, steps) rows per family; the family's default is always added
     "ddpm": [("ancestral", 1000), ("ddim", 50), ("dpmpp", 20), ("dpmpp", 10)],
     "flow": [("euler", 4), ("euler", 8), ("euler", 16), ("euler", 50), ("heun", 4), ("heun", 10), ("heun", 16),
@@ -87,7 +88,7 @@ def run_sampler(generator, cond, sampler: str, steps: int, *, stop_after: int | 
 
 def timed_steps(family: str, steps: int, batch: int, evals_per_step: float, settings: Settings) -> int | None:
     """How many steps to time (None: the whole run) for a row at ``batch``."""
-    if family not in PER_STEP_FAMILIES:
+    if family not in PARTIAL_FAMILIES:
         return None
     fitting = max(2 if steps > 2 else 1, math.ceil(BUDGET[settings.mode] / (batch * evals_per_step)))
     if family == BASELINE[0] and steps == BASELINE[2]:
@@ -96,28 +97,33 @@ def timed_steps(family: str, steps: int, batch: int, evals_per_step: float, sett
 
 
 def measure_row(generator, family: str, sampler: str, steps: int, settings: Settings, *, batches) -> Row:
-    """Time one (sampler, steps) row of ``generator`` at each batch size (a batch of ``settings.stack`` is the stack)."""
+    """Time one (sampler, steps) row of ``generator`` at each batch size (a batch of ``settings.stack`` is the stack).
+
+    A partly timed run is extrapolated by network evaluations: seconds per evaluation in the timed steps × the
+    evaluations of the whole run (exact for DDPM and flow, whose steps all cost the same; for the hybrid its
+    Heun steps cost two evaluations and its refinement steps one).
+    """
     size, device = settings.size, settings.device
     cond1 = subjects.conditions(1, size, device=device)
-    one_step = 1 if family in PER_STEP_FAMILIES else None
+    first = 1 if family in UNIFORM_FAMILIES else None  # uniform steps: count the first step only
     with network_calls(generator) as calls:  # FLOPs and evaluations of one slice (also the first warm-up)
-        flops = count_flops(lambda: run_sampler(generator, cond1, sampler, steps, stop_after=one_step))
-    scale = steps if one_step else 1
-    evals_per_step = calls[0] / (1 if one_step else steps)
+        flops = count_flops(lambda: run_sampler(generator, cond1, sampler, steps, stop_after=first))
+    scale = steps if first else 1
+    evaluations = calls[0] * scale
     timings, extrapolated, peak = {}, {}, None
     for batch in batches:
         cond = subjects.conditions(batch, size, device=device)
-        k = timed_steps(family, steps, batch, evals_per_step, settings)
+        k = timed_steps(family, steps, batch, evaluations / steps, settings)
         for _ in range(settings.warmup):
-            run_sampler(generator, cond, sampler, steps, stop_after=1 if one_step else None)
-        with PeakRSS() as rss:
+            run_sampler(generator, cond, sampler, steps, stop_after=1 if family in PARTIAL_FAMILIES else None)
+        with PeakRSS() as rss, network_calls(generator) as timed:
             timing = measure(lambda: run_sampler(generator, cond, sampler, steps, stop_after=k),
                              repeats=settings.repeats, warmup=0, device=device)
-        timings[batch] = timing.scaled(steps / k) if k else timing
+        timings[batch] = timing.scaled(evaluations * timing.runs / timed[0]) if k else timing
         extrapolated[batch] = k
         if batch == settings.stack:
             peak = rss.bytes
-    return Row(family, sampler, steps, round(evals_per_step * steps), flops * scale, timings, extrapolated, peak)
+    return Row(family, sampler, steps, evaluations, flops * scale, timings, extrapolated, peak)
 
 
 def plan(generator, family: str, settings: Settings) -> list[tuple[str, int]]:
@@ -179,17 +185,22 @@ def baseline_row(rows: list[Row]) -> Row | None:
 
 
 def cell(row: Row, batch: int, *, divide: bool = True) -> str:
+    """Wall seconds per slice (or per batch); per batch also the process CPU seconds, which a busy machine
+    inflates far less (with 1 thread they are close to the wall time of an idle core)."""
     if batch not in row.timings:
         return "–"
-    value = per_slice(row, batch) if divide else row.timings[batch].median
-    return ("≈" if row.extrapolated[batch] else "") + seconds(value)
+    timing = row.timings[batch]
+    mark = "≈" if row.extrapolated[batch] else ""
+    if divide:
+        return mark + seconds(timing.median / batch)
+    return f"{mark}{seconds(timing.median)} (CPU {seconds(timing.cpu)})"
 
 
 def sampling_table(rows: list[Row], settings: Settings, context: dict, loads: list[str]) -> Table:
     size, stack = settings.size, settings.stack
     table = Table(f"Sampling: seconds per {size}×{size} slice and per {stack}-slice stack ({settings.preset} preset)",
                   ["generator", "sampler", "steps", "net evals", "GFLOPs/slice", "s/slice (batch 1)",
-                   f"s/slice (batch {settings.batch})", f"s/stack ({stack} slices)", "peak RSS GiB (stack)",
+                   f"s/slice (batch {settings.batch})", f"s/stack ({stack} slices; CPU s)", "peak RSS GiB (stack)",
                    "speed-up vs DDPM-1000 (batch 1)", "mask Dice LV / MYO / RV"])
     base = baseline_row(rows)
     dice = context.get("dice_of", lambda *a: "n/a (random weights)")
@@ -213,11 +224,12 @@ def sampling_table(rows: list[Row], settings: Settings, context: dict, loads: li
         f"Random weights (speed does not depend on them); {settings.preset} preset, fp32, "
         f"{torch.get_num_threads()} threads, device {settings.device}; median of {settings.repeats} timed run(s) "
         "after warm-up. Load average (1/5/15 min) before/after: " + " → ".join(loads) + ".",
-        f"≈: timed over the first steps of the run and extrapolated to all steps (per-step cost is constant for "
-        f"DDPM and flow); the {BASELINE[2]}-step ancestral baseline is always extrapolated "
+        f"≈: timed over the first steps of the run and extrapolated by network evaluations (DDPM, flow, hybrid; "
+        f"LDM rows include decoding and always run in full); the {BASELINE[2]}-step ancestral baseline is always extrapolated "
         f"(from {settings.baseline_steps} steps at batch 1).",
         "peer: SynCMRI's DDPM network rebuilt with diffusers (1 image + 4 mask channels), one forward timed at "
         f"batch 1 and multiplied by 1000; its stack = 12 × the per-slice time.",
-        "GFLOPs counted by torch.utils.flop_counter (convolutions, matmuls, attention).",
+        "GFLOPs counted by torch.utils.flop_counter (convolutions, matmuls, attention). CPU s: process CPU "
+        "time of all threads (spin-waiting threads count too).",
     ]
     return table

@@ -20,8 +20,7 @@ STEPS = {"smoke": (1, 2), "quick": (2, 8, 32), "full": (1, 2, 4, 8, 16, 32, 64)}
 
 
 def size_table(settings: Settings, loads: list[str]) -> Table:
-    families = [f for f in subjects.families(settings) if f in ("flow", "ldm")] if not settings.full \
-        else list(subjects.families(settings))
+    families = [f for f in subjects.families(settings) if f in (("flow", "ldm") if settings.full else ("flow",))]
     sizes = SIZES[settings.mode]
     table = Table("Scaling with image size: default sampler, batch 1",
                   ["generator", "sampler", "steps", "size", "GFLOPs/slice", "s/slice", "achieved GFLOP/s",
