@@ -28,18 +28,18 @@ def add_arguments(parser) -> None:
 
 
 def run(args, progress) -> int:
+    from dataclasses import replace
+
     from CMRSynthLib.audit.run import AuditPlan, run_audit
 
-    plan = AuditPlan.quick() if args.quick else AuditPlan()
-    if args.seed != plan.seed:
-        from dataclasses import replace
-
-        plan = replace(plan, seed=args.seed)
+    plan = replace(AuditPlan.quick() if args.quick else AuditPlan(), seed=args.seed)
     report = run_audit(args.model, args.data, args.out, synthetic=args.synthetic, members=args.members,
                        holdout=args.holdout, quick=args.quick, redact=args.redact, device=args.device, plan=plan,
                        inception_weights=args.inception_weights, progress=progress)
     progress.done(report=f"{args.out}/report.html",
                   verdict={m["name"]: {r["axis"]: r["number"] for r in m["verdict"]} for m in report["models"]})
+    if progress.mode == "jsonl":  # stdout carries the protocol; the verdict is in the done event
+        return 0
     for model in report["models"]:
         print(f"{model['name']}:")
         for row in model["verdict"]:
