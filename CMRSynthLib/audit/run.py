@@ -113,10 +113,23 @@ def resolve_patients(card: dict, cohort, *, members=None, holdout=None, holdout_
     return sorted(kept_m), sorted(kept_n)
 
 
-def _subsample(ids: list[str], limit: int | None, seed: int) -> list[str]:
-    if limit is None or len(ids) <= limit:
-        return ids
-    return sorted(np.random.default_rng(seed).choice(ids, size=limit, replace=False).tolist())
+def subsample_matched(ids_m: list[str], ids_n: list[str], strata: dict[str, tuple], limit: int | None,
+                      seed: int) -> tuple[list[str], list[str]]:
+    """At most ``limit`` non-members (random), then as many members chosen to match their (vendor, group),
+    falling back to vendor alone, then to any member: a capped audit keeps the attacks' strata balanced."""
+    if limit is None or (len(ids_m) <= limit and len(ids_n) <= limit):
+        return ids_m, ids_n
+    rng = np.random.default_rng(seed)
+    chosen_n = sorted(rng.choice(ids_n, size=min(limit, len(ids_n)), replace=False).tolist())
+    pool = rng.permutation(ids_m).tolist()
+    chosen_m: list[str] = []
+    for key in (lambda s: s, lambda s: s[:1], lambda s: ()):
+        for patient in chosen_n:
+            match = next((m for m in pool if key(strata[m]) == key(strata[patient])), None)
+            if match is not None and len(chosen_m) < min(limit, len(ids_m)):
+                chosen_m.append(match)
+                pool.remove(match)
+    return sorted(chosen_m), chosen_n
 
 
 # -- slices -------------------------------------------------------------------------------------------------
@@ -307,8 +320,8 @@ def run_audit(models: Sequence[str], data, out, *, synthetic=None, members=None,
                 raise InputError(f"{name} is a 3D model; the audit handles 2D (slice-wise) models")
             ids_m, ids_n = resolve_patients(card, cohort, members=members, holdout=holdout,
                                             holdout_cohort=holdout_cohort, warnings=warnings)
-            ids_m = _subsample(ids_m, plan.max_patients, plan.seed)
-            ids_n = _subsample(ids_n, plan.max_patients, plan.seed)
+            strata = {r.patient: (r.vendor, r.group) for c in (cohort, holdout_cohort) if c for r in c.records}
+            ids_m, ids_n = subsample_matched(ids_m, ids_n, strata, plan.max_patients, plan.seed)
             for side, ids in (("member", ids_m), ("held-out", ids_n)):
                 if len(ids) < MIN_PATIENTS_FOR_CI:
                     warnings.append(f"{name}: only {len(ids)} {side} patients; confidence intervals are unreliable "

@@ -15,7 +15,7 @@ import torch
 
 from CMRSynthLib.audit.membership import AttackConfig, membership_inference
 from CMRSynthLib.audit.memorisation import nearest_neighbours
-from CMRSynthLib.audit.run import AuditPlan, generate, load_slices, run_audit
+from CMRSynthLib.audit.run import AuditPlan, generate, load_slices, run_audit, subsample_matched
 from CMRSynthLib.audit.segmenter import SegmenterConfig
 from CMRSynthLib.audit.slices import to_conditions
 from CMRSynthLib.data.cohorts import open_cohort
@@ -152,3 +152,12 @@ def test_overlap_and_bad_input_are_refused(workspace, run_cli, tmp_path):
     code, _, err = run_cli(*common, "--out", tmp_path / "d", "--inception-weights", bad)
     assert code == 2 and "do not fit Inception-v3" in err
     assert not any((tmp_path / name).exists() for name in "abcd")  # nothing written on failure
+
+
+def test_capped_audit_matches_members_to_the_non_members_strata():
+    strata = {f"m{i}": ("ABCD"[i % 4], "NDHMR"[i % 5]) for i in range(28)}
+    strata.update({f"n{i}": ("ABCD"[(3 * i) % 4], "NDHMR"[(7 * i) % 5]) for i in range(12)})
+    members, nonmembers = subsample_matched(sorted(k for k in strata if k[0] == "m"),
+                                            sorted(k for k in strata if k[0] == "n"), strata, 8, 0)
+    assert len(members) == len(nonmembers) == 8
+    assert sorted(strata[p] for p in members) == sorted(strata[p] for p in nonmembers)
