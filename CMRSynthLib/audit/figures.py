@@ -71,7 +71,7 @@ def sample_grid(synthetic: Slices, path: Path, *, per_vendor: int = 6, seed: int
 def roc_figure(attacks: list[dict], path: Path, *, title: str = "") -> Path:
     """ROC curves of each attack on the evaluation patients, linear and log-log."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.9))
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4.4))
     for attack in attacks:
         ev = attack["evaluation"]
         fpr, tpr = np.asarray(ev["roc"]["fpr"]), np.asarray(ev["roc"]["tpr"])
@@ -86,9 +86,10 @@ def roc_figure(attacks: list[dict], path: Path, *, title: str = "") -> Path:
         ax.set_xlabel("false positive rate (non-members called members)")
         ax.set_ylabel("true positive rate (members found)")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7, loc="lower right")
     fig.suptitle(title or "Membership inference on the evaluation patients", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=8, frameon=False)
     return _save(fig, path)
 
 

@@ -131,7 +131,7 @@ def _arms_table(study: dict) -> str:
         diff = study["differences"].get(arm)
         rows.append([html.escape(arm), str(study["n_train_slices"][arm])] +
                     [fmt(summary[s]["dice"]) for s in STRUCTURES] + [fmt(summary["mean"]["dice"]),
-                                                                    fmt(diff) if diff else "baseline"])
+                                                                    fmt(diff, 3) if diff else "baseline"])
     return _table(["trained on", "slices", "Dice LV", "Dice MYO", "Dice RV", "mean Dice",
                    f"Δ mean Dice vs {html.escape(study['baseline'])}"], rows)
 
