@@ -22,6 +22,7 @@ import csv
 import json
 import shlex
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,6 +76,7 @@ class Stages:
         self.out = out
         self.progress_mode = progress_mode
         self.markers = out / ".stages"
+        self.seconds: dict[str, float] = {}
 
     def run(self, name: str, *argv) -> None:
         from CMRSynthLib.cli import main
@@ -86,9 +88,12 @@ class Stages:
             _say(f"[{name}] done before, reused:  cmrsynth {shlex.join(argv)}")
             return
         _say(f"[{name}]  cmrsynth {shlex.join(argv)}")
+        start = time.monotonic()
         code = main([*argv[:1], "--progress", self.progress_mode, *argv[1:]])
         if code != 0:
             raise SystemExit(code)
+        self.seconds[name] = time.monotonic() - start
+        _say(f"[{name}] {self.seconds[name]:.0f} s")
         atomic_write_text(marker, json.dumps(argv))
 
 
