@@ -97,11 +97,12 @@ def main(argv: list[str] | None = None) -> int:
         for table in produced:
             print(table.markdown(), flush=True)
         tables += produced
-    from benchmarks.targets import targets_table
+    from benchmarks.targets import headline_table, targets_table
 
-    summary = targets_table(settings, context)
-    print(summary.markdown())
-    text = header(settings, context, argv) + "\n" + "\n".join(t.markdown() for t in [summary, *tables])
+    summary = [headline_table(settings, context), targets_table(settings, context)]
+    for table in summary:
+        print(table.markdown())
+    text = header(settings, context, argv) + "\n" + "\n".join(t.markdown() for t in [*summary, *tables])
     text += f"\nTotal wall time {time.perf_counter() - started:.0f} s; load average at the end: {load_average()}.\n"
     write(text, args.out, settings)
     return 0

@@ -136,6 +136,83 @@ def family_rows(table: Table, family: str, settings: Settings) -> None:
                   seconds(setup[name]) if setup[name] > 1 else "–")
 
 
+CATEGORIES = {  # aten op name fragment → what kind of work it is (first match wins)
+    "convolution": ("convolution", "conv2d", "conv3d"),
+    "matmul / attention": ("mm", "bmm", "addmm", "softmax", "attention", "linear"),
+    "normalisation": ("group_norm", "layer_norm", "batch_norm"),
+    "activation": ("silu", "gelu", "sigmoid"),
+    "copies (cat, pad, upsample, layout)": ("cat", "pad", "copy", "upsample", "contiguous", "clone", "to_dense"),
+    "element-wise arithmetic": ("add", "mul", "sub", "div"),
+}
+
+
+def profile_table(settings: Settings) -> Table:
+    """Where one network evaluation's time goes (torch.profiler self CPU time by kind of op), at stack batch size."""
+    from torch.profiler import ProfilerActivity, profile
+
+    generator = subjects.build("flow", preset=settings.preset, size=settings.size, device=settings.device)
+    cond = subjects.conditions(settings.stack, settings.size, device=settings.device)
+    x = torch.randn(settings.stack, 1, settings.size, settings.size, device=settings.device)
+    velocity = generator.velocity(cond, 1.0)  # one network evaluation per call
+
+    def forward():
+        with torch.no_grad():
+            velocity(x, 0.5)
+
+    forward()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        forward()
+    totals: dict[str, float] = {}
+    for event in prof.key_averages():
+        name = event.key.removeprefix("aten::")
+        kind = next((k for k, keys in CATEGORIES.items() if any(key in name for key in keys)), "other")
+        totals[kind] = totals.get(kind, 0.0) + event.self_cpu_time_total
+    whole = sum(totals.values()) or 1.0
+    table = Table(f"Where the time goes: one forward of the {settings.preset} conditional UNet, batch {settings.stack}, "
+                  f"{settings.size}×{settings.size}", ["kind of op", "share of CPU time"])
+    for kind, value in sorted(totals.items(), key=lambda kv: -kv[1]):
+        table.add(kind, f"{value / whole:.0%}")
+    table.notes.append("torch.profiler self CPU time, fp32, as shipped. Only convolutions and matmuls do the FLOPs "
+                       "FlopCounterMode counts; the rest is memory traffic.")
+    return table
+
+
+def training_table(settings: Settings) -> Table:
+    """One training step of the flow generator in fp32 and under CPU bf16 autocast (the trainer allows mixed
+    precision only on CUDA today), with the loss difference on the same batch and noise."""
+    from benchmarks.training import BATCH, images_for, step_fn, trainable
+
+    batch = BATCH[settings.mode]
+    images = images_for(batch, settings.size, settings.device)
+    cond = subjects.conditions(batch, settings.size, device=settings.device)
+    plain = trainable("flow", settings.preset, settings)
+    mixed = copy.deepcopy(plain)
+    fp32_step, bf16_step = step_fn(plain, images, cond), step_fn(mixed, images, cond)
+    losses = {}
+
+    def with_bf16():
+        with bf16():
+            losses["bf16"] = bf16_step()
+
+    def without():
+        losses["fp32"] = fp32_step()
+
+    timings = measure_interleaved({"fp32": without, "bf16": with_bf16}, repeats=settings.repeats, warmup=1,
+                                  device=settings.device)
+    table = Table(f"Training step in bf16 autocast on the CPU: flow, {settings.preset} preset, batch {batch}, "
+                  f"{settings.size}×{settings.size}", ["precision", "s/step", "samples/s", "speed-up",
+                                                        "loss of the last step", "max |Δ| weights vs fp32"])
+    drift = max(float((a - b).abs().max()) for a, b in zip(plain.parameters(), mixed.parameters()))
+    for name, timing in timings.items():
+        table.add(name, seconds(timing), f"{batch / timing.median:.3g}",
+                  ratio(timings["fp32"].median / timing.median), f"{losses[name]:.6g}",
+                  "0" if name == "fp32" else f"{drift:.2g}")
+    table.notes.append("Same initial weights, batch and noise, the same number of AdamW steps (lr 1e-5) for both "
+                       "copies: losses and weights differ only through precision. Random initial weights (MONAI "
+                       "zero-initialises the last convolution, so early losses barely depend on the network).")
+    return table
+
+
 def run(settings: Settings, context: dict) -> list[Table]:
     table = Table(f"Optimisations from the outside: one {settings.stack}-slice {settings.size}×{settings.size} stack, "
                   "default sampler", ["generator", "sampler", "variant", "s/stack", "speed-up vs as shipped",
@@ -152,4 +229,4 @@ def run(settings: Settings, context: dict) -> list[Table]:
         f"|Δ|: the trained starter of the family at its own grid, 2 slices, same seed; \"same image\" = max |Δ| ≤ "
         f"{TOLERANCE['max']} and mean |Δ| ≤ {TOLERANCE['mean']} (images in [-1, 1]).",
     ]
-    return [table]
+    return [table, training_table(settings), profile_table(settings)]

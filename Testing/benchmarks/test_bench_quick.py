@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-TITLES = ("### Targets (issue 7)", "### Quality: mask adherence", "### Sampling:", "### Training:",
+TITLES = ("### Headline:", "### Targets (issue 7)", "### Quality: mask adherence", "### Sampling:", "### Training:",
           "### DP-SGD vs non-DP training", "### 3D:", "### Scaling with image size", "### Scaling with steps",
           "### Optimisations from the outside")
 
