@@ -29,7 +29,7 @@ from benchmarks.sampling import BASELINE
 
 TARGETS = {"LV": 0.85, "MYO": 0.75, "RV": 0.85}
 VENDOR_TARGET = 0.80
-SLICES = {"smoke": 4, "quick": 16, "full": 24}  # held-out slices generated per row (spread over patients)
+SLICES = {"smoke": 4, "quick": 16, "full": 16}  # held-out slices generated per row (spread over patients)
 ROWS = {  # (sampler, steps) rows beyond each family's default (full mode); the baseline is added for DDPM
     "ddpm": [("dpmpp", 10), ("ddim", 50)],
     "flow": [("euler", 4), ("euler", 16), ("heun", 4)],

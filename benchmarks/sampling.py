@@ -37,7 +37,7 @@ QUICK_PLANS = {
     "ddpm": [("ancestral", 1000), ("ddim", 50), ("dpmpp", 10)],
     "flow": [("euler", 4), ("euler", 16), ("heun", 4)],
 }
-BUDGET = {"smoke": 4, "quick": 8, "full": 32}  # slice-evaluations timed per run before extrapolating
+BUDGET = {"smoke": 4, "quick": 8, "full": 16}  # slice-evaluations timed per run before extrapolating
 
 
 class _Stop(Exception):
