@@ -2,7 +2,7 @@
 
 Each variant wraps the unchanged ``Generator.sample`` call (the generators' own files are not edited here):
 ``torch.inference_mode`` instead of the generators' ``no_grad``, bf16 autocast on the CPU (AMX/AVX-512-bf16
-kernels where the CPU has them), channels-last weights, one thread instead of two, ``torch.compile`` of the
+kernels where the CPU has them), channels-last weights, the other thread count (1 ↔ 2), ``torch.compile`` of the
 denoising network (full mode only; compile time reported), and — the other way round — a stack generated as
 single-slice calls instead of one batch. All variants are timed in turn (interleaved) on the same stack, so
 their ratios hold on a shared machine. Quality is kept when the same seed gives the same image within a
@@ -69,7 +69,6 @@ VARIANTS = {
     "bf16 autocast (CPU)": (None, bf16, False),
     "bf16 autocast + inference_mode": (None, bf16_inference, False),
     "channels_last weights": (channels_last, contextlib.nullcontext, False),
-    "1 thread": (None, lambda: threads(1), False),
     "stack as single-slice calls": (None, contextlib.nullcontext, True),
 }
 FULL_ONLY = {"torch.compile (inductor)": (compiled, contextlib.nullcontext, False)}
@@ -111,7 +110,9 @@ def differences(family: str, variants: dict, settings: Settings) -> dict[str, tu
 def family_rows(table: Table, family: str, settings: Settings) -> None:
     generator = subjects.build(family, preset=settings.preset, size=settings.size, device=settings.device)
     sampler, steps = generator.default_sampler, generator.default_steps
-    variants = dict(VARIANTS, **(FULL_ONLY if settings.full else {}))
+    other = 1 if settings.threads > 1 else 2  # the other thread count than the run's
+    variants = dict(VARIANTS, **{f"{other} thread{'s' if other > 1 else ''} instead of {settings.threads}":
+                                 (None, lambda: threads(other), False)}, **(FULL_ONLY if settings.full else {}))
     stop = min(steps, 2 if not settings.full else 4) if family in UNIFORM_FAMILIES else None
     cond = subjects.conditions(settings.stack, settings.size, device=settings.device)
     calls, setup = {}, {}
@@ -128,8 +129,12 @@ def family_rows(table: Table, family: str, settings: Settings) -> None:
     reference = timings[next(iter(variants))].median
     for name, timing in timings.items():
         diff = diffs[name]
-        kept = "n/a (other noise)" if variants[name][2] else "n/a" if diff is None else ("yes" if diff[0] <= TOLERANCE["max"] and diff[1] <= TOLERANCE["mean"]
-                                           else "**no**")
+        if variants[name][2]:
+            kept = "n/a (other noise)"
+        elif diff is None:
+            kept = "n/a"
+        else:
+            kept = "yes" if diff[0] <= TOLERANCE["max"] and diff[1] <= TOLERANCE["mean"] else "**no**"
         table.add(family, f"{sampler} {steps}", name, ("≈" if stop else "") + seconds(timing.median * scale),
                   ratio(reference / timing.median), "n/a" if diff is None else f"{diff[0]:.2g}",
                   "n/a" if diff is None else f"{diff[1]:.2g}", kept,
@@ -168,7 +173,8 @@ def profile_table(settings: Settings) -> Table:
         kind = next((k for k, keys in CATEGORIES.items() if any(key in name for key in keys)), "other")
         totals[kind] = totals.get(kind, 0.0) + event.self_cpu_time_total
     whole = sum(totals.values()) or 1.0
-    table = Table(f"Where the time goes: one forward of the {settings.preset} conditional UNet, batch {settings.stack}, "
+    table = Table(f"Where the time goes: one forward of the {settings.preset} conditional UNet, "
+                  f"batch {settings.stack}, "
                   f"{settings.size}×{settings.size}", ["kind of op", "share of CPU time"])
     for kind, value in sorted(totals.items(), key=lambda kv: -kv[1]):
         table.add(kind, f"{value / whole:.0%}")

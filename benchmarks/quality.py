@@ -247,6 +247,7 @@ def vendor_table(rows: list[tuple[str, float]], classifier: VendorClassifier, me
     for name, accuracy in rows:
         table.add(name, f"{accuracy:.0%}", "met" if accuracy >= VENDOR_TARGET else "missed")
     table.notes.append(f"MONAI Classifier (4 strided residual levels, batch norm) on {classifier.crop}² crops "
-                       f"(logits averaged over a grid of crops), trained on {len(members)} real member slices of vendors {', '.join(classifier.vendors)}; chance = "
+                       f"(logits averaged over a grid of crops), trained on {len(members)} real member slices of "
+                       f"vendors {', '.join(classifier.vendors)}; chance = "
                        f"{1 / len(classifier.vendors):.0%}.")
     return table

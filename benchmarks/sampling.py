@@ -1,4 +1,5 @@
-"""Sampling speed: seconds per 128×128 slice (batch 1 and 16) and per 12-slice stack, per generator × sampler × steps.
+"""Sampling speed: seconds per 128×128 slice (batch 1 and 16) and per 12-slice stack, per generator × sampler
+× steps.
 
 Every row is one call of ``Generator.sample`` (the public interface; ``torch.no_grad`` as the generators
 use it). The 1000-step ancestral DDPM — the SynCMRI-style baseline on the *same* backbone — is timed over
@@ -218,14 +219,16 @@ def sampling_table(rows: list[Row], settings: Settings, context: dict, loads: li
         timing, flops, params = peer
         speedup = (per_slice(base, 1) / timing.median) if base else None
         table.add(f"peer (reconstructed): diffusers UNet2DModel {params / 1e6:.1f} M", "ancestral", 1000, 1000,
-                  f"{flops * 1000 / 1e9:,.0f}", "≈" + seconds(timing), "–", "≈" + seconds(timing.median * stack), "–",
+                  f"{flops * 1000 / 1e9:,.0f}", "≈" + seconds(timing), "–",
+                  "≈" + seconds(timing.median * stack), "–",
                   ratio(speedup), "n/a (random weights)")
     table.notes += [
         f"Random weights (speed does not depend on them); {settings.preset} preset, fp32, "
         f"{torch.get_num_threads()} threads, device {settings.device}; median of {settings.repeats} timed run(s) "
         "after warm-up. Load average (1/5/15 min) before/after: " + " → ".join(loads) + ".",
         f"≈: timed over the first steps of the run and extrapolated by network evaluations (DDPM, flow, hybrid; "
-        f"LDM rows include decoding and always run in full); the {BASELINE[2]}-step ancestral baseline is always extrapolated "
+        f"LDM rows include decoding and always run in full); the {BASELINE[2]}-step ancestral baseline is "
+        f"always extrapolated "
         f"(from {settings.baseline_steps} steps at batch 1).",
         "peer: SynCMRI's DDPM network rebuilt with diffusers (1 image + 4 mask channels), one forward timed at "
         f"batch 1 and multiplied by 1000; its stack = 12 × the per-slice time.",

@@ -38,7 +38,7 @@ def families(settings) -> tuple[str, ...]:
 
 def build(family: str, *, preset: str, size: int, spatial_dims: int = 2, depth: int | None = None,
           seed: int = 0, device: str = "cpu"):
-    """A random-weight generator of ``family`` at ``preset`` for ``size``² slices (or ``depth``×``size``² volumes)."""
+    """A random-weight generator of ``family`` at ``preset`` for ``size``² slices (``depth``×``size``² volumes)."""
     from CMRSynthLib.generators import build_generator, preset_config
 
     image_size = (size, size) if spatial_dims == 2 else (depth or size, size, size)

@@ -46,7 +46,8 @@ def _sampling_targets(table: Table, settings: Settings, context: dict) -> None:
                   + ("" if equal is not False else "; the fast sampler loses mask adherence on this model"))
         stack = row.timings.get(settings.stack)
         if stack is not None:
-            table.add(f"{family} default: {settings.stack}×{settings.size}×{settings.size} stack < {STACK_SECONDS:.0f} s",
+            shape = f"{settings.stack}×{settings.size}×{settings.size}"
+            table.add(f"{family} default: {shape} stack < {STACK_SECONDS:.0f} s",
                       f"{seconds(stack)} s wall (CPU {seconds(stack.cpu)} s)", verdict(stack.median < STACK_SECONDS),
                       f"{row.flops * settings.stack / 1e9:,.0f} GFLOPs per stack at "
                       f"{row.flops * settings.stack / stack.median / 1e9:.0f} GFLOP/s achieved")

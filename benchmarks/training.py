@@ -114,7 +114,8 @@ def run(settings: Settings, context: dict) -> list[Table]:
         achieved = flops / timing.cpu  # per CPU-second: robust to the other load on a shared machine
         name = family + (f" ({stage} stage)" if stage else "")
         table.add(name, preset, f"{subjects.parameters(generator) / 1e6:.2f}", seconds(timing),
-                  f"{batch / timing.median:.3g}", f"{flops / batch / 1e9:.3g}", f"{flops / timing.median / 1e9:.0f}", f"{achieved / 1e9:.0f}",
+                  f"{batch / timing.median:.3g}", f"{flops / batch / 1e9:.3g}", f"{flops / timing.median / 1e9:.0f}",
+                  f"{achieved / 1e9:.0f}",
                   f"{achieved / peak:.0%}", gib(rss.bytes))
         if preset == settings.preset and stage is None:
             results[family] = {"fraction": achieved / peak, "flops_per_s": achieved, "peak": peak,
