@@ -111,3 +111,33 @@ def test_pickled_or_missing_models_exit_2(run_cli, mask_file, tmp_path):
     assert code == 2 and "never unpickles" in err
     code, out, err = run_cli("sample", "--model", "no-such-model", "--mask", mask_file, "--out", tmp_path / "o")
     assert code == 2 and "no checkpoint folder or starter model" in err
+
+
+def test_starter_models_load_by_name(run_cli, mask_file, tmp_path):
+    from CMRSynthLib.training.starters import STARTERS
+
+    for name in STARTERS:
+        generator, card = __import__("CMRSynthLib.training.checkpoint", fromlist=["x"]).load_checkpoint(name)
+        assert card["starter"]["name"] == name and card["data"]["simulated"] is True
+        assert not set(card["members"]) & set(card["holdout"])
+    code, out, err = run_cli("sample", "--model", "tiny-flow", "--mask", mask_file, "--out", tmp_path / "o",
+                             "--vendor", "GE", "--device", "cpu")
+    assert code == 0, err
+    assert (tmp_path / "o" / "heart_synth_GE_0.nii.gz").is_file()
+
+
+def test_new_anatomy_draws_masks_then_images(run_cli, tiny_flow, tmp_path):  # noqa: F811
+    code, out, err = run_cli("sample", "--model", tiny_flow, "--new-anatomy", "2", "--anatomy-model", "anatomy",
+                             "--group", "DCM", "--phase", "ED", "--vendor", "Siemens", "--steps", "3",
+                             "--out", tmp_path / "o", "--device", "cpu", "--seed", "4")
+    assert code == 0, err
+    names = sorted(p.name for p in (tmp_path / "o").iterdir())
+    assert names == ["anatomy000_DCM_ED_4_mask.nii.gz", "anatomy000_DCM_ED_4_synth_Siemens_4.nii.gz",
+                     "anatomy001_DCM_ED_5_mask.nii.gz", "anatomy001_DCM_ED_5_synth_Siemens_4.nii.gz"]
+    mask = read_volume(tmp_path / "o" / names[0])
+    image = read_volume(tmp_path / "o" / names[1])
+    assert set(np.unique(mask.array)) <= {0, 1, 2, 3} and (mask.array == 1).any() and (mask.array == 2).any()
+    assert image.same_geometry(mask, atol=1e-5) and image.metadata["descrip"].startswith("SYNTHETIC")
+    code, out, err = run_cli("sample", "--model", tiny_flow, "--new-anatomy", "1", "--anatomy-model", tiny_flow,
+                             "--out", tmp_path / "p", "--device", "cpu")
+    assert code == 2 and "not an anatomy generator" in err and not (tmp_path / "p").exists()
