@@ -43,21 +43,22 @@ class DemoPlan:
     preset: str
     image_size: int
     train_steps: int        # non-DP training steps of each model
+    train_batch: int        # slices per non-DP step
     public_steps: int       # public pre-training steps of the model that is then DP fine-tuned
     dp_epochs: float        # DP fine-tuning epochs (passes over the private training patients)
     dp_batch: int           # expected patients per DP step
     from_starters: bool     # fine-tune the bundled starter models instead of training from scratch
-    sample_steps: int
+    heldout_masks: int      # held-out mask stacks rendered in every vendor style
     new_anatomies: int
 
 
 PLANS = {
-    "quick": DemoPlan(patients=32, public_fraction=0.25, preset="small", image_size=64, train_steps=60,
-                      public_steps=0, dp_epochs=4, dp_batch=6, from_starters=True, sample_steps=12,
-                      new_anatomies=2),
-    "full": DemoPlan(patients=64, public_fraction=0.25, preset="small", image_size=64, train_steps=3000,
-                     public_steps=1500, dp_epochs=30, dp_batch=12, from_starters=False, sample_steps=20,
-                     new_anatomies=4),
+    "quick": DemoPlan(patients=24, public_fraction=0.25, preset="small", image_size=64, train_steps=20,
+                      train_batch=8, public_steps=0, dp_epochs=3, dp_batch=5, from_starters=True,
+                      heldout_masks=2, new_anatomies=1),
+    "full": DemoPlan(patients=48, public_fraction=0.25, preset="small", image_size=64, train_steps=800,
+                     train_batch=8, public_steps=600, dp_epochs=20, dp_batch=8, from_starters=False,
+                     heldout_masks=4, new_anatomies=4),
 }
 EPSILON, DELTA, MAX_GRAD_NORM = 10.0, 1e-3, 1.0
 
@@ -155,7 +156,7 @@ def run(args, progress) -> int:
     for family in ("flow", "ddpm"):
         init = ["--init", family] if plan.from_starters else []
         stages.run(f"train-{family}", "train", "--generator", family, "--out", models / family,
-                   "--max-steps", plan.train_steps, *common, *init)
+                   "--max-steps", plan.train_steps, "--batch-size", plan.train_batch, *common, *init)
     if plan.from_starters:
         public_model = "flow"  # the starter flow model was trained on another phantom cohort: public data
     else:
@@ -171,10 +172,10 @@ def run(args, progress) -> int:
                "--max-grad-norm", MAX_GRAD_NORM, "--batch-size", plan.dp_batch, "--epochs", plan.dp_epochs)
     stages.run("train-anatomy", "train", "--generator", "anatomy", "--out", models / "anatomy", "--data", private,
                "--preset", plan.preset, "--image-size", plan.image_size, "--max-steps", plan.train_steps,
-               "--seed", 0, *device, *(["--init", "anatomy"] if plan.from_starters else []))
+               "--batch-size", plan.train_batch, "--seed", 0, *device, *(["--init", "anatomy"] if plan.from_starters else []))
 
     # 3. synthetic cohort from held-out masks, every vendor; new anatomies ------------------------------
-    cases = held_out_cases(models / "flow", private, count=len(VENDORS))
+    cases = held_out_cases(models / "flow", private, count=plan.heldout_masks)
     masks = out / "heldout-masks"
     masks.mkdir(parents=True, exist_ok=True)
     for case in cases:
@@ -183,10 +184,10 @@ def run(args, progress) -> int:
             link.symlink_to(case["label"])
     for vendor in VENDORS:
         stages.run(f"sample-{vendor}", "sample", "--model", models / "flow", "--mask", masks,
-                   "--out", out / "synthetic" / vendor, "--vendor", vendor, "--steps", plan.sample_steps, *device)
+                   "--out", out / "synthetic" / vendor, "--vendor", vendor, *device)
     stages.run("new-anatomy", "sample", "--model", models / "flow", "--anatomy-model", models / "anatomy",
                "--new-anatomy", plan.new_anatomies, "--group", "DCM", "--phase", "ED", "--vendor", VENDORS[0],
-               "--out", out / "synthetic" / "new-anatomy", "--steps", plan.sample_steps, *device)
+               "--out", out / "synthetic" / "new-anatomy", *device)
 
     # 4. restyle a held-out real image into every other vendor -----------------------------------------
     source = cases[0]
@@ -194,8 +195,7 @@ def run(args, progress) -> int:
         if vendor != source["vendor"]:
             stages.run(f"restyle-{vendor}", "restyle", "--model", models / "flow", "--image", source["image"],
                        "--mask", source["label"], "--source-vendor", source["vendor"], "--vendor", vendor,
-                       "--out", out / "restyled" / f"{Path(source['image']).name.split('.')[0]}_{vendor}.nii.gz",
-                       "--steps", plan.sample_steps, *device)
+                       "--out", out / "restyled" / f"{Path(source['image']).name.split('.')[0]}_{vendor}.nii.gz", *device)
 
     # 5. the receipt -------------------------------------------------------------------------------
     stages.run("audit", "audit", "--model", models / "flow", "--model", models / "ddpm", "--model",
