@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from CMRSynthLib.audit.stats import Estimate
+from CMRSynthLib.audit.stats import MIN_PATIENTS_FOR_CI, Estimate
 from CMRSynthLib.data.conventions import STRUCTURES
 from CMRSynthLib.files import atomic_write_text
 
@@ -318,6 +318,8 @@ def verdict_rows(model: dict) -> list[dict]:
     mia = model.get("membership") or {}
     if "attacks" in mia:
         rows.append(_membership_row(mia))
+    if model["memorisation"].get("source_attack") is not None:
+        rows.append(_source_row(model["memorisation"]["source_attack"]))
     mem = model["memorisation"]["pixel"]
     copies = mem["near_copies"]
     rows.append(_row("privacy (memorisation)", f"{copies} near-copies / {mem['n_synthetic']}",
@@ -346,10 +348,24 @@ def _membership_row(mia: dict) -> dict:
         meaning = (f"inconclusive: {n_m} members vs {n_n} non-members in the evaluation half cannot show a "
                    f"significant difference even for a perfect attack; audit more held-out patients")
     else:
-        level = "good"
+        few = min(n_m, n_n) < MIN_PATIENTS_FOR_CI
+        level = "fair" if few else "good"
         meaning = (f"no membership signal distinguishable from chance ({n_m} + {n_n} evaluation patients; "
-                   f"strongest of {len(mia['attacks'])} attacks, Bonferroni-corrected)")
+                   f"strongest of {len(mia['attacks'])} attacks, Bonferroni-corrected)" +
+                   ("; too few patients to rule out a weak signal" if few else ""))
     return _row("privacy (membership)", number, meaning, level)
+
+
+def _source_row(auc: Estimate) -> dict:
+    """The black-box check of :mod:`.memorisation`: do images from a member's mask resemble that member?"""
+    if auc.low is not None and auc.low > 0.5:
+        meaning, level = ("images generated from a training patient's mask resemble that patient's own image more "
+                          "than held-out patients' images resemble theirs: the model carries patient-specific "
+                          "appearance beyond the mask", "poor" if auc.value >= 0.8 else "fair")
+    else:
+        meaning, level = ("synthetic images resemble their source patient no more for training patients than for "
+                          "held-out ones", "good" if auc.n >= 2 * MIN_PATIENTS_FOR_CI else "fair")
+    return _row("privacy (source resemblance)", f"AUC {_ci(auc)}", meaning, level)
 
 
 def _difference_row(axis: str, diff: Estimate) -> dict:
@@ -359,5 +375,8 @@ def _difference_row(axis: str, diff: Estimate) -> dict:
         meaning, level = "adding synthetic images makes the segmenter worse on real held-out patients", "poor"
     else:
         meaning, level = "adding synthetic images makes no difference measurable at this sample size", "fair"
+    if diff.n < MIN_PATIENTS_FOR_CI:
+        meaning += f" (only {diff.n} test patients: indicative, not conclusive)"
+        level = "fair" if level == "good" else level
     return _row(axis, f"Δ Dice {diff.value:+.3f}" + (f" [{diff.low:+.3f}, {diff.high:+.3f}]" if diff.low is not None
                                                      else ""), meaning, level)

@@ -1,0 +1,65 @@
+"""The verdict says in words what the numbers mean, and says less when the numbers are few."""
+
+import json
+
+from CMRSynthLib.audit.report import jsonable, render_html, verdict_rows
+from CMRSynthLib.audit.stats import Estimate
+
+
+def E(value, low=None, high=None, n=20):  # noqa: N802 - a short constructor for the tables below
+    return Estimate(value, low, high, n, "test")
+
+
+def section(*, auc=0.95, p=0.001, evaluation=10, copies=0, source=E(0.5, 0.3, 0.7, 20), dp=None) -> dict:
+    seg = {name: {"dice": E(0.8, 0.7, 0.9), "hd95": E(5.0, 4.0, 6.0)} for name in ("LV", "MYO", "RV")}
+    seg["mean"] = {"dice": E(0.8, 0.7, 0.9)}
+    attack = {"name": "loss threshold", "timestep": 0.1, "direction": "lower loss = member", "per_timestep": [],
+              "evaluation": {"auc": E(auc, auc - 0.1, min(auc + 0.1, 1)), "tpr_at_0.01_fpr": E(0.5),
+                             "tpr_at_0.001_fpr": E(0.4), "p_value": p, "accuracy_at_threshold": 0.8}}
+    return {"name": "m", "family": "flow", "privacy_ledger": dp, "redacted": False, "figures": {},
+            "patients": {"members": ["a"], "non_members": ["b"]}, "synthetic": {"slices": 3, "source": "test"},
+            "fidelity": {"space": "toy", "spaces": ["toy"], "distances": {"FD-seg": E(2.0)},
+                         "yardstick": {"FD-seg": E(1.0)}, "diversity": {"real": E(0.3), "synthetic": E(0.3)},
+                         "tissues": []},
+            "adherence": {"synthetic": seg, "ceiling": seg},
+            "utility": {"arms": {"real": seg, "synthetic": seg}, "differences": {}, "n_train_slices": {"real": 1,
+                        "synthetic": 1}, "test_patients": 20, "baseline": "real"},
+            "cross_vendor": {"skipped": "one vendor"},
+            "membership": {"attacks": [attack], "headline": "loss threshold", "protocol": "balanced",
+                           "evaluation_patients": {"members": ["x"] * evaluation, "non_members": ["y"] * evaluation}},
+            "memorisation": {"pixel": {"near_copies": copies, "near_copies_of_members": copies,
+                                       "near_copies_of_non_members": 0, "n_synthetic": 30, "threshold": 0.1,
+                                       "median_d1": 0.3, "median_real_to_real": 0.3, "median_ratio_d1_d2": 0.9},
+                             "source_attack": source, "rule": "rule"}}
+
+
+def levels(model: dict) -> dict:
+    return {row["axis"]: row["level"] for row in verdict_rows(model)}
+
+
+def test_leaky_model_is_called_leaky():
+    verdict = levels(section(auc=0.95, p=0.001, copies=3, source=E(0.9, 0.8, 1.0)))
+    assert verdict["privacy (membership)"] == verdict["privacy (memorisation)"] == "poor"
+    assert verdict["privacy (source resemblance)"] == "poor"
+    assert verdict["fidelity"] == "fair"  # FD twice the real-vs-real yardstick
+
+
+def test_clean_model_is_reassuring_only_with_enough_patients():
+    assert levels(section(auc=0.55, p=0.4))["privacy (membership)"] == "good"
+    assert levels(section(auc=0.55, p=0.4, evaluation=4))["privacy (membership)"] == "fair"
+    assert levels(section(auc=1.0, p=0.17, evaluation=2))["privacy (membership)"] == "info"  # cannot be significant
+
+
+def test_dp_ledger_heads_the_report_and_is_in_the_verdict():
+    ledger = {"epsilon": 4.0, "delta": 1e-5, "unit": "patient", "mechanism": "DP-SGD (Opacus)", "steps": 100}
+    model = section(dp=ledger)
+    model["verdict"] = verdict_rows(model)
+    dp_row = next(r for r in model["verdict"] if r["axis"] == "privacy (DP)")
+    assert dp_row["number"] == "ε = 4, δ = 1e-05" and "per patient" in dp_row["meaning"]
+    report = {"data": {"path": "d", "layout": "cmrsynth", "patients": 2, "simulated": True}, "created": "now",
+              "cmrsynth": "0", "quick": True, "warnings": ["few patients"], "models": [model], "figures": {}}
+    html = render_html(report, out=__import__("pathlib").Path("."))
+    assert html.index("differential privacy ledger") < html.index("Fidelity") < html.index("Verdict: m")
+    assert "SIMULATED DATA" in html and "few patients" in html
+    text = json.dumps(jsonable(report), allow_nan=False)  # every Estimate becomes plain JSON, NaN → null
+    assert '"method": "test"' in text
