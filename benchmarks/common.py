@@ -144,15 +144,30 @@ def _status_kib(key: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-class PeakRSS:
-    """Context manager: the peak resident memory (bytes) reached inside the block, in :attr:`bytes`.
+def release_freed_memory() -> None:
+    """Collect garbage and hand freed heap pages back to the OS (glibc ``malloc_trim``), so that the resident
+    size no longer counts memory an earlier measurement freed."""
+    import ctypes
+    import gc
 
-    :attr:`exact` is False when the high-water mark could not be reset (then it is the process's lifetime
-    peak, an upper bound).
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the peak may include memory freed earlier
+        pass
+
+
+class PeakRSS:
+    """Context manager: the peak resident memory (bytes) of the process inside the block, in :attr:`bytes`.
+
+    On entry freed memory is returned to the OS and the high-water mark is reset to the current resident size
+    (which includes torch and the models already loaded). :attr:`exact` is False when the mark could not be
+    reset (then it is the process's lifetime peak, an upper bound).
     """
 
     def __enter__(self) -> "PeakRSS":
         self.bytes = 0
+        release_freed_memory()
         try:
             with open("/proc/self/clear_refs", "w") as refs:
                 refs.write("5")
