@@ -375,6 +375,8 @@ def _difference_row(axis: str, diff: Estimate) -> dict:
         meaning, level = "adding synthetic images makes the segmenter worse on real held-out patients", "poor"
     else:
         meaning, level = "adding synthetic images makes no difference measurable at this sample size", "fair"
+    if level != "fair":
+        meaning += " (one segmenter per arm: training randomness is not in the interval)"
     if diff.n < MIN_PATIENTS_FOR_CI:
         meaning += f" (only {diff.n} test patients: indicative, not conclusive)"
         level = "fair" if level == "good" else level

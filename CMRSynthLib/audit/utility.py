@@ -56,7 +56,8 @@ def compare_training_sets(arms: dict[str, Slices], test: Slices, config: Segment
             if name != baseline:
                 differences[name] = mean_estimate(dice - mean_dice[baseline], n_boot=n_boot,
                                                   method=f"paired per-patient difference of mean Dice: "
-                                                         f"{name} − {baseline}")
+                                                         f"{name} − {baseline}; one segmenter per arm, so the "
+                                                         f"interval covers test patients, not training randomness")
     return {"arms": results, "n_train_slices": n_train, "differences": differences,
             "test_patients": len(test.patient_ids()), "baseline": baseline}
 
