@@ -153,6 +153,7 @@ def privacy_utility(points: list[dict], path: Path) -> Path:
         ax.annotate(f"{point['name']}" + (f"\nε = {eps:.3g}" if eps is not None else "\nno DP"), (x, y),
                     textcoords="offset points", xytext=(6, 4), fontsize=8)
     ax.axvline(0.5, color="grey", linestyle="--", linewidth=0.8)
+    ax.set_xlim(min([0.45] + [p.get("mia_low", p["mia_auc"]) - 0.05 for p in points]), 1.12)  # room for labels
     ax.set_xlabel("membership-inference AUC (0.5 = no leakage)")
     ax.set_ylabel("Dice of a segmenter trained on synthetic data")
     ax.set_title("Privacy–utility: better is up and to the left", fontsize=10)
