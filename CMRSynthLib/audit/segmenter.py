@@ -153,7 +153,6 @@ def train_segmenter(train: Slices, config: SegmenterConfig, *, cache: Path | Non
         cache: folder for trained weights (default :func:`cache_dir`); the file name is the fingerprint.
         progress: a :class:`~CMRSynthLib.jobs.progress.Progress` (or None); one stage named by ``label``.
     """
-    import torch
     from safetensors.torch import load_file, save_file
 
     if len(train) == 0:
