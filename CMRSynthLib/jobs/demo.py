@@ -152,7 +152,9 @@ def run(args, progress) -> int:
 
     # 2. models ------------------------------------------------------------------------------------
     models = out / "models"
-    common = ["--data", private, "--preset", plan.preset, "--image-size", plan.image_size, "--seed", 0, *device]
+    # a fine-tune keeps the starter's own preset and image size
+    shape = [] if plan.from_starters else ["--preset", plan.preset, "--image-size", plan.image_size]
+    common = ["--data", private, *shape, "--seed", 0, *device]
     for family in ("flow", "ddpm"):
         init = ["--init", family] if plan.from_starters else []
         stages.run(f"train-{family}", "train", "--generator", family, "--out", models / family,
@@ -170,9 +172,9 @@ def run(args, progress) -> int:
     stages.run("train-flow-dp", "train", "--generator", "flow", "--out", models / "flow-dp", *common,
                "--init", public_model, "--dp", "--epsilon", EPSILON, "--delta", DELTA,
                "--max-grad-norm", MAX_GRAD_NORM, "--batch-size", plan.dp_batch, "--epochs", plan.dp_epochs)
-    stages.run("train-anatomy", "train", "--generator", "anatomy", "--out", models / "anatomy", "--data", private,
-               "--preset", plan.preset, "--image-size", plan.image_size, "--max-steps", plan.train_steps,
-               "--batch-size", plan.train_batch, "--seed", 0, *device, *(["--init", "anatomy"] if plan.from_starters else []))
+    stages.run("train-anatomy", "train", "--generator", "anatomy", "--out", models / "anatomy", *common,
+               "--max-steps", plan.train_steps, "--batch-size", plan.train_batch,
+               *(["--init", "anatomy"] if plan.from_starters else []))
 
     # 3. synthetic cohort from held-out masks, every vendor; new anatomies ------------------------------
     cases = held_out_cases(models / "flow", private, count=plan.heldout_masks)
