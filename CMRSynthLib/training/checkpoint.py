@@ -13,7 +13,9 @@ The card (``format`` "cmrsynth-checkpoint", ``version`` 1) holds ``family``, ``c
 config dict), ``vocabulary``, ``preprocessing`` (a PreprocessConfig dict), ``data`` (a fingerprint: a hash of
 patient ids and file sizes, never patient data), ``members`` / ``validation`` / ``holdout`` (patient ids),
 ``training`` (steps, epochs, seed, loss curve, wall time, versions, command line), ``privacy`` (the DP
-ledger, or null), ``created`` and ``model_id`` (a hash of the weights).
+ledger, or null), ``created`` and ``model_id`` (a hash of the weights). The card of a DP model holds no patient
+ids, fingerprint, loss curve or intensity statistics: they live beside the folder, in
+``<folder>.PRIVATE-membership.json`` (:mod:`CMRSynthLib.training.membership`), which loading never reads.
 
 A folder is written whole or not at all (:func:`CMRSynthLib.files.atomic_dir`): a run killed while saving
 leaves the previous checkpoint untouched. Tensors are copied (``contiguous().clone()``) before saving, so
