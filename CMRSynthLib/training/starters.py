@@ -34,7 +34,7 @@ _SMALL = dict(preset="small", image_size=64, spacing=2.5, batch_size=8, lr=4e-4,
               ema_decay=0.999, seed=0)
 STARTERS: dict[str, dict] = {
     "flow": dict(family="flow", max_steps=1200, **_SMALL),
-    "ddpm": dict(family="ddpm", max_steps=1200, **_SMALL),
+    "ddpm": dict(family="ddpm", max_steps=1500, **_SMALL),
     "ldm": dict(family="ldm", max_steps=1500, autoencoder_fraction=0.3, **_SMALL),
     "hybrid": dict(family="hybrid", max_steps=1000, **_SMALL),
     "anatomy": dict(family="anatomy", max_steps=1000, **_SMALL),

@@ -43,7 +43,7 @@ def test_forward_process_mean_and_variance(schedule):
 @pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
 def test_noising_and_targets_agree_with_diffusers(prediction):
     model = ddpm(prediction_type=prediction)
-    reference = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")
+    reference = DDPMScheduler(num_train_timesteps=1000, beta_schedule=model.config.beta_schedule)
     x0, noise = torch.rand(4, 1, 8, 8) * 2 - 1, torch.randn(4, 1, 8, 8)
     k = torch.tensor([0, 10, 500, 999])
     noisy, target = model.diffuse(x0, k, noise)
