@@ -39,6 +39,7 @@ from CMRSynthLib.audit.stats import MIN_PATIENTS_FOR_CI
 from CMRSynthLib.audit.utility import cross_vendor_study, split_vendors, utility_study
 from CMRSynthLib.errors import InputError
 from CMRSynthLib.files import atomic_dir
+from CMRSynthLib.training.membership import SPLITS, SUFFIX, patient_splits
 
 
 @dataclass(frozen=True)
@@ -58,18 +59,18 @@ class AuditPlan:
 
 
 # -- who is who ---------------------------------------------------------------------------------------
-CARD_SPLITS = ("members", "validation", "holdout", "unused")  # patient lists a checkpoint card may hold
+CARD_SPLITS = SPLITS  # patient lists of a checkpoint (card or membership file: training/membership.py)
 
 
-def patient_list(value, *, flag: str, card: dict | None = None) -> list[str] | None:
-    """Patient ids from a sequence, the name of one of the card's splits (:data:`CARD_SPLITS`), a file (one
-    id per line or comma-separated) or a comma-separated string; several split names may be joined by ``+``."""
+def patient_list(value, *, flag: str, splits: dict | None = None) -> list[str] | None:
+    """Patient ids from a sequence, the name of one of the checkpoint's splits (:data:`CARD_SPLITS`), a file
+    (one id per line or comma-separated) or a comma-separated string; split names may be joined by ``+``."""
     if value is None:
         return None
-    if isinstance(value, str) and card is not None and all(p in CARD_SPLITS for p in value.split("+")):
-        ids = [i for part in value.split("+") for i in (card.get(part) or [])]
+    if isinstance(value, str) and splits is not None and all(p in CARD_SPLITS for p in value.split("+")):
+        ids = [i for part in value.split("+") for i in (splits.get(part) or [])]
         if not ids:
-            raise InputError(f"{flag} {value}: the checkpoint card lists no such patients")
+            raise InputError(f"{flag} {value}: the checkpoint lists no such patients")
         return sorted(set(ids))
     if isinstance(value, (list, tuple, set)):
         ids = [str(v).strip() for v in value]
@@ -83,18 +84,21 @@ def patient_list(value, *, flag: str, card: dict | None = None) -> list[str] | N
     return ids
 
 
-def resolve_patients(card: dict, cohort, *, members=None, holdout=None, holdout_cohort=None,
+def resolve_patients(splits: dict, cohort, *, members=None, holdout=None, holdout_cohort=None,
                      warnings: list[str]) -> tuple[list[str], list[str]]:
-    """Members and non-members present in the data; InputError on overlap or when a side is empty."""
-    member_ids = patient_list(members, flag="--members", card=card) or list(card.get("members") or [])
+    """Members and non-members present in the data; InputError on overlap or when a side is empty.
+
+    ``splits``: the checkpoint's patient lists (:func:`CMRSynthLib.training.membership.patient_splits`)."""
+    member_ids = patient_list(members, flag="--members", splits=splits) or list(splits.get("members") or [])
     if holdout_cohort is not None:
         non_ids = holdout_cohort.patients()
     else:
-        non_ids = patient_list(holdout, flag="--holdout", card=card) or list(card.get("holdout") or [])
+        non_ids = patient_list(holdout, flag="--holdout", splits=splits) or list(splits.get("holdout") or [])
+    where = f"neither the checkpoint card nor a {SUFFIX} file beside the folder"
     if not member_ids:
-        raise InputError("the checkpoint card lists no member patients; give --members")
+        raise InputError(f"{where} lists member patients; give --members")
     if not non_ids:
-        raise InputError("the checkpoint card lists no held-out patients; give --holdout")
+        raise InputError(f"{where} lists held-out patients; give --holdout")
     overlap = sorted(set(member_ids) & set(non_ids))
     if overlap:
         raise InputError(f"members and held-out patients overlap ({len(overlap)}: {', '.join(overlap[:5])}); "
@@ -294,7 +298,7 @@ def run_audit(models: Sequence[str], data, out, *, synthetic=None, members=None,
     from CMRSynthLib.data.cohorts import open_cohort
     from CMRSynthLib.data.preprocess import PreprocessConfig
     from CMRSynthLib.jobs.progress import Progress
-    from CMRSynthLib.training.checkpoint import load_checkpoint
+    from CMRSynthLib.training.checkpoint import load_checkpoint, resolve_model
 
     progress = progress or Progress("none")
     plan = plan or (AuditPlan.quick() if quick else AuditPlan())
@@ -314,12 +318,12 @@ def run_audit(models: Sequence[str], data, out, *, synthetic=None, members=None,
                         "small segmenters and few bootstrap draws; use the full audit for decisions")
     sections, names = [], _names(models)
     with atomic_dir(out) as tmp:
-        for name, (generator, card) in zip(names, loaded):
+        for name, model, (generator, card) in zip(names, models, loaded):
             preprocessing = PreprocessConfig.from_dict(card["preprocessing"])
             if card["config"].get("spatial_dims", 2) != 2:
                 raise InputError(f"{name} is a 3D model; the audit handles 2D (slice-wise) models")
-            ids_m, ids_n = resolve_patients(card, cohort, members=members, holdout=holdout,
-                                            holdout_cohort=holdout_cohort, warnings=warnings)
+            ids_m, ids_n = resolve_patients(patient_splits(card, resolve_model(model)), cohort, members=members,
+                                            holdout=holdout, holdout_cohort=holdout_cohort, warnings=warnings)
             strata = {r.patient: (r.vendor, r.group) for c in (cohort, holdout_cohort) if c for r in c.records}
             ids_m, ids_n = subsample_matched(ids_m, ids_n, strata, plan.max_patients, plan.seed)
             for side, ids in (("member", ids_m), ("held-out", ids_n)):

@@ -50,6 +50,7 @@ from CMRSynthLib.training import checkpoint as ckpt
 from CMRSynthLib.training import distributed
 from CMRSynthLib.training.config import TrainConfig
 from CMRSynthLib.training.ema import EMA
+from CMRSynthLib.training.membership import SPLITS, membership_path, read_membership, write_membership
 
 DEFAULT_EPOCHS = 100
 DEFAULT_PRESET, DEFAULT_IMAGE_SIZE, DEFAULT_SPATIAL_DIMS = "small", 64, 2
@@ -201,6 +202,10 @@ class Trainer:
         info = {"step": 0, "history": [], "wall_seconds": 0.0}
         if resume is not None:  # weights first: they carry an LDM's stage, which decides what trains
             info = self._restore_weights(resume, generator, ema)
+            if self.privacy is not None:  # a DP run keeps its loss curve beside the folder
+                private = read_membership(self.out)
+                if private.get("step") == info["step"]:  # else it is from a save that did not complete
+                    info.update(history=private["loss_curve"], window=private["window"])
         model = self.make_model(generator)
         optimizer = self.make_optimizer(model)
         loader = self.make_loader(data.dataset)
@@ -349,14 +354,27 @@ class Trainer:
                     "arguments": self._identity(), "ema_updates": parts.ema.updates,
                     "optimizer": ckpt.pack_state(parts.optimizer.state_dict(), tensors, "optimizer"),
                     "scaler": ckpt.pack_state(parts.scaler.state_dict(), tensors, "scaler")}
-            if self.privacy is not None:
-                info["privacy"] = self.privacy.state_dict()
             card = self._card(parts, step=step, total=total, steps_per_epoch=steps_per_epoch,
                               history=history, wall=wall)
+            if self.privacy is not None:
+                info["privacy"] = self.privacy.state_dict()
+                self._save_private(parts, info, card)
             ckpt.save_checkpoint(self.out, parts.generator, card, ema=parts.ema.state_dict(),
                                  trainer_state=ckpt.TrainerState(tensors, info))
             self.progress.artefact(str(self.out), "checkpoint")
         distributed.barrier(self.world)
+
+    def _save_private(self, parts: "_Parts", info: dict, card: dict) -> None:
+        """A DP run's folder keeps nothing computed from the private data outside DP-SGD: the patient lists,
+        the data fingerprint and the loss curve move from ``card``/``info`` to the membership file beside it."""
+        private = {name: card.pop(name) for name in SPLITS}
+        private["data"], card["data"] = card["data"], {k: card["data"][k] for k in ("layout", "simulated")}
+        for key in ("loss_curve", "final_loss"):
+            private[key], card["training"][key] = card["training"][key], None
+        private["window"], info["window"], private["step"] = info["window"], [0.0, 0], info["step"]
+        info["history"], info["final_loss"] = [], None
+        card["membership"] = f"kept beside this folder, not in it: {membership_path(self.out).name}"
+        write_membership(self.out, private)
 
     def _card(self, parts: "_Parts", *, step, total, steps_per_epoch, history, wall) -> dict:
         import monai
@@ -367,7 +385,7 @@ class Trainer:
         return {
             "vocabulary": data.vocabulary.to_dict(), "preprocessing": data.preprocessing.to_dict(),
             "data": data.fingerprint, "members": list(data.members), "validation": list(data.validation),
-            "holdout": list(data.holdout), "unused": list(data.unused), "intensity": data.intensity,
+            "holdout": list(data.holdout), "unused": list(data.unused), "intensity": self._intensity(parts),
             "privacy": self.privacy.ledger() if self.privacy is not None else None,
             "training": {
                 "steps": step, "total_steps": total, "epochs": round(step / steps_per_epoch, 3),
@@ -381,6 +399,13 @@ class Trainer:
                              "python": sys.version.split()[0]},
             },
         }
+
+    def _intensity(self, parts: "_Parts") -> dict | None:
+        """The intensities samples are de-normalised to. Under DP the private data's statistics are not
+        released: a fine-tune keeps its --init model's (public) ones, a DP run from scratch has none."""
+        if self.privacy is None:
+            return parts.data.intensity
+        return parts.init.card.get("intensity") if parts.init is not None else None
 
     # -- the two stages of a latent diffusion model ---------------------------------------------------
     def _switch_step(self, generator, total: int) -> int | None:

@@ -340,10 +340,14 @@ def _earlier_dp_run(init: str, data: str) -> Ledger | None:
     from CMRSynthLib.data.cohorts import open_cohort
     from CMRSynthLib.training.checkpoint import read_card, resolve_model
     from CMRSynthLib.training.data import fingerprint
+    from CMRSynthLib.training.membership import data_fingerprint
 
     path = resolve_model(init)
     card = read_card(path)
-    if (card.get("data") or {}).get("sha256") != fingerprint(open_cohort(data))["sha256"]:
+    recorded = data_fingerprint(card, path)
+    # a DP model whose fingerprint was not shared with it may have seen this data: compose (the safe side)
+    if (recorded is None and not card.get("privacy")) or (
+            recorded is not None and recorded["sha256"] != fingerprint(open_cohort(data))["sha256"]):
         return None
     if not card.get("privacy"):
         raise InputError("--init was trained WITHOUT differential privacy on this same data (same data "

@@ -10,6 +10,7 @@ import torch
 from CMRSynthLib.training import checkpoint as ckpt
 from CMRSynthLib.training.ledger import Ledger, recompute_epsilon
 from CMRSynthLib.training.loop import Trainer
+from CMRSynthLib.training.membership import read_membership
 from CMRSynthLib.training.privacy import DPConfig, DPTraining
 from CMRSynthLib.training.privacy_planner import epsilon_of
 from training_fixtures import PATIENTS, SHAPE, phantom, tiny_flow, train_config  # noqa: F401 - fixtures
@@ -52,7 +53,7 @@ def test_dp_fine_tune_card_has_a_complete_ledger(dp_model, public_model):
     ledger = Ledger.from_dict(card["privacy"])
     assert set(card["privacy"]) == {f.name for f in fields(Ledger)}
     assert ledger.mechanism == "DP-SGD (Opacus)" and ledger.accountant == "rdp" and ledger.unit == "patient"
-    assert ledger.patients == len(card["members"]) and ledger.sample_rate == 2 / ledger.patients
+    assert ledger.patients == len(read_membership(dp_model)["members"]) and ledger.sample_rate == 2 / ledger.patients
     assert ledger.delta == 1e-2 and ledger.max_grad_norm == 1.0 and ledger.target_epsilon == 30
     assert ledger.noise_multiplier == 0.8
     assert ledger.noise_multiplicity == 2 and ledger.slices_per_patient == 1
@@ -128,6 +129,7 @@ def test_resumed_dp_run_spends_exactly_what_an_uninterrupted_one_does(phantom, t
     assert run(tmp_path / "parts", save_every=2).run().resumed_from == 2
     whole, parts = ckpt.read_checkpoint(tmp_path / "whole"), ckpt.read_checkpoint(tmp_path / "parts")
     assert whole.card["privacy"] == parts.card["privacy"]  # same history, same ε
+    assert read_membership(tmp_path / "whole")["loss_curve"] == read_membership(tmp_path / "parts")["loss_curve"]
     for name in whole.weights:
         assert torch.equal(whole.weights[name], parts.weights[name]), name
 

@@ -1,0 +1,90 @@
+"""A DP checkpoint folder is shareable as it is: no patient id, fingerprint, loss curve or private intensity
+statistic in it; they live in ``<folder>.PRIVATE-membership.json`` beside it, where the audit finds them."""
+
+import json
+import shutil
+import stat
+
+import pytest
+
+from CMRSynthLib.audit.run import resolve_patients
+from CMRSynthLib.data.cohorts import open_cohort
+from CMRSynthLib.training.loop import Trainer
+from CMRSynthLib.training.membership import (SPLITS, data_fingerprint, membership_path, patient_splits,
+                                             read_membership)
+from CMRSynthLib.training.privacy import DPConfig, DPTraining, _earlier_dp_run
+from training_fixtures import PATIENTS, SHAPE, phantom, train_config  # noqa: F401 - fixtures
+
+pytestmark = pytest.mark.filterwarnings("ignore:Full backward hook is firing")
+
+
+def dp_run(data, out, **overrides):
+    privacy = DPTraining(DPConfig(delta=1e-2, max_grad_norm=1.0, noise_multiplier=1.0, seed=3))
+    Trainer(train_config(data, out, max_steps=3, batch_size=2, **overrides), privacy=privacy).run()
+    return json.loads((out / "card.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def dp_model(phantom, tmp_path_factory):  # noqa: F811
+    out = tmp_path_factory.mktemp("dp") / "model"
+    return out, dp_run(phantom, out)
+
+
+def test_no_file_in_a_dp_checkpoint_folder_names_a_patient(dp_model, phantom):  # noqa: F811
+    out, card = dp_model
+    patients = open_cohort(phantom).patients()
+    assert len(patients) == PATIENTS
+    for path in out.iterdir():
+        text = path.read_bytes().decode("latin-1")
+        assert not [p for p in patients if p in text], path.name
+    assert not set(SPLITS) & set(card) and "sha256" not in card["data"] and card["data"]["simulated"] is True
+    assert card["intensity"] is None  # statistics of the private images are not released without DP
+    assert card["training"]["loss_curve"] is None and card["training"]["final_loss"] is None
+    assert membership_path(out).name in card["membership"]
+
+
+def test_the_membership_file_beside_the_folder_gives_the_audit_its_patients(dp_model, phantom):  # noqa: F811
+    out, card = dp_model
+    path = membership_path(out)
+    assert path.parent == out.parent and stat.S_IMODE(path.stat().st_mode) == 0o600
+    record = read_membership(out)
+    assert len(record["members"]) == card["privacy"]["patients"] and record["data"]["patients"] == PATIENTS
+    assert record["step"] == 3 and len(record["loss_curve"]) >= 1
+    splits = patient_splits(card, out)
+    assert splits["members"] == record["members"] and splits["holdout"] == record["holdout"]
+    warnings = []
+    members, holdout = resolve_patients(splits, open_cohort(phantom), warnings=warnings)
+    assert members == sorted(record["members"]) and holdout == sorted(record["holdout"]) and not warnings
+    assert data_fingerprint(card, out) == record["data"]
+
+
+def test_a_copy_without_its_membership_file_still_loads_and_composes_on_the_safe_side(dp_model, phantom,  # noqa: F811
+                                                                                    tmp_path):
+    from CMRSynthLib.training.checkpoint import load_checkpoint
+
+    out, card = dp_model
+    copy = tmp_path / "shared"
+    shutil.copytree(out, copy)
+    generator, loaded = load_checkpoint(copy)
+    assert loaded["model_id"] == card["model_id"] and patient_splits(loaded, copy)["members"] == []
+    assert data_fingerprint(loaded, copy) is None
+    assert _earlier_dp_run(str(copy), str(phantom)).history == tuple(map(tuple, card["privacy"]["history"]))
+    assert _earlier_dp_run(str(out), str(phantom)) is not None  # the original: same data, composed
+
+
+def test_a_dp_fine_tune_keeps_its_public_models_intensity_record(phantom, tmp_path):  # noqa: F811
+    from CMRSynthLib.data.phantom import write_phantom_cohort
+
+    public = write_phantom_cohort(tmp_path / "public", PATIENTS, seed=101, shape=SHAPE)
+    Trainer(train_config(public, tmp_path / "public-model", max_steps=2)).run()
+    public_card = json.loads((tmp_path / "public-model" / "card.json").read_text())
+    card = dp_run(phantom, tmp_path / "dp", init=str(tmp_path / "public-model"), preset=None, image_size=None)
+    assert public_card["intensity"] and card["intensity"] == public_card["intensity"]
+
+
+def test_old_and_non_dp_cards_keep_their_inline_lists(tmp_path):
+    card = {"members": ["a", "b"], "holdout": ["c"], "data": {"sha256": "x", "patients": 3}}
+    assert patient_splits(card, tmp_path / "m") == {"members": ["a", "b"], "validation": [], "holdout": ["c"],
+                                                   "unused": []}
+    assert data_fingerprint(card, tmp_path / "m") == card["data"]
+    assert patient_splits({}, tmp_path / "m") == {name: [] for name in SPLITS}
