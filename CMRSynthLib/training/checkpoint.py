@@ -17,6 +17,13 @@ ledger, or null), ``created`` and ``model_id`` (a hash of the weights). The card
 ids, fingerprint, loss curve or intensity statistics: they live beside the folder, in
 ``<folder>.PRIVATE-membership.json`` (:mod:`CMRSynthLib.training.membership`), which loading never reads.
 
+Compact storage (``save_checkpoint(..., parameters_dtype=...)``, used for the shipped starter models):
+float16 stores every parameter in half precision; int8 stores each parameter of two or more dimensions
+(convolution kernels, linear maps, embeddings) as symmetric int8 codes ``q`` with one float32 scale ``s``
+per output channel (slice along dim 0) under the key ``<name>.int8_scale``, ``w ≈ q·s`` with
+``s = max|w_c| / 127``, and the other parameters as float16. Buffers are never cast. Reading rebuilds the
+float weights (:func:`read_checkpoint`); loading casts them to the model's float32.
+
 A folder is written whole or not at all (:func:`CMRSynthLib.files.atomic_dir`): a run killed while saving
 leaves the previous checkpoint untouched. Tensors are copied (``contiguous().clone()``) before saving, so
 tied weights are stored twice and re-tied by ``load_state_dict``.
@@ -45,6 +52,7 @@ STATE_TENSORS = "trainer_state.safetensors"
 STATE_JSON = "trainer_state.json"
 ANATOMY = "anatomy"
 EMA_PREFIX = "ema."
+INT8_SCALE = ".int8_scale"  # key suffix of an int8-stored parameter's per-output-channel scale
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin")
 MODELS_ENV = "CMRSYNTH_MODELS"
 _NEVER_UNPICKLE = "CMRSynth never unpickles checkpoints (pickle files can run arbitrary code); " \
@@ -119,8 +127,8 @@ def save_checkpoint(out_dir: str | os.PathLike, generator: torch.nn.Module, card
 
     ``card`` supplies everything but the fields this function owns: ``format``, ``version``, ``family``,
     ``config``, ``model_id`` and ``created`` are set here. ``ema`` is the EMA copy of the generator's
-    state_dict (same keys). ``parameters_dtype`` (e.g. float16 for compact starter models) stores the
-    parameters, not the buffers, in that dtype; loading casts them back to the model's dtype.
+    state_dict (same keys). ``parameters_dtype`` (float16, bfloat16 or int8, for compact starter models)
+    stores the parameters, not the buffers, that way (module docstring); loading restores the model's dtype.
     """
     weights = _cpu_copy(generator.state_dict())
     stored = _cast_parameters(weights, generator, parameters_dtype)
@@ -144,8 +152,38 @@ def save_checkpoint(out_dir: str | os.PathLike, generator: torch.nn.Module, card
 def _cast_parameters(state: dict, generator: torch.nn.Module, dtype: torch.dtype | None) -> dict:
     if dtype is None:
         return dict(state)
+    if dtype not in (torch.float16, torch.bfloat16, torch.int8):
+        raise ValueError(f"parameters_dtype must be float16, bfloat16 or int8, got {dtype}")
     names = set(dict(generator.named_parameters(remove_duplicate=False)))
-    return {k: v.to(dtype) if k in names and v.is_floating_point() else v for k, v in state.items()}
+    out = {}
+    for k, v in state.items():
+        if k not in names or not v.is_floating_point():
+            out[k] = v
+        elif dtype == torch.int8 and v.ndim >= 2:
+            out.update(quantize_int8(k, v))
+        else:
+            out[k] = v.to(torch.float16 if dtype == torch.int8 else dtype)
+    return out
+
+
+def quantize_int8(name: str, weight: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``{name: q, name + INT8_SCALE: s}``: symmetric int8 codes ``q`` (shape of ``weight``) and one float32
+    scale per output channel ``s`` ``(C, 1, …)``, ``s = max|w_c| / 127``, so that ``|w − q·s| ≤ s/2``."""
+    scale = weight.detach().float().abs().flatten(1).amax(1).clamp_min(torch.finfo(torch.float32).tiny) / 127
+    scale = scale.view(-1, *[1] * (weight.ndim - 1))
+    codes = torch.round(weight.float() / scale).clamp(-127, 127).to(torch.int8)
+    return {name: codes, name + INT8_SCALE: scale}
+
+
+def dequantize_int8(stored: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Stored tensors with every int8 parameter replaced by its float32 value ``q·s`` (others unchanged)."""
+    out = {}
+    for k, v in stored.items():
+        if k.endswith(INT8_SCALE):
+            continue
+        scale = stored.get(k + INT8_SCALE)
+        out[k] = v if scale is None else v.float() * scale
+    return out
 
 
 def _write_folder(folder: Path, stored: dict, card: dict, trainer_state: TrainerState | None) -> None:
@@ -218,7 +256,7 @@ def read_checkpoint(path_or_name: str | os.PathLike, *, trainer_state: bool = Fa
     if not path.is_dir():
         raise InputError("is a file; a checkpoint is a folder holding card.json and model.safetensors", path=path)
     card = read_card(path)
-    stored = _load_tensors(path / WEIGHTS)
+    stored = dequantize_int8(_load_tensors(path / WEIGHTS))
     weights = {k: v for k, v in stored.items() if not k.startswith(EMA_PREFIX)}
     ema = {k[len(EMA_PREFIX):]: v for k, v in stored.items() if k.startswith(EMA_PREFIX)}
     state = None

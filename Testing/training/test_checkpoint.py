@@ -147,3 +147,41 @@ def test_float16_parameters_load_back_as_float32(model, tmp_path):
         assert torch.equal(value, expected), name
         rounded += name in names and not torch.equal(value, original)
     assert rounded > 0  # float16 storage really rounded some weights (the comparison above is not vacuous)
+
+
+def test_int8_parameters_round_trip_per_output_channel(model, tmp_path):
+    """int8 storage: kernels/matrices as int8 codes with a float32 scale per output channel, the other
+    parameters float16, buffers untouched; loading gives float32 weights q·s within s/2 of the originals."""
+    written = ckpt.save_checkpoint(tmp_path / "m", model, card(), parameters_dtype=torch.int8)
+    from safetensors.torch import load_file
+
+    raw = load_file(str(tmp_path / "m" / ckpt.WEIGHTS))
+    params = dict(model.named_parameters())
+    matrices = [k for k, v in params.items() if v.ndim >= 2]
+    assert matrices and all(raw[k].dtype == torch.int8 and raw[k].shape == params[k].shape for k in matrices)
+    assert all(raw[k].dtype == torch.float16 for k, v in params.items() if v.ndim < 2)
+    loaded, loaded_card = ckpt.load_checkpoint(tmp_path / "m")
+    assert loaded_card["model_id"] == written["model_id"]
+    for name, value in loaded.state_dict().items():
+        original = model.state_dict()[name]
+        assert value.dtype == torch.float32
+        if name in matrices:
+            scale = raw[name + ckpt.INT8_SCALE]
+            assert scale.shape == (len(original),) + (1,) * (original.ndim - 1)
+            assert torch.equal(value, raw[name].float() * scale)
+            assert torch.all((value - original).abs() <= scale / 2 + 1e-7)
+            peak = raw[name].abs().flatten(1).amax(1)  # each channel's largest weight gets code ±127
+            assert torch.equal(peak, torch.where(original.flatten(1).abs().amax(1) > 0, 127, 0).to(torch.int8))
+        elif name in params:
+            assert torch.equal(value, original.half().float())
+        else:
+            assert torch.equal(value, original)
+    size = (tmp_path / "m" / ckpt.WEIGHTS).stat().st_size
+    ckpt.save_checkpoint(tmp_path / "h", model, card(), parameters_dtype=torch.float16)
+    assert size < 0.6 * (tmp_path / "h" / ckpt.WEIGHTS).stat().st_size
+
+
+def test_unsupported_storage_dtype_is_refused(model, tmp_path):
+    with pytest.raises(ValueError, match="parameters_dtype"):
+        ckpt.save_checkpoint(tmp_path / "m", model, card(), parameters_dtype=torch.float64)
+    assert not (tmp_path / "m").exists()
