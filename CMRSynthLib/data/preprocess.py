@@ -22,7 +22,7 @@ spacing 1), so it never blends neighbouring slices and never depends on the dire
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -30,6 +30,7 @@ from CMRSynthLib.data.case import Case, CaseRecord
 from CMRSynthLib.data.conventions import to_canonical
 from CMRSynthLib.data.volume import Volume, check_finite, check_same_geometry, to_sitk
 from CMRSynthLib.errors import InputError
+from CMRSynthLib.models.config import strict_from_dict
 
 INTERPOLATIONS = {"linear": 1, "bspline": 3}  # image interpolation name → spline order
 _SITK_INTERPOLATORS = {0: "sitkNearestNeighbor", 1: "sitkLinear", 3: "sitkBSpline"}
@@ -88,11 +89,7 @@ class PreprocessConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "PreprocessConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise InputError(f"unknown preprocessing keys {unknown}; expected some of {sorted(known)}")
-        return cls(**data)
+        return strict_from_dict(cls, data, where="preprocessing")
 
 
 @dataclass(frozen=True, eq=False)

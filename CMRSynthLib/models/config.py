@@ -3,6 +3,7 @@
 Every model and generator config derives from :class:`FrozenConfig`. ``from_dict`` refuses unknown keys
 (a checkpoint written by another program, or a typo) with an :class:`InputError` naming the key; missing keys
 take the field's default, and a missing key without a default is an error too. Tuples are stored as lists.
+:func:`strict_from_dict` gives the same strict reading to any frozen dataclass that does not use the mixin.
 """
 
 from __future__ import annotations
@@ -24,7 +25,17 @@ class FrozenConfig:
 
     @classmethod
     def from_dict(cls: type[T], data: dict) -> T:
-        return _build(cls, data, cls.__name__)
+        return strict_from_dict(cls, data)
+
+
+def strict_from_dict(cls: type, data: dict, *, where: str | None = None):
+    """An instance of the dataclass ``cls`` from ``data`` (JSON), strictly.
+
+    Unknown keys, missing keys without a default and non-object ``data`` raise :class:`InputError`
+    naming ``where`` (default: the class name); lists become tuples where the field is a tuple;
+    nested dataclass fields are read the same way. Errors raised by the class itself pass unchanged.
+    """
+    return _build(cls, data, where or cls.__name__)
 
 
 def _plain(value: Any) -> Any:
@@ -51,6 +62,8 @@ def _build(cls, data: Any, where: str):
     values = {name: _typed(value, hints[name], f"{where}.{name}") for name, value in data.items()}
     try:
         return cls(**values)
+    except InputError:
+        raise
     except (TypeError, ValueError) as error:
         raise InputError(f"invalid {where}: {error}") from error
 

@@ -6,9 +6,10 @@ A run's *identity* is every field except the operational ones (``out``, ``device
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 from CMRSynthLib.errors import InputError
+from CMRSynthLib.models.config import strict_from_dict
 
 LR_SCHEDULES = ("constant", "cosine")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -100,11 +101,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown training arguments {unknown}")
-        return cls(**data)
+        return strict_from_dict(cls, data, where="training arguments")
 
 
 def _positive(flag: str, value) -> None:
