@@ -2,31 +2,23 @@
 
 Resumes when ``--out`` holds an unfinished run with the same arguments; reports a finished one and exits 0
 (``--force`` starts over). Under ``torchrun --nproc_per_node N -m CMRSynthLib train ...`` it trains with
-DistributedDataParallel; only rank 0 writes. ``--generator anatomy`` trains the stage-1 mask generator
-(the two-stage pipeline's first stage, used by ``cmrsynth sample --new-anatomy``).
+DistributedDataParallel (with ``--dp``: DP-SGD over disjoint shares of the sampled patients, noise added
+once); only rank 0 writes. ``--generator anatomy`` trains the stage-1 mask generator (the two-stage
+pipeline's first stage, used by ``cmrsynth sample --new-anatomy``).
 
-Differential privacy: when ``CMRSynthLib.training.privacy`` exists it adds its own flags here through
-``add_arguments(parser)`` and turns them into a privacy object with ``from_args(args)`` (None when DP is off);
-see the hooks in :mod:`CMRSynthLib.training.loop`. That module must not import torch at its top.
+Differential privacy: :mod:`CMRSynthLib.training.privacy` adds its flags here (``add_arguments``) and turns
+them into the trainer's privacy object (``from_args``, None when DP is off); it imports no torch at its top.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 
+from CMRSynthLib.training import privacy
 from CMRSynthLib.training.config import DEVICES, LR_SCHEDULES, PRECISIONS, PRESETS
 
 HELP = "train a generator (ddpm, ldm, flow, hybrid, or the anatomy mask generator) on a cohort"
 FAMILIES = ("ddpm", "ldm", "flow", "hybrid", "anatomy")
-
-
-def _privacy():
-    """The DP module, when it is installed (it is optional to this command)."""
-    if importlib.util.find_spec("CMRSynthLib.training.privacy") is None:
-        return None
-    return importlib.import_module("CMRSynthLib.training.privacy")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,9 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="mixed precision on CUDA (auto: bf16 or fp16); fp32 elsewhere")
     where.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (0: only at the end)")
     where.add_argument("--force", action="store_true", help="start over even if --out holds a run")
-    privacy = _privacy()
-    if hasattr(privacy, "add_arguments"):
-        privacy.add_arguments(parser)
+    privacy.add_arguments(parser)
 
 
 def run(args, progress) -> int:
@@ -82,9 +72,7 @@ def run(args, progress) -> int:
         autoencoder_fraction=args.autoencoder_fraction, seed=args.seed,
         train_patients=args.train_patients, init=args.init, device=args.device, precision=args.precision,
         save_every=args.save_every, force=args.force)
-    privacy_module = _privacy()
-    privacy = privacy_module.from_args(args) if hasattr(privacy_module, "from_args") else None
-    result = Trainer(config, progress=progress, privacy=privacy).run()
+    result = Trainer(config, progress=progress, privacy=privacy.from_args(args)).run()
     if result.already_finished:
         progress.warning(f"{result.out} already holds a finished run ({result.steps} steps); nothing to do "
                          "(use --force to train again)")

@@ -5,12 +5,18 @@ the privacy unit is the patient, so before Opacus clips we replace each ``p.grad
 the mean over each unit's rows ``(G, *p.shape)``: the unit's gradient of its average loss. Opacus then clips
 each unit's gradient to C, sums, adds N(0, σ²C²) noise and divides by the expected number of units per step.
 Nothing else of DPOptimizer changes (this aggregation is what Opacus lacks, hence the subclass).
+
+Rows of group ``FILLER`` (-1, see :mod:`.patient_sampling`) are dropped before clipping: a process of a
+multi-process run whose share of a step's patients is empty still runs one forward/backward pass (so every
+process takes the same collective steps) on one filler row whose gradient must count for nothing.
 """
 
 from __future__ import annotations
 
 import torch
-from opacus.optimizers import DPOptimizer
+from opacus.optimizers import DistributedDPOptimizer, DPOptimizer
+
+from CMRSynthLib.training.patient_sampling import FILLER
 
 
 class PatientDPOptimizer(DPOptimizer):
@@ -40,9 +46,10 @@ class PatientDPOptimizer(DPOptimizer):
         return super().pre_step(closure)
 
     def _aggregate(self, groups: torch.Tensor) -> None:
-        """Replace every ``p.grad_sample`` ``(R, ...)`` by its per-group mean ``(G, ...)``."""
-        n_groups = int(groups.max()) + 1 if len(groups) else 0
-        counts = torch.bincount(groups, minlength=n_groups) if len(groups) else torch.zeros(0, dtype=torch.long)
+        """Replace every ``p.grad_sample`` ``(R, ...)`` by its per-group mean ``(G, ...)`` (filler rows dropped)."""
+        counted = groups != FILLER
+        n_groups = int(groups[counted].max()) + 1 if counted.any() else 0
+        counts = torch.bincount(groups[counted], minlength=n_groups)
         for p in self.params:
             sample = p.grad_sample
             if isinstance(sample, list):  # Opacus keeps a list only under gradient accumulation, which we forbid
@@ -54,6 +61,17 @@ class PatientDPOptimizer(DPOptimizer):
             if sample.shape[0] != len(groups):
                 raise RuntimeError(f"{sample.shape[0]} per-sample gradients but {len(groups)} rows in the draw")
             summed = torch.zeros((n_groups, *sample.shape[1:]), dtype=sample.dtype, device=sample.device)
-            summed.index_add_(0, groups.to(sample.device), sample)
+            summed.index_add_(0, groups[counted].to(sample.device), sample[counted.to(sample.device)])
             shape = (n_groups,) + (1,) * (sample.dim() - 1)
             p.grad_sample = summed / counts.to(sample.device, sample.dtype).reshape(shape)
+
+
+class DistributedPatientDPOptimizer(PatientDPOptimizer, DistributedDPOptimizer):
+    """The per-patient optimizer of one process in a multi-process run (Opacus's ``DistributedDPOptimizer``).
+
+    Each process clips and sums the gradients of ITS patients (a disjoint share of the step's Poisson sample);
+    only rank 0 adds the N(0, σ²C²) noise; each divides by its ``expected_batch_size`` (the expected patients
+    per step over the world size) and the results are summed and averaged over the processes. The update is
+    therefore (Σ of all clipped patient gradients + ONE noise draw) / (expected patients per step): the
+    single-process mechanism, accounted with the same (σ, q).
+    """

@@ -15,8 +15,9 @@ Hooks for differential privacy (``training/privacy.py``, owned by the DP work)
 -------------------------------------------------------------------------------
 The trainer builds its parts in small factory methods a subclass or the privacy object can rely on:
 
-- :meth:`Trainer.make_model` → a :class:`LossModel` (DDP-wrapped under torchrun) whose ``forward`` returns
-  the per-sample losses ``(B,)``; the loop takes ``.mean()``.
+- :meth:`Trainer.make_model` → a :class:`LossModel` (DDP-wrapped under torchrun, unless ``P`` is given: it
+  then wraps the model itself) whose ``forward`` returns the per-sample losses ``(B,)``; the loop takes
+  ``.mean()``.
 - :meth:`Trainer.make_optimizer` → AdamW over the generator's parameters.
 - :meth:`Trainer.make_loader` → a DataLoader over the member slices (or stacks).
 
@@ -149,7 +150,10 @@ class Trainer:
         return build_generator(c.family, config)
 
     def make_model(self, generator: nn.Module) -> nn.Module:
-        return distributed.wrap(LossModel(generator).to(self.device), self.world, self.device)
+        model = LossModel(generator).to(self.device)
+        if self.privacy is not None:  # DP-SGD reduces clipped, noised gradients itself (privacy.attach)
+            return model
+        return distributed.wrap(model, self.world, self.device)
 
     def make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         params = [p for p in model.parameters() if p.requires_grad]

@@ -7,6 +7,10 @@ slice only with ``--slice-level``) enters a step independently with probability 
 carry the unit's group number, and :class:`~CMRSynthLib.training.dp_optimizer.PatientDPOptimizer` averages them
 into ONE gradient before clipping, so one unit's influence on a step is bounded by the clipping norm C — the
 sensitivity the accountant assumes.
+
+Several processes (torchrun): every process draws the same full sample (same seed), then keeps the units whose
+number is its rank modulo the world size (:func:`shard`). The shares are disjoint and their union is exactly the
+single-process draw, so the accountant's q (over all patients) is unchanged.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
+
+FILLER = -1  # the group of a row that is computed but does not count (its gradient is dropped before clipping)
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,23 @@ class PoissonUnitSampler:
         return Draw(tuple(rows), tuple(groups), units)
 
 
+def shard(draw: Draw, *, rank: int, world: int) -> Draw:
+    """Process ``rank``'s share of ``draw``: its units (unit number ≡ rank mod ``world``), groups renumbered.
+
+    A process whose share is empty while the draw is not gets one filler row (the draw's first, group
+    :data:`FILLER`), so every process runs the same step; the optimizer
+    drops the filler's gradient before clipping.
+    """
+    if world == 1:
+        return draw
+    kept = [position for position, unit in enumerate(draw.units) if unit % world == rank]
+    renumber = {old: new for new, old in enumerate(kept)}
+    pairs = [(row, renumber[group]) for row, group in zip(draw.rows, draw.groups) if group in renumber]
+    if not pairs and draw.rows:
+        pairs = [(draw.rows[0], FILLER)]
+    return Draw(tuple(r for r, _ in pairs), tuple(g for _, g in pairs), tuple(draw.units[p] for p in kept))
+
+
 class UnitLoader:
     """Iterates collated batches of :class:`PoissonUnitSampler` draws over a map-style dataset; one pass
     (an "epoch", each unit drawn once on average) hands out ``steps_per_epoch`` batches.
@@ -73,12 +96,13 @@ class UnitLoader:
     calls ``on_draw(draw)`` (the optimizer needs the rows' groups), so the groups always belong to the batch
     just handed out. An empty draw is not yielded: ``on_empty()`` is called instead (DP-SGD must still take a
     noise-only step, or skipping would reveal that nobody was drawn). Iteration ends early once ``stop()``;
-    a pass that yields nothing therefore means the run is over.
+    a pass that yields nothing therefore means the run is over. With ``world`` > 1 each batch is this
+    process's :func:`shard` of the draw (an empty draw is empty for every process, so they stay in step).
     """
 
     def __init__(self, dataset, sampler: PoissonUnitSampler, collate_fn: Callable, *, steps_per_epoch: int,
                  next_generator: Callable[[], torch.Generator], on_draw: Callable[[Draw], None],
-                 on_empty: Callable[[], None], stop: Callable[[], bool]):
+                 on_empty: Callable[[], None], stop: Callable[[], bool], rank: int = 0, world: int = 1):
         self.dataset = dataset
         self.sampler = sampler
         self.collate_fn = collate_fn
@@ -87,6 +111,7 @@ class UnitLoader:
         self.on_draw = on_draw
         self.on_empty = on_empty
         self.stop = stop
+        self.rank, self.world = int(rank), int(world)
 
     def __len__(self) -> int:
         return self.steps_per_epoch
@@ -98,6 +123,7 @@ class UnitLoader:
             if not draw.rows:
                 self.on_empty()
                 continue
+            draw = shard(draw, rank=self.rank, world=self.world)
             self.on_draw(draw)
             handed += 1
             yield self.collate_fn([self.dataset[i] for i in draw.rows])

@@ -22,7 +22,12 @@ materialises per-sample gradients, so it cannot aggregate a patient's rows befor
 The noise is calibrated (Opacus's ``get_noise_multiplier``) for the run's planned steps and the target ε; the
 run stops cleanly before any step that would exceed the target. Sampling and noise are reseeded from
 ``(seed, step)`` at every step, so a resumed run draws exactly what an uninterrupted one would.
-Not done: Opacus's ``secure_mode`` (cryptographically secure noise) and multi-process DP (DPDDP).
+Several processes (``torchrun``): every process draws the same Poisson sample and trains on its disjoint share
+of the patients (:func:`~.patient_sampling.shard`); Opacus's DPDDP starts them from the same weights and
+:class:`~.dp_optimizer.DistributedPatientDPOptimizer` adds the noise once (rank 0) and sums the shares, so one
+step is the single-process mechanism with the same (σ, q) and the same accountant history. The noise of rank 0
+is the noise a single process would draw at that step.
+Not done: Opacus's ``secure_mode`` (cryptographically secure noise).
 """
 
 from __future__ import annotations
@@ -130,14 +135,16 @@ class DPTraining:
         whose ``len`` is the steps of one epoch (each patient drawn once on average).
         """
         import torch
+        import torch.distributed as dist
         from opacus.grad_sample import GradSampleHooks
 
-        from CMRSynthLib.training.dp_optimizer import PatientDPOptimizer
+        from CMRSynthLib.training.dp_optimizer import DistributedPatientDPOptimizer, PatientDPOptimizer
         from CMRSynthLib.training.patient_sampling import PoissonUnitSampler, UnitLoader
 
         c = self.config
         if isinstance(model, torch.nn.parallel.DistributedDataParallel):
-            raise InputError("--dp trains on one process for now; run without torchrun")
+            raise ValueError("DP-SGD reduces clipped, noised gradients itself: give attach() the bare model")
+        rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
         _check_stage(getattr(model, "generator", model))
         check_module(model)
         dataset = loader.dataset
@@ -158,18 +165,23 @@ class DPTraining:
         # Opacus's backward hooks on the first layer (whose input needs no gradient) make torch warn once per
         # run; the per-sample gradients are still right (tested), so the warning is only noise for a user.
         warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed")
+        if world > 1:
+            from opacus.distributed import DifferentiallyPrivateDistributedDataParallel
+
+            model = DifferentiallyPrivateDistributedDataParallel(model)  # starts every process from rank 0's weights
         hooks = GradSampleHooks(model, batch_first=True, loss_reduction="mean", strict=False)
         hooks.forbid_grad_accumulation()
         self._noise = torch.Generator()
-        self.optimizer = PatientDPOptimizer(optimizer, noise_multiplier=self.noise_multiplier,
-                                            max_grad_norm=c.max_grad_norm, expected_batch_size=batch_size,
-                                            loss_reduction="mean", generator=self._noise)
+        kind = DistributedPatientDPOptimizer if world > 1 else PatientDPOptimizer
+        self.optimizer = kind(optimizer, noise_multiplier=self.noise_multiplier, max_grad_norm=c.max_grad_norm,
+                              expected_batch_size=batch_size / world, loss_reduction="mean", generator=self._noise)
         self.optimizer.attach_step_hook(self._on_step)
         sampler = PoissonUnitSampler(units, sample_rate=self.sample_rate, slices_per_unit=c.slices_per_patient,
                                      multiplicity=c.noise_multiplicity)
         dp_loader = UnitLoader(dataset, sampler, loader.collate_fn, steps_per_epoch=max(1, round(1 / self.sample_rate)),
                                next_generator=self._next_step_generator, on_draw=self._on_draw,
-                               on_empty=self.optimizer.noise_only_step, stop=self.exhausted)
+                               on_empty=self.optimizer.noise_only_step, stop=self.exhausted, rank=rank,
+                               world=world)
         return model, self.optimizer, dp_loader
 
     def epoch_steps(self, loader) -> float:
