@@ -57,6 +57,16 @@ def _optional(flag: str, value: str | None) -> list[str]:
     return [] if value in (None, "") else [flag, value]
 
 
+def _optional_count(flag: str, name: str, value: int | None) -> list[str]:
+    """``[flag, value]`` for a whole number >= 1, nothing for None (the command's default)."""
+    return [] if value is None else [flag, _integer(name, value, 1)]
+
+
+def _device(value: str) -> list[str]:
+    """``--device`` unless it is ``auto`` (the command's default)."""
+    return [] if _choice("device", value, DEVICES) == "auto" else ["--device", value]
+
+
 # -- one settings class per command ------------------------------------------------------------------
 @dataclass(frozen=True)
 class SampleSettings:
@@ -89,13 +99,10 @@ class SampleSettings:
             args += ["--mask", _text("mask", self.mask)]
         args += ["--out", _text("output folder", self.out), "--count", _integer("count", self.count, 1),
                  "--seed", _integer("seed", self.seed, 0)]
-        args += _optional("--vendor", self.vendor)
-        args += _optional("--steps", None if self.steps is None else _integer("steps", self.steps, 1))
+        args += _optional("--vendor", self.vendor) + _optional_count("--steps", "steps", self.steps)
         args += _optional("--sampler", self.sampler)
         args += _optional("--guidance", None if self.guidance is None else _positive("guidance", self.guidance))
-        if _choice("device", self.device, DEVICES) != "auto":
-            args += ["--device", self.device]
-        return args
+        return args + _device(self.device)
 
 
 @dataclass(frozen=True)
@@ -128,12 +135,10 @@ class TrainSettings:
                 args += ["--max-grad-norm", _positive("clipping norm", self.max_grad_norm)]
         elif self.epsilon is not None or self.delta is not None or self.max_grad_norm is not None:
             raise InputError("ε, δ and the clipping norm apply to DP training only; switch DP on or clear them")
-        args += _optional("--max-steps", None if self.max_steps is None else _integer("max steps", self.max_steps, 1))
-        args += _optional("--epochs", None if self.epochs is None else _integer("epochs", self.epochs, 1))
-        args += _optional("--batch-size", None if self.batch_size is None else _integer("batch size", self.batch_size, 1))
-        if _choice("device", self.device, DEVICES) != "auto":
-            args += ["--device", self.device]
-        return args
+        args += _optional_count("--max-steps", "max steps", self.max_steps)
+        args += _optional_count("--epochs", "epochs", self.epochs)
+        args += _optional_count("--batch-size", "batch size", self.batch_size)
+        return args + _device(self.device)
 
 
 @dataclass(frozen=True)
@@ -153,10 +158,7 @@ class RestyleSettings:
         args = ["--model", _text("model", self.model), "--image", _text("image", self.image),
                 "--mask", _text("mask", self.mask), "--vendor", _text("vendor", self.vendor),
                 "--out", _text("output file", self.out)]
-        args += _optional("--steps", None if self.steps is None else _integer("steps", self.steps, 1))
-        if _choice("device", self.device, DEVICES) != "auto":
-            args += ["--device", self.device]
-        return args
+        return args + _optional_count("--steps", "steps", self.steps) + _device(self.device)
 
 
 @dataclass(frozen=True)
