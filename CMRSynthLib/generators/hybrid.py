@@ -18,59 +18,48 @@ its flow part and its DDPM part trained on exactly the same data (DESIGN §3: ke
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 
 import torch
 
 from CMRSynthLib.generators.base import Conditions, Generator, ProgressCallback, Vocabulary
-from CMRSynthLib.generators.common import check_config, preset_fields, randn
+from CMRSynthLib.generators.common import randn
 from CMRSynthLib.generators.ddpm import DDPMConfig, DDPMGenerator
 from CMRSynthLib.generators.flow import SAMPLERS, FlowConfig, FlowGenerator
-from CMRSynthLib.models.config import FrozenConfig
-from CMRSynthLib.models.unet import UNetConfig
 
 DEFAULT_STEPS = {"tiny": 4, "small": 4, "base": 15}  # small: 8 Heun forwards + 3 refinement forwards
 DEFAULT_REFINE_STEPS = {"tiny": 3, "small": 3, "base": 10}
 
 
 @dataclass(frozen=True)
-class HybridConfig(FrozenConfig):
-    """Both parts share the network hyper-parameters; ``sampler``/``steps`` are the flow part's."""
+class HybridConfig(FlowConfig):
+    """The flow part's fields (:class:`FlowConfig`: ``sampler``/``steps`` are the flow part's) plus the DDPM
+    refinement's; both parts share the network hyper-parameters."""
 
-    spatial_dims: int
-    image_size: tuple[int, ...]
-    vocabulary: Vocabulary
-    network: UNetConfig = field(default_factory=UNetConfig)
-    p_uncond: float = 0.1
-    t_sampling: str = "logit_normal"
-    time_shift: float = 1.0
     num_train_timesteps: int = 1000
     beta_schedule: str = "linear"
     prediction_type: str = "epsilon"
     t_switch: float = 0.3
     refine_steps: int = 4
-    sampler: str = "heun"
     steps: int = 6
 
     def __post_init__(self):
-        check_config(self, samplers=SAMPLERS)
+        super().__post_init__()
         if not 0.0 < self.t_switch < 1.0:
             raise ValueError(f"t_switch must be in (0, 1), got {self.t_switch}")
         if self.refine_steps < 1:
             raise ValueError(f"refine_steps must be ≥ 1, got {self.refine_steps}")
-        self.flow_config(), self.ddpm_config()  # each part validates its own fields
+        self.ddpm_config()  # the refinement part validates its own fields
 
     @classmethod
     def preset(cls, name: str, *, spatial_dims: int, image_size, vocabulary: Vocabulary, **overrides):
         """The "tiny" (tests), "small" (CPU) or "base" (GPU) configuration; keyword overrides win."""
-        fields = preset_fields(name, spatial_dims=spatial_dims, image_size=image_size, vocabulary=vocabulary)
-        return cls(**{**fields, "steps": DEFAULT_STEPS[name], "refine_steps": DEFAULT_REFINE_STEPS[name],
-                      **overrides})
+        return super().preset(name, spatial_dims=spatial_dims, image_size=image_size, vocabulary=vocabulary,
+                              **{"steps": DEFAULT_STEPS[name], "refine_steps": DEFAULT_REFINE_STEPS[name],
+                                 **overrides})
 
     def flow_config(self) -> FlowConfig:
-        return FlowConfig(spatial_dims=self.spatial_dims, image_size=self.image_size, vocabulary=self.vocabulary,
-                          network=self.network, p_uncond=self.p_uncond, t_sampling=self.t_sampling,
-                          time_shift=self.time_shift, sampler=self.sampler, steps=self.steps)
+        return FlowConfig(**{f.name: getattr(self, f.name) for f in fields(FlowConfig)})
 
     def ddpm_config(self) -> DDPMConfig:
         return DDPMConfig(spatial_dims=self.spatial_dims, image_size=self.image_size, vocabulary=self.vocabulary,
