@@ -216,7 +216,7 @@ class CMRSynthWidget(ScriptedLoadableModuleWidget):
 
     def refreshModels(self) -> None:
         node = self._parameterNode
-        models = self.logic.models()
+        models = [info for info in self.logic.models() if info.family in controller.GENERATORS]  # no stage-1 model
         combo = self.ui.modelComboBox
         combo.blockSignals(True)
         combo.clear()

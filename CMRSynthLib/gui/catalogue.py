@@ -84,10 +84,12 @@ def read_model(path: str | os.PathLike, *, starter: bool = False) -> ModelInfo:
                      model_id=str(card.get("model_id", "")), card=card)
 
 
-def list_models(folder: str | os.PathLike | None = None) -> list[ModelInfo]:
+def list_models(folder: str | os.PathLike | None = None, *, families: tuple[str, ...] | None = None
+                ) -> list[ModelInfo]:
     """Starter models first, then every checkpoint folder directly inside ``folder`` (default model folder).
 
-    Folders without a readable card are skipped (a run still writing has no card yet).
+    Folders without a readable card are skipped (a run still writing has no card yet). ``families`` keeps
+    only those generator families (the image choosers leave out the stage-1 ``anatomy`` model).
     """
     found = []
     for root, starter in ((starter_folder(), True), (Path(folder) if folder else default_model_folder(), False)):
@@ -98,7 +100,7 @@ def list_models(folder: str | os.PathLike | None = None) -> list[ModelInfo]:
                 found.append(read_model(path, starter=starter))
             except InputError:
                 continue
-    return found
+    return [info for info in found if families is None or info.family in families]
 
 
 def find_model(name_or_path: str, folder: str | os.PathLike | None = None) -> ModelInfo:

@@ -80,7 +80,7 @@ class ModelChooser(QtWidgets.QWidget):
 
     def refresh(self, select: str = "") -> None:
         current = select or self.argument()
-        self.models = catalogue.list_models(self.context.model_folder())
+        self.models = catalogue.list_models(self.context.model_folder(), families=controller.GENERATORS)
         self.combo.blockSignals(True)
         self.combo.clear()
         for info in self.models:
@@ -151,9 +151,14 @@ class GenerateTab(QtWidgets.QWidget):
         self.group = _combo(("", *GROUPS))
         self.image = PathField(folder=False, placeholder="a real image to restyle (with the mask above)",
                                filter=IMAGE_FILTER)
+        self.model_folder = PathField(folder=True, placeholder="where trained models are kept")
+        self.model_folder.set_path(context.model_folder())
+        self.model_folder.setToolTip("Trained models go here and every tab lists them (default: "
+                                     "$CMRSYNTH_MODEL_FOLDER or ~/.cmrsynth/models, shared with Slicer)")
         for label, widget in (("Steps:", self.steps), ("Sampler:", self.sampler), ("Guidance:", self.guidance),
                               ("Device:", self.device), ("New anatomy:", self.new_anatomy),
-                              ("Pathology group:", self.group), ("Restyle image:", self.image)):
+                              ("Pathology group:", self.group), ("Restyle image:", self.image),
+                              ("Model folder:", self.model_folder)):
             adv.addRow(label, widget)
         self.advanced.setVisible(False)
         self.advanced_toggle.toggled.connect(self.advanced.setVisible)
@@ -411,6 +416,7 @@ class AuditTab(QtWidgets.QWidget):
     """Audit a model against real data: the verdict table here, the full report in a browser."""
 
     COLUMNS = ("model", "axis", "number", "what it means")
+    LEVEL_COLOURS = {"good": "#dcf5e3", "fair": "#fff1cc", "poor": "#ffdcdc", "info": "#e8eef5"}  # as report.html
 
     def __init__(self, context: JobContext, parent=None):
         super().__init__(parent)
@@ -430,6 +436,8 @@ class AuditTab(QtWidgets.QWidget):
         self.table = QtWidgets.QTableWidget(0, len(self.COLUMNS))
         self.table.setHorizontalHeaderLabels(list(self.COLUMNS))
         self.table.horizontalHeader().setStretchLastSection(True)
+        self.table.verticalHeader().setVisible(False)
+        self.table.setWordWrap(True)
         self.table.setEditTriggers(QtWidgets.QAbstractItemView.NoEditTriggers)
         self.open_button = QtWidgets.QPushButton("Open report.html")
         self.open_button.setEnabled(False)
@@ -456,14 +464,17 @@ class AuditTab(QtWidgets.QWidget):
         report = json.loads((Path(folder) / "report.json").read_text(encoding="utf-8"))
         rows = controller.verdict_rows(report)
         self.table.setRowCount(len(rows))
-        colours = {"good": "#dff3e4", "warn": "#fff4d6", "bad": "#fde2e1"}
         for r, row in enumerate(rows):
             for c, key in enumerate(("model", "axis", "number", "meaning")):
                 item = QtWidgets.QTableWidgetItem(str(row[key]))
-                if row.get("level") in colours:
-                    item.setBackground(QtGui.QColor(colours[row["level"]]))
+                item.setToolTip(str(row[key]))
+                if row.get("level") in self.LEVEL_COLOURS:
+                    item.setBackground(QtGui.QColor(self.LEVEL_COLOURS[row["level"]]))
                 self.table.setItem(r, c, item)
-        self.table.resizeColumnsToContents()
+        for c in range(len(self.COLUMNS) - 1):
+            self.table.resizeColumnToContents(c)
+        self.table.setColumnWidth(2, min(self.table.columnWidth(2), 200))  # long numbers wrap, meanings stay readable
+        self.table.resizeRowsToContents()
         self._html = Path(folder) / "report.html"
         self.open_button.setEnabled(self._html.is_file())
 
@@ -473,6 +484,8 @@ class AuditTab(QtWidgets.QWidget):
     def _finished(self, status, _payload) -> None:
         if status.state is JobState.DONE:
             self.show_report(self.out.path())
+            if read(self.open_button, "enabled"):
+                self.open_report()
 
 
 class CMRSynthPanel(QtWidgets.QTabWidget):
@@ -489,6 +502,16 @@ class CMRSynthPanel(QtWidgets.QTabWidget):
         self.addTab(self.train, "Train && DP")
         self.addTab(self.audit, "Audit")
         self.addTab(self.reader, "Reader study")
+        self.generate.model_folder.edit.textChanged.connect(self.set_model_folder)
+
+    def set_model_folder(self, folder: str) -> None:
+        """Use ``folder`` for trained models from now on (new trainings go there; the model lists show it)."""
+        folder = str(folder).strip()
+        if not folder:
+            return
+        self.context.model_folder = lambda: folder
+        for chooser in (self.generate.model, self.audit.model):
+            chooser.refresh()
 
     def _model_added(self, info: catalogue.ModelInfo) -> None:
         for chooser in (self.generate.model, self.audit.model):

@@ -60,6 +60,8 @@ class ReaderStudyTab(QtWidgets.QWidget):
         self.summary = QtWidgets.QTableWidget(0, len(self.SUMMARY))
         self.summary.setHorizontalHeaderLabels(list(self.SUMMARY))
         self.summary.setEditTriggers(QtWidgets.QAbstractItemView.NoEditTriggers)
+        self.summary.verticalHeader().setVisible(False)
+        self.summary.horizontalHeader().setSectionResizeMode(QtWidgets.QHeaderView.Stretch)
         self.summary.setMaximumHeight(120)
         self.kappa = QtWidgets.QLabel("")
         self.kappa.setWordWrap(True)

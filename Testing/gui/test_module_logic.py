@@ -232,3 +232,91 @@ def test_jobs_find_the_bundled_library(stub_slicer, tmp_path):
     module, scene, slicer = stub_slicer
     env = module.CMRSynthLogic(modelFolder=tmp_path).environment()
     assert env["PYTHONPATH"].split(os.pathsep)[0] == str(ROOT / "CMRSynth")
+
+
+class FinishedJob:
+    """What ``runJob`` returns, for a job that already ended well with ``artefacts`` (no process started)."""
+
+    def __init__(self, settings, complete, artefacts):
+        from CMRSynthLib.gui.controller import JobStatus
+
+        self.settings, self.complete = settings, complete
+        self.status = JobStatus()
+        self.status.start(settings.command)
+        for path, kind in artefacts:
+            self.status.apply({"event": "artefact", "path": str(path), "kind": kind})
+        self.status.finish(0)
+
+    def wait(self, timeout=None):
+        return self.complete(self.status)
+
+
+def fake_jobs(logic, make_outputs):
+    """Replace ``logic.runJob``: each call records its settings, makes the outputs, and finishes at once."""
+    started = []
+
+    def run_job(settings, complete, workDir=None):
+        settings.arguments()  # the real runJob builds the command line first, which checks the settings
+        started.append(settings)
+        return FinishedJob(settings, complete, make_outputs(settings))
+
+    logic.runJob = run_job
+    return started
+
+
+def test_console_train_and_audit_return_the_model_and_the_report(stub_slicer, tmp_path):
+    import json
+
+    from CMRSynthLib.gui.controller import job_command
+
+    module, scene, slicer = stub_slicer
+    logic = module.CMRSynthLogic(modelFolder=tmp_path / "models")
+
+    def outputs(settings):
+        out = Path(settings.out)
+        out.mkdir(parents=True)
+        if settings.command == "train":
+            (out / "card.json").write_text(json.dumps({"family": settings.generator, "members": ["a", "b"],
+                                                       "privacy": {"epsilon": 3.0, "delta": 1e-5}}))
+            return [(out, "checkpoint")]
+        (out / "report.json").write_text(json.dumps({"models": [{"name": "m", "verdict": []}]}))
+        return [(out / "report.html", "report")]
+
+    started = fake_jobs(logic, outputs)
+    info = logic.train(tmp_path / "cohort", generator="ddpm", dp=True, epsilon=3.0, delta=1e-5, maxGradNorm=1.0,
+                       maxSteps=7)
+    assert info.family == "ddpm" and info.epsilon == 3.0 and info.path.parent == tmp_path / "models"
+    assert info.argument in [m.argument for m in logic.models()]  # the new model is in the model list at once
+    argv = job_command(started[0], python="PythonSlicer")
+    assert argv[:6] == ["PythonSlicer", "-m", "CMRSynthLib.gui.child", "train", "--progress", "jsonl"]
+    assert argv[argv.index("--epsilon") + 1] == "3.0" and argv[argv.index("--max-steps") + 1] == "7"
+    report = logic.audit(info.argument, tmp_path / "cohort", quick=True)
+    assert report["models"][0]["name"] == "m" and started[1].quick and started[1].model == info.argument
+    with pytest.raises(ValueError, match="apply to DP training only"):
+        logic.train(tmp_path / "cohort", epsilon=3.0)  # refused before any job
+    assert len(started) == 2
+
+
+def test_new_anatomy_adds_a_segmentation_and_its_images(stub_slicer, tmp_path):
+    from CMRSynthLib.data.volume import Volume, write_volume
+
+    module, scene, slicer = stub_slicer
+    logic = module.CMRSynthLogic(modelFolder=tmp_path / "models")
+    model = starter()
+
+    def outputs(settings):
+        assert settings.new_anatomy == 1 and settings.mask == "" and settings.group == "HCM"
+        mask = write_volume(Volume(np.ones((2, 8, 8), np.uint8), np.eye(4)),
+                            Path(settings.out) / "anatomy000_HCM_any_4_mask.nii.gz")
+        image = write_volume(Volume(np.zeros((2, 8, 8), np.float32), np.eye(4)),
+                             Path(settings.out) / f"anatomy000_HCM_any_4_mask_synth_{model.vendors[0]}_4.nii.gz")
+        return [(mask, "mask"), (image, "synthetic")]
+
+    started = fake_jobs(logic, outputs)
+    job = logic.generate(None, None, model=model.name, vendor=model.vendors[0], seed=4, newAnatomy=1, group="HCM",
+                         wait=False)
+    segmentation, volume = job.wait()
+    assert segmentation == ("segmentation", str(Path(started[0].out) / "anatomy000_HCM_any_4_mask.nii.gz"))
+    assert volume.GetName() == f"anatomy000_HCM_any_4_mask_synth_{model.vendors[0]}_4"
+    assert volume.attributes["CMRSynth.seed"] == "4" and volume.attributes["CMRSynth.vendor"] == model.vendors[0]
+    assert scene == [segmentation, volume]

@@ -213,31 +213,58 @@ def test_a_trained_model_joins_the_model_lists(panel, tmp_path):
     assert [panel.generate.vendor.itemText(i) for i in range(panel.generate.vendor.count())] == ["", "GE"]
 
 
-REPORT = {"models": [{"name": "flow-dp8", "verdict": [
-    {"axis": "fidelity", "number": "FD 12.4 [10.9, 14.0]", "meaning": "close to real held-out images",
-     "level": "good"},
-    {"axis": "mask adherence", "number": "Dice LV 0.91, MYO 0.78, RV 0.85", "meaning": "follows the mask",
-     "level": "good"},
-    {"axis": "utility", "number": "Dice 0.83 vs 0.86 real", "meaning": "a segmenter trained on it nearly matches",
-     "level": "warn"},
-    {"axis": "privacy", "number": "MIA AUC 0.52 [0.47, 0.57]; ε = 8", "meaning": "no membership signal found",
-     "level": "good"}]}]}
+# The verdict table of a real `cmrsynth audit --quick` run (flow and ddpm starters, 40 phantom patients).
+REPORT = Path(__file__).resolve().parent / "data" / "audit_report.json"
 
 
-def test_audit_tab_shows_the_verdict_table(panel, tmp_path):
+def test_audit_tab_shows_the_verdict_table_coloured_by_level(panel, tmp_path, monkeypatch):
+    import re
+
+    from Qt import QtGui
+
+    from CMRSynthLib.audit import report as audit_report
+    from CMRSynthLib.gui.controller import JobStatus
+
     folder = tmp_path / "audit"
     folder.mkdir()
-    (folder / "report.json").write_text(json.dumps(REPORT))
+    report = json.loads(REPORT.read_text(encoding="utf-8"))
+    (folder / "report.json").write_text(json.dumps(report))
     (folder / "report.html").write_text("<html></html>")
     tab = panel.audit
     panel.setCurrentIndex(2)
     tab.out.set_path(str(folder))
-    tab.show_report(folder)
-    assert tab.table.rowCount() == 4
-    assert [tab.table.item(0, c).text() for c in range(4)] == ["flow-dp8", "fidelity", "FD 12.4 [10.9, 14.0]",
-                                                              "close to real held-out images"]
+    opened = []
+    monkeypatch.setattr(tab, "open_report", lambda: opened.append(tab._html))
+    status = JobStatus()
+    status.start("audit")
+    status.finish(0)
+    tab._finished(status, None)  # what the runner calls when the audit job ends: table, then the report
+    rows = [row for model in report["models"] for row in model["verdict"]]
+    assert tab.table.rowCount() == len(rows) == 18 and opened == [folder / "report.html"]
+    first = rows[0]
+    assert [tab.table.item(0, c).text() for c in range(4)] == [report["models"][0]["name"], first["axis"],
+                                                              first["number"], first["meaning"]]
+    for r, row in enumerate(rows):
+        assert tab.table.item(r, 1).background().color() == QtGui.QColor(tab.LEVEL_COLOURS[row["level"]])
+    levels = set(re.findall(r'"(good|fair|poor|info|warn|bad|ok)"', Path(audit_report.__file__).read_text()))
+    assert levels and levels <= set(tab.LEVEL_COLOURS)  # every level the audit can write has a colour
     assert read(tab.open_button, "enabled")
     screenshot(panel, "audit", tmp_path)
+
+
+def test_the_model_folder_is_configurable_and_lists_image_models_only(panel, tmp_path):
+    folder = tmp_path / "elsewhere"
+    for name, family in (("mine", "ddpm"), ("masks", "anatomy")):
+        (folder / name).mkdir(parents=True)
+        (folder / name / "card.json").write_text(json.dumps({"family": family, "members": ["p1"]}))
+    tab = panel.generate
+    assert tab.model_folder.path() == str(tmp_path / "models")  # the context's folder ($CMRSYNTH_MODEL_FOLDER)
+    tab.model_folder.set_path(str(folder))
+    assert panel.context.model_folder() == str(folder)
+    for chooser in (tab.model, panel.audit.model):
+        families = {info.family for info in chooser.models}
+        assert str(folder / "mine") in [info.argument for info in chooser.models] and "anatomy" not in families
+    assert panel.train.settings().out.startswith(str(folder))  # new trainings land there
 
 
 def test_reader_study_tab_records_answers_and_agreement(panel, cohort, tmp_path):
@@ -274,6 +301,8 @@ def test_reader_study_tab_records_answers_and_agreement(panel, cohort, tmp_path)
     table = {tab.summary.item(r, 0).text(): [tab.summary.item(r, c).text() for c in range(1, 5)]
              for r in range(tab.summary.rowCount())}
     assert table == {"A": ["4", "0.50", "0.00", "1.00"], "B": ["4", "1.00", "1.00", "1.00"]}
+    header = tab.summary.horizontalHeader()
+    assert sum(header.sectionSize(c) for c in range(header.count())) <= tab.summary.viewport().width()
     assert "Cohen's κ A vs B: 0.00" in tab.kappa.text()
 
 
