@@ -438,7 +438,9 @@ class AuditTab(QtWidgets.QWidget):
         self.table.horizontalHeader().setStretchLastSection(True)
         self.table.verticalHeader().setVisible(False)
         self.table.setWordWrap(True)
+        self.table.setTextElideMode(QtCore.Qt.ElideNone)
         self.table.setEditTriggers(QtWidgets.QAbstractItemView.NoEditTriggers)
+        self.table.horizontalHeader().sectionResized.connect(self._fit_rows)
         self.open_button = QtWidgets.QPushButton("Open report.html")
         self.open_button.setEnabled(False)
         self._html = None
@@ -471,12 +473,28 @@ class AuditTab(QtWidgets.QWidget):
                 if row.get("level") in self.LEVEL_COLOURS:
                     item.setBackground(QtGui.QColor(self.LEVEL_COLOURS[row["level"]]))
                 self.table.setItem(r, c, item)
-        for c in range(len(self.COLUMNS) - 1):
-            self.table.resizeColumnToContents(c)
-        self.table.setColumnWidth(2, min(self.table.columnWidth(2), 200))  # long numbers wrap, meanings stay readable
-        self.table.resizeRowsToContents()
+        self.table.setColumnHidden(0, len({row["model"] for row in rows}) < 2)  # one model: no model column
+        self.table.resizeColumnToContents(0)
+        for column, width in ((1, 110), (2, 150)):  # axis and number wrap; the meaning gets the rest
+            self.table.setColumnWidth(column, width)
+        self._fit_rows()
+        QtCore.QTimer.singleShot(0, self._fit_rows)  # again once the scroll bar took its room
         self._html = Path(folder) / "report.html"
         self.open_button.setEnabled(self._html.is_file())
+
+    def _fit_rows(self, *args) -> None:
+        """Row heights that show every wrapped line (Qt's own estimate forgets the cell margins)."""
+        metrics = self.table.fontMetrics()
+        flags = int(QtCore.Qt.TextWordWrap)
+        for r in range(self.table.rowCount()):
+            height = 0
+            for c in range(self.table.columnCount()):
+                item = self.table.item(r, c)
+                if item is None or self.table.isColumnHidden(c):
+                    continue
+                box = QtCore.QRect(0, 0, max(self.table.columnWidth(c) - 12, 20), 10000)
+                height = max(height, metrics.boundingRect(box, flags, item.text()).height())
+            self.table.setRowHeight(r, height + 8)
 
     def open_report(self) -> None:
         QtGui.QDesktopServices.openUrl(QtCore.QUrl.fromLocalFile(str(self._html)))
