@@ -10,12 +10,14 @@ from __future__ import annotations
 import argparse
 import datetime
 import importlib
+import os
 import platform
 import sys
 import time
 from pathlib import Path
 
-import torch
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the cmrsynth command does (see CMRSynthLib/cli.py)
+import torch  # noqa: E402
 
 from benchmarks.common import (Settings, Table, cpu_model, isa_flags, load_average, machine_name, matmul_peak,
                                settings_for)
