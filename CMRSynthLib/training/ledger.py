@@ -14,8 +14,9 @@ patient-level guarantee, which is why patient-level sampling is the default.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
+from CMRSynthLib.models.config import FrozenConfig
 from CMRSynthLib.training.privacy_planner import epsilon_of
 
 MECHANISM = "DP-SGD (Opacus)"
@@ -23,8 +24,8 @@ UNITS = ("patient", "slice")
 
 
 @dataclass(frozen=True)
-class Ledger:
-    """A DP run's receipt. ``history`` is Opacus's accountant history; ``epsilon`` is what it spends at ``delta``.
+class Ledger(FrozenConfig):
+    """A DP run's receipt (``to_dict``/``from_dict``: JSON, unknown keys refused). ``history`` is Opacus's accountant history; ``epsilon`` is what it spends at ``delta``.
 
     Attributes:
         slices_per_patient: the declared bound k on slices (or stacks) one unit contributes to one step; with
@@ -60,19 +61,6 @@ class Ledger:
         if self.unit not in UNITS:
             raise ValueError(f"ledger unit must be one of {UNITS}, got {self.unit!r}")
         object.__setattr__(self, "history", tuple((float(s), float(q), int(n)) for s, q, n in self.history))
-
-    def to_dict(self) -> dict:
-        data = asdict(self)
-        data["history"] = [list(entry) for entry in self.history]
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "Ledger":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown privacy ledger keys {unknown}; known keys are {sorted(known)}")
-        return cls(**data)
 
 
 def make_ledger(history, *, accountant: str, delta: float, unit: str, max_slices_per_patient: int | None = None,

@@ -33,9 +33,10 @@ Not done: Opacus's ``secure_mode`` (cryptographically secure noise).
 from __future__ import annotations
 
 import warnings
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 from CMRSynthLib.errors import InputError
+from CMRSynthLib.models.config import FrozenConfig
 from CMRSynthLib.training.ledger import Ledger, make_ledger
 from CMRSynthLib.training.privacy_planner import (ACCOUNTANTS, calibrate_noise, check_inputs, epsilon_of,
                                                   max_steps)
@@ -44,8 +45,8 @@ GRAD_SAMPLE_MODE = "hooks"
 
 
 @dataclass(frozen=True)
-class DPConfig:
-    """The DP arguments of ``cmrsynth train --dp``.
+class DPConfig(FrozenConfig):
+    """The DP arguments of ``cmrsynth train --dp`` (``to_dict``/``from_dict``: JSON, unknown keys refused).
 
     Attributes:
         delta: δ (must be < 1/patients). max_grad_norm: C, the per-patient clipping norm.
@@ -87,16 +88,6 @@ class DPConfig:
         if self.slice_level and self.slices_per_patient != 1:
             raise InputError("--slices-per-patient applies to patient-level DP; with --slice-level every slice "
                              "is its own unit")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "DPConfig":
-        unknown = sorted(set(data) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown DP config keys {unknown}")
-        return cls(**data)
 
 
 class DPTraining:

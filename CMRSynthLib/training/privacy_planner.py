@@ -76,11 +76,8 @@ def steps_for(epochs: float, rate: float) -> int:
 def plan_epsilon(patients: int, batch_size: float, epochs: float, noise_multiplier: float, delta: float,
                  accountant: str = "rdp") -> Plan:
     """ε spent by ``epochs`` epochs of patient-level DP-SGD at ``noise_multiplier`` (raises InputError)."""
-    check_inputs(patients=patients, batch_size=batch_size, epochs=epochs, delta=delta,
-                 noise_multiplier=noise_multiplier, accountant=accountant)
-    q = sample_rate(patients, batch_size)
-    steps = steps_for(epochs, q)
-    _check_steps(steps)
+    q, steps = _checked_schedule(patients=patients, batch_size=batch_size, epochs=epochs, delta=delta,
+                                 noise_multiplier=noise_multiplier, accountant=accountant)
     eps = epsilon_of([(noise_multiplier, q, steps)], delta=delta, accountant=accountant)
     return Plan(eps, delta, float(noise_multiplier), q, steps, accountant)
 
@@ -88,11 +85,8 @@ def plan_epsilon(patients: int, batch_size: float, epochs: float, noise_multipli
 def plan_noise(patients: int, batch_size: float, epochs: float, target_epsilon: float, delta: float,
                accountant: str = "rdp") -> Plan:
     """The smallest noise (within :data:`EPSILON_TOLERANCE`) whose ε after ``epochs`` epochs is ≤ the target."""
-    check_inputs(patients=patients, batch_size=batch_size, epochs=epochs, delta=delta,
-                 target_epsilon=target_epsilon, accountant=accountant)
-    q = sample_rate(patients, batch_size)
-    steps = steps_for(epochs, q)
-    _check_steps(steps)
+    q, steps = _checked_schedule(patients=patients, batch_size=batch_size, epochs=epochs, delta=delta,
+                                 target_epsilon=target_epsilon, accountant=accountant)
     sigma = calibrate_noise(sample_rate=q, steps=steps, target_epsilon=target_epsilon, delta=delta,
                             accountant=accountant)
     eps = epsilon_of([(sigma, q, steps)], delta=delta, accountant=accountant)
@@ -173,15 +167,20 @@ def check_inputs(*, patients: int, batch_size: float, epochs: float | None, delt
         raise InputError(f"--noise-multiplier must be > 0, got {noise_multiplier}")
 
 
+def _checked_schedule(*, patients: int, batch_size: float, epochs: float, **inputs) -> tuple[float, int]:
+    """``(q, steps)`` of a planned run, after :func:`check_inputs` (``inputs``: its remaining arguments)."""
+    check_inputs(patients=patients, batch_size=batch_size, epochs=epochs, **inputs)
+    q = sample_rate(patients, batch_size)
+    steps = steps_for(epochs, q)
+    if steps < 1:
+        raise InputError(f"the run has {steps} steps (epochs × patients / batch size < 1); raise --epochs")
+    return q, steps
+
+
 def _check_accountant(accountant: str) -> str:
     if accountant not in ACCOUNTANTS:
         raise InputError(f"--accountant must be one of {', '.join(ACCOUNTANTS)}, got {accountant!r}")
     return accountant
-
-
-def _check_steps(steps: int) -> None:
-    if steps < 1:
-        raise InputError(f"the run has {steps} steps (epochs × patients / batch size < 1); raise --epochs")
 
 
 def _unreachable(target: float, already: float) -> str:

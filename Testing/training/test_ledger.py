@@ -33,7 +33,7 @@ def test_recompute_detects_a_tampered_history():
 
 def test_unknown_keys_and_units_are_refused():
     ledger = make_ledger([(1.2, 0.1, 5)], accountant="rdp", delta=1e-3, unit="patient", **DETAILS)
-    with pytest.raises(ValueError, match="unknown privacy ledger keys"):
+    with pytest.raises(ValueError, match="unknown Ledger keys"):
         Ledger.from_dict({**ledger.to_dict(), "epsilon_total": 3})
     with pytest.raises(ValueError, match="unit"):
         Ledger.from_dict({**ledger.to_dict(), "unit": "study"})
