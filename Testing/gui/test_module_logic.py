@@ -9,8 +9,10 @@ nothing about Slicer itself; that is what the module's self-test is for (run ins
 
 import importlib.util
 import os
+import shutil
 import sys
 import types
+import unittest
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +27,12 @@ pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="uses POSIX proc
 
 
 class VolumeNode:
-    def __init__(self, array, ijk_to_ras, name):
+    def __init__(self, array, ijk_to_ras, name, class_name="vtkMRMLScalarVolumeNode"):
         self.array, self.matrix, self.name, self.attributes = array, np.asarray(ijk_to_ras, float), name, {}
+        self.class_name = class_name
+
+    def IsA(self, class_name):  # a label map volume is a scalar volume, as in MRML
+        return class_name in (self.class_name, "vtkMRMLScalarVolumeNode")
 
     def GetName(self):
         return self.name
@@ -92,10 +98,19 @@ def stub_slicer(tmp_path, monkeypatch):
     util.arrayFromVolume = lambda node: node.array
     util.arrayFromSegmentBinaryLabelmap = lambda seg, segment_id, ref: seg.segmentation.segments[segment_id][1].copy()
 
-    def add_volume(array, ijkToRAS=None, name=None, nodeClassName=None):
-        node = VolumeNode(np.array(array), np.eye(4) if ijkToRAS is None else ijkToRAS, name)
+    def add_volume(array, ijkToRAS=None, name=None, nodeClassName="vtkMRMLScalarVolumeNode"):
+        node = VolumeNode(np.array(array), np.eye(4) if ijkToRAS is None else ijkToRAS, name, nodeClassName)
         scene.append(node)
         return node
+
+    def import_labelmap(labelmap, segmentation_node):  # one segment per label value, named by the value
+        for value in np.unique(labelmap.array[labelmap.array > 0]):
+            segmentation_node.segmentation.segments[f"Segment_{value}"] = (str(value), labelmap.array == value)
+
+    def add_node(class_name):
+        assert class_name == "vtkMRMLSegmentationNode"
+        scene.append(SegmentationNode({}))
+        return scene[-1]
 
     util.addVolumeFromArray = add_volume
     util.tempDirectory = lambda: str(tmp_path / "slicer-temp")
@@ -109,10 +124,14 @@ def stub_slicer(tmp_path, monkeypatch):
     wrapper.parameterNodeWrapper = lambda cls: cls
     wrapper.WithinRange = wrapper.Choice = lambda *a: None
     scripted = types.ModuleType("slicer.ScriptedLoadableModule")
-    for name in ("ScriptedLoadableModule", "ScriptedLoadableModuleLogic", "ScriptedLoadableModuleTest",
-                 "ScriptedLoadableModuleWidget"):
+    for name in ("ScriptedLoadableModule", "ScriptedLoadableModuleLogic", "ScriptedLoadableModuleWidget"):
         setattr(scripted, name, type(name, (), {"__init__": lambda self, *a: None}))
+    scripted.ScriptedLoadableModuleTest = type("ScriptedLoadableModuleTest", (unittest.TestCase,),
+                                               {"delayDisplay": lambda self, message: None})
     slicer.util, slicer.i18n, slicer.parameterNodeWrapper, slicer.ScriptedLoadableModule = util, i18n, wrapper, scripted
+    slicer.mrmlScene = types.SimpleNamespace(Clear=scene.clear, AddNewNodeByClass=add_node)
+    segmentations_logic = types.SimpleNamespace(ImportLabelmapToSegmentationNode=import_labelmap)
+    slicer.modules = types.SimpleNamespace(segmentations=types.SimpleNamespace(logic=lambda: segmentations_logic))
     slicer.vtkMRMLScalarVolumeNode, slicer.vtkMRMLSegmentationNode = VolumeNode, SegmentationNode
     for name, module in (("qt", qt), ("slicer", slicer), ("slicer.util", util), ("slicer.i18n", i18n),
                          ("slicer.parameterNodeWrapper", wrapper), ("slicer.ScriptedLoadableModule", scripted)):
@@ -148,22 +167,21 @@ def starter():
     return flows[0]
 
 
-def test_generate_adds_named_volumes_on_the_reference_geometry(stub_slicer, heart, tmp_path):
+def test_the_in_slicer_self_test_passes_against_the_stand_in(stub_slicer, tmp_path, monkeypatch):
+    """CMRSynthTest as Slicer runs it: oblique segmentation → generate with the tiny starter → names, geometry."""
     module, scene, slicer = stub_slicer
-    reference, segmentation = heart
-    model = starter()
-    logic = module.CMRSynthLogic(modelFolder=tmp_path / "models")
-    logic.python = sys.executable
-    vendor = model.vendors[-1]
-    nodes = logic.generate(segmentation, reference, model=model.name, vendor=vendor, count=2, seed=5, steps=2,
-                           device="cpu")
-    assert [n.GetName() for n in nodes] == [f"cine_synth_{vendor}_5", f"cine_synth_{vendor}_6"] and scene == nodes
-    for node, seed in zip(nodes, (5, 6)):
-        assert node.array.shape == reference.array.shape and np.allclose(node.matrix, reference.matrix, atol=1e-4)
+    starter()
+    monkeypatch.setenv("CMRSYNTH_MODEL_FOLDER", str(tmp_path / "models"))
+    monkeypatch.setattr(shutil, "which", lambda name: sys.executable if name == "PythonSlicer" else None)
+    test = module.CMRSynthTest()
+    test.runTest()  # raises on any failed assertion
+    synthetic = [node for node in scene if isinstance(node, VolumeNode) and node.GetAttribute("CMRSynth.synthetic")]
+    model = catalogue.find_model("tiny-flow")
+    assert [n.GetName() for n in synthetic] == [f"cine_synth_{model.vendors[0]}_5", f"cine_synth_{model.vendors[0]}_6"]
+    for node, seed in zip(synthetic, (5, 6)):
         assert node.attributes["CMRSynth.generator"] == "flow" and node.attributes["CMRSynth.seed"] == str(seed)
-        assert node.attributes["CMRSynth.modelId"] == model.model_id
-        assert node.attributes["CMRSynth.synthetic"] == "true" and node.attributes["CMRSynth.epsilon"] == "none"
-    assert not np.array_equal(nodes[0].array, nodes[1].array)  # two seeds, two images
+        assert node.attributes["CMRSynth.modelId"] == model.model_id and node.attributes["CMRSynth.epsilon"] == "none"
+    assert not np.array_equal(synthetic[0].array, synthetic[1].array)  # two seeds, two images
     assert list((tmp_path / "slicer-temp").iterdir()) == []  # the job's files are gone
 
 
@@ -320,3 +338,18 @@ def test_new_anatomy_adds_a_segmentation_and_its_images(stub_slicer, tmp_path):
     assert volume.GetName() == f"anatomy000_HCM_any_4_mask_synth_{model.vendors[0]}_4"
     assert volume.attributes["CMRSynth.seed"] == "4" and volume.attributes["CMRSynth.vendor"] == model.vendors[0]
     assert scene == [segmentation, volume]
+
+
+def test_a_failed_job_raises_and_logs_its_last_words(stub_slicer, tmp_path, caplog):
+    from CMRSynthLib.gui.jobs import JobRunner
+
+    module, scene, slicer = stub_slicer
+    work = tmp_path / "work"
+    work.mkdir()
+    runner = JobRunner()
+    job = module.CMRSynthJob(runner, str(work), complete=lambda status: pytest.fail("no result for a failed job"))
+    runner.start([sys.executable, "-c", "import sys; sys.exit('mask.nii.gz: label values [7] are not allowed')"],
+                 name="sample")
+    with pytest.raises(RuntimeError, match=r"label values \[7\]"):
+        job.wait()
+    assert "sample failed: mask.nii.gz: label values [7]" in caplog.text and not work.exists()

@@ -186,6 +186,10 @@ def test_train_tab_makes_a_cohort_plans_the_budget_and_cancels_training(panel, t
     wait_until(lambda: tab.runner.status.step >= 2 or not tab.runner.running)
     assert tab.runner.running, tab.runner.status.error
     job_pid = int(tab.runner._process.processId())
+    wait_until(lambda: tab.loss.values or not tab.runner.running)
+    assert tab.loss.values == tab.runner.status.losses and "loss" in tab.job.status.text()  # live loss
+    if read(tab.dp, "checked"):  # live ε spent
+        assert tab.runner.status.epsilon > 0 and f"ε {tab.runner.status.epsilon:.3g}" in tab.job.status.text()
     screenshot(panel, "train", tmp_path)
     tab.job.cancel_button.click()
     status = wait_for(tab.runner)
