@@ -449,20 +449,19 @@ class CMRSynthLogic(ScriptedLoadableModuleLogic):
         missing = dependencies.unmet(dependencies.read_requirements(requirementsPath))
         if not missing:
             return
+        if not interactive:  # never install without asking: say what is missing and how to install it
+            raise RuntimeError("CMRSynth needs these Python packages: " + ", ".join(missing)
+                               + ". Call logic.ensureDependencies(interactive=True) to install them after a "
+                               "confirmation.")
         constraintsPath = os.path.join(slicer.util.tempDirectory(), "cmrsynth-constraints.txt")
         Path(constraintsPath).write_text(dependencies.constraints(), encoding="utf-8")
         try:
-            import slicer.packaging as packaging  # Slicer 5.11 and later
+            import slicer.packaging as packaging  # Slicer 5.11 and later: asks, installs, offers a restart
         except ImportError:
             packaging = None
         if packaging is not None:
-            packaging.pip_ensure(missing, constraints=constraintsPath, prompt_install=interactive,
-                                 requester="CMRSynth")
+            packaging.pip_ensure(missing, constraints=constraintsPath, prompt_install=True, requester="CMRSynth")
             return
-        if not interactive:
-            raise RuntimeError("CMRSynth needs these Python packages: " + ", ".join(missing)
-                               + ". Call logic.ensureDependencies(interactive=True) or install them with "
-                               "slicer.util.pip_install.")
         if not slicer.util.confirmOkCancelDisplay(
                 _("CMRSynth needs these Python packages, which will be downloaded and installed now:\n")
                 + "\n".join(missing), windowTitle=_("CMRSynth")):

@@ -233,15 +233,23 @@ def test_dependencies_are_checked_and_installed_only_as_allowed(stub_slicer, mon
     logic.ensureDependencies(interactive=False)  # everything is installed here: nothing to do
     monkeypatch.setattr(dependencies, "unmet", lambda requirements: [] if requirements == ["torch"] else ["foo>=1"])
     with pytest.raises(RuntimeError, match="needs these Python packages: foo>=1"):
-        logic.ensureDependencies(interactive=False)  # Slicer < 5.11, no dialog allowed: say what is missing
+        logic.ensureDependencies(interactive=False)  # console use: no dialog, no install; say what is missing
+    asked = []
+    slicer.util.confirmOkCancelDisplay = lambda text, **options: asked.append(text) or False
+    with pytest.raises(RuntimeError, match="installation declined"):
+        logic.ensureDependencies(interactive=True)  # Slicer < 5.11: our own question, answered No
+    assert "foo>=1" in asked[0]
     calls = []
     packaging = types.ModuleType("slicer.packaging")
     packaging.pip_ensure = lambda requirements, **options: calls.append((requirements, options))
     monkeypatch.setitem(sys.modules, "slicer.packaging", packaging)
     slicer.packaging = packaging
-    logic.ensureDependencies(interactive=False)
+    with pytest.raises(RuntimeError, match="needs these Python packages"):
+        logic.ensureDependencies(interactive=False)  # 5.11+ too: never installs without asking
+    assert calls == []
+    logic.ensureDependencies(interactive=True)
     (requirements, options), = calls
-    assert requirements == ["foo>=1"] and options["prompt_install"] is False and options["requester"] == "CMRSynth"
+    assert requirements == ["foo>=1"] and options["prompt_install"] is True and options["requester"] == "CMRSynth"
     pins = Path(options["constraints"]).read_text()
     assert "numpy==" in pins and "SimpleITK==" in pins and "torch==" in pins
 
