@@ -37,6 +37,14 @@ def test_starters_come_first_then_the_model_folder(tmp_path, monkeypatch):
         catalogue.find_model("nope", tmp_path / "mine")
 
 
+def test_image_choosers_can_leave_out_the_anatomy_model(tmp_path, monkeypatch):
+    monkeypatch.setenv("CMRSYNTH_MODELS", str(tmp_path / "starters"))
+    checkpoint(tmp_path / "starters" / "anatomy", family="anatomy")
+    checkpoint(tmp_path / "starters" / "flow")
+    assert [m.name for m in catalogue.list_models(tmp_path / "none")] == ["anatomy", "flow"]
+    assert [m.name for m in catalogue.list_models(tmp_path / "none", families=("flow", "ddpm"))] == ["flow"]
+
+
 def test_default_model_folder_is_outside_slicer_and_configurable(monkeypatch, tmp_path):
     monkeypatch.delenv("CMRSYNTH_MODEL_FOLDER", raising=False)
     assert catalogue.default_model_folder().parts[-2:] == (".cmrsynth", "models")
