@@ -264,7 +264,13 @@ class CMRSynthWidget(ScriptedLoadableModuleWidget):
                 seed=node.seed, steps=node.steps or None, sampler=node.sampler, guidance=node.guidance,
                 device=node.device, structures=self.logic.structuresFromParameterNode(node),
                 newAnatomy=node.newAnatomy, group=node.group, wait=False)
-            self._follow(job, onDone=lambda nodes: nodes and slicer.util.setSliceViewerLayers(background=nodes[0]))
+            self._follow(job, onDone=self._showFirstVolume)
+
+    def _showFirstVolume(self, nodes) -> None:
+        """Show the first synthetic volume (new anatomy also returns segmentation nodes, shown by themselves)."""
+        volumes = [node for node in nodes if node.IsA("vtkMRMLScalarVolumeNode")]
+        if volumes:
+            slicer.util.setSliceViewerLayers(background=volumes[0])
 
     def onRestyleButton(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Failed to restyle the volume."), waitCursor=True):
