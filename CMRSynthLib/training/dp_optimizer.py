@@ -31,7 +31,11 @@ class PatientDPOptimizer(DPOptimizer):
         self._groups = torch.as_tensor(groups, dtype=torch.long)
 
     def noise_only_step(self) -> None:
-        """A step for a draw with no unit in it: zero units, so only noise (keeps Poisson sampling honest)."""
+        """A step for a draw with no unit in it: zero units, so only noise (keeps Poisson sampling honest).
+
+        The previous step's summed gradients are cleared first (the trainer clears them only before a backward
+        pass): they must not be applied again, and Opacus refuses to reuse them."""
+        self.zero_grad(set_to_none=True)
         self._groups = torch.zeros(0, dtype=torch.long)
         for p in self.params:
             p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)

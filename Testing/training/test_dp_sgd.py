@@ -156,6 +156,28 @@ def test_noise_only_step_has_the_calibrated_scale():
     assert all(p.grad_sample is None for p in optimizer.params)
 
 
+def test_a_noise_only_step_after_a_patient_step_is_only_noise():
+    """The trainer clears gradients before each backward pass, not after the step; a noise-only step must not
+    re-apply (or choke on) the previous step's summed gradients: its update is exactly a fresh noise draw."""
+    updates = []
+    for earlier_step in (True, False):
+        model = make_model()
+        attach_hooks(model)
+        optimizer = PatientDPOptimizer(torch.optim.SGD(model.parameters(), lr=1.0), noise_multiplier=1.0,
+                                       max_grad_norm=0.5, expected_batch_size=2, generator=torch.Generator())
+        if earlier_step:
+            data = PatientSlices(patients=2, slices=1)
+            images, masks, _ = collate([data[0], data[1]])
+            model(images, masks, torch.Generator().manual_seed(0)).mean().backward()
+            optimizer.set_groups(torch.tensor([0, 1]))
+            optimizer.step()
+        optimizer.generator.manual_seed(5)
+        before = torch.cat([p.detach().flatten() for p in optimizer.params])
+        optimizer.noise_only_step()
+        updates.append(before - torch.cat([p.detach().flatten() for p in optimizer.params]))
+    assert torch.allclose(updates[0], updates[1], atol=1e-6)
+
+
 def run_dp(steps, *, state=None, target=None, noise=1.0, slice_level=False, seed=0, model_seed=0):
     """``steps`` trainer-like steps of DPTraining over PatientSlices; returns (privacy, model, taken)."""
     model = make_model(model_seed)
