@@ -28,6 +28,7 @@ SECTIONS = {
     "sampling": ("benchmarks.sampling", "run"),
     "training": ("benchmarks.training", "run"),
     "dp": ("benchmarks.training", "run_dp"),
+    "privacy-utility": ("benchmarks.privacy_utility", "run"),
     "3d": ("benchmarks.volume3d", "run"),
     "scaling": ("benchmarks.scaling", "run"),
     "optimisations": ("benchmarks.optimisations", "run"),
