@@ -127,6 +127,30 @@ def save_results(path: str | os.PathLike, items: list[StudyItem], answers: list[
     return Path(path)
 
 
+def summary_path(results: str | os.PathLike) -> Path:
+    """Where the metrics of ``results.csv`` go: ``results_summary.csv`` beside it."""
+    results = Path(results)
+    return results.with_name(f"{results.stem}_summary.csv")
+
+
+def save_summary(path: str | os.PathLike, result: dict) -> Path:
+    """Write :func:`summary`'s metrics as a long CSV ``who,measure,value`` (atomically).
+
+    One row per reader and measure (answered, accuracy, sensitivity, specificity, mean_confidence) and one
+    ``cohens_kappa`` row per pair of readers (``A vs B``); an undefined value is left empty.
+    """
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(("who", "measure", "value"))
+    rows = [(reader, measure, value) for reader, metrics in result["readers"].items()
+            for measure, value in metrics.items()]
+    rows += [(pair, "cohens_kappa", value) for pair, value in result["kappa"].items()]
+    for who, measure, value in rows:
+        writer.writerow((who, measure, "" if isinstance(value, float) and not np.isfinite(value) else value))
+    atomic_write_text(path, buffer.getvalue())
+    return Path(path)
+
+
 def load_results(path: str | os.PathLike) -> tuple[list[StudyItem], list[Answer]]:
     """Items and answers from a results CSV written by :func:`save_results`."""
     with open(path, newline="", encoding="utf-8") as f:

@@ -2,7 +2,8 @@
 
 Standalone, slices show in the tab; in Slicer, ``show_slice(image, item_id)`` puts them in the slice view.
 Every answer is saved at once (atomically) to the results CSV, which several readers can share: the same
-folders, number per class and seed give the same items, each reader in their own order.
+folders, number per class and seed give the same items, each reader in their own order. The metrics
+(accuracy, sensitivity, specificity, Cohen's κ between readers) are rewritten beside it after every answer.
 """
 
 from __future__ import annotations
@@ -115,13 +116,15 @@ class ReaderStudyTab(QtWidgets.QWidget):
         rs.check_answer(kind, confidence)
         self.answers.append(rs.Answer(self.reader_name(), item.item, kind, confidence))
         rs.save_results(self.results.path(), self.items, self.answers)
+        rs.save_summary(rs.summary_path(self.results.path()), rs.summary(self.items, self.answers))
         self._show_summary()
         self._next()
 
     def _next(self) -> None:
         total = len(self.items)
         if not self.queue:
-            self.counter.setText(f"Done: {total} of {total} answered; results saved to {self.results.path()}")
+            self.counter.setText(f"Done: {total} of {total} answered; answers saved to {self.results.path()}, "
+                                 f"metrics to {rs.summary_path(self.results.path()).name}")
             self._enable_answers(False)
             if self.show_slice is None:
                 self.image.clear()

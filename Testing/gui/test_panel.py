@@ -308,6 +308,8 @@ def test_reader_study_tab_records_answers_and_agreement(panel, cohort, tmp_path)
     header = tab.summary.horizontalHeader()
     assert sum(header.sectionSize(c) for c in range(header.count())) <= tab.summary.viewport().width()
     assert "Cohen's κ A vs B: 0.00" in tab.kappa.text()
+    summary = (tmp_path / "study" / "results_summary.csv").read_text().splitlines()
+    assert summary[0] == "who,measure,value" and "A vs B,cohens_kappa,0.0" in summary
 
 
 def test_cmrsynth_gui_opens_the_panel_on_the_chosen_tab(tmp_path):
