@@ -25,11 +25,13 @@ from benchmarks.common import (Settings, Table, cpu_model, isa_flags, load_avera
 # section name → (module, function); run in this order (later sections read earlier ones' context)
 SECTIONS = {
     "quality": ("benchmarks.quality", "run"),
+    "solvers": ("benchmarks.solvers", "run"),
     "sampling": ("benchmarks.sampling", "run"),
     "training": ("benchmarks.training", "run"),
     "dp": ("benchmarks.training", "run_dp"),
     "privacy-utility": ("benchmarks.privacy_utility", "run"),
     "3d": ("benchmarks.volume3d", "run"),
+    "memory": ("benchmarks.memory", "run"),
     "scaling": ("benchmarks.scaling", "run"),
     "optimisations": ("benchmarks.optimisations", "run"),
 }

@@ -107,7 +107,8 @@ def differences(family: str, variants: dict, settings: Settings) -> dict[str, tu
     return out
 
 
-def family_rows(table: Table, family: str, settings: Settings) -> None:
+def family_rows(table: Table, family: str, settings: Settings, shared: dict) -> None:
+    """The variant rows of ``family``; its fp32/bf16 stack times go to ``shared["precision"]`` (the targets)."""
     generator = subjects.build(family, preset=settings.preset, size=settings.size, device=settings.device)
     sampler, steps = generator.default_sampler, generator.default_steps
     other = 1 if settings.threads > 1 else 2  # the other thread count than the run's
@@ -127,6 +128,9 @@ def family_rows(table: Table, family: str, settings: Settings) -> None:
     scale = steps / stop if stop else 1.0
     diffs = differences(family, variants, settings)
     reference = timings[next(iter(variants))].median
+    shared.setdefault("precision", {})[family] = {
+        "sampler": f"{sampler} {steps}", "fp32": reference * scale, "bf16": timings["bf16 autocast (CPU)"].median * scale,
+        "difference": diffs["bf16 autocast (CPU)"]}
     for name, timing in timings.items():
         diff = diffs[name]
         if variants[name][2]:
@@ -226,7 +230,7 @@ def run(settings: Settings, context: dict) -> list[Table]:
     loads = [load_average()]
     families = ("flow",) if not settings.full else ("flow", "ddpm", "ldm")
     for family in families:
-        family_rows(table, family, settings)
+        family_rows(table, family, settings, context)
     loads.append(load_average())
     table.notes += [
         f"Speed: random weights, {settings.preset} preset, {settings.threads} threads unless stated, variants "

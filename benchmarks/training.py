@@ -13,15 +13,17 @@ steps are timed in turn on two copies of the same generator, so the ratio surviv
 from __future__ import annotations
 
 import copy
+import statistics
 import warnings
 
 import torch
 
 from benchmarks import subjects
-from benchmarks.common import (PeakRSS, Settings, Table, count_flops, gib, load_average, measure,
-                               measure_interleaved, ratio, seconds)
+from benchmarks.common import (PeakRSS, Settings, Table, Timing, count_flops, gib, load_average, measure,
+                               measure_interleaved, ratio, seconds, timing_cell)
 
 BATCH = {"smoke": 4, "quick": 8, "full": 16}
+DP_PAIRS = {"smoke": 1, "quick": 3, "full": 7}  # interleaved (non-DP, DP) step pairs per family
 # what keeps a small conditional UNet below the matmul peak (stated in the targets table)
 PEAK_LIMIT = ("narrow convolutions (16–128 channels) on large feature maps are memory-bound, and GroupNorm/SiLU/"
               "concatenation passes cost time without FLOPs; the matmul peak needs wide operands")
@@ -148,7 +150,8 @@ def run_dp(settings: Settings, context: dict) -> list[Table]:
         families = tuple(f for f in families if f in ("ddpm", "flow"))
     table = Table(f"DP-SGD vs non-DP training ({preset} preset, batch {batch}, {size}×{size})",
                   ["generator", "non-DP s/step", "DP s/step", "non-DP samples/s", "DP samples/s",
-                   "DP / non-DP throughput", "DP peak RSS GiB"])
+                   "DP / non-DP throughput (median of pairs)", "range of the pair ratios (pairs)",
+                   "DP peak RSS GiB"])
     results = {}
     loads = [load_average()]
     for family in families:
@@ -159,19 +162,30 @@ def run_dp(settings: Settings, context: dict) -> list[Table]:
             # Opacus registers full backward hooks; on the LDM's frozen autoencoder torch warns that they fire
             # with respect to outputs only — expected, the frozen part has no per-sample gradients to compute.
             warnings.filterwarnings("ignore", message="Full backward hook is firing")
-            timings = measure_interleaved(steps, repeats=settings.repeats + (0 if settings.smoke else 1),
-                                          warmup=1, device=settings.device)
-        value = timings["plain"].median / timings["dp"].median
-        results[family] = {"ratio": value, "limit": "Opacus per-sample gradient hooks: an extra einsum per layer "
-                                                    "and B copies of every weight gradient"}
-        table.add(family, seconds(timings["plain"]), seconds(timings["dp"]),
+            pairs = [measure_interleaved(steps, repeats=1, warmup=int(i == 0), device=settings.device)
+                     for i in range(DP_PAIRS[settings.mode])]
+        timings = {name: _pooled([pair[name] for pair in pairs]) for name in steps}
+        ratios = sorted(pair["plain"].median / pair["dp"].median for pair in pairs)
+        value = statistics.median(ratios)
+        results[family] = {"ratio": value, "range": (ratios[0], ratios[-1]), "pairs": len(ratios),
+                           "limit": "Opacus per-sample gradient hooks: an extra einsum per layer and B copies of "
+                                    "every weight gradient"}
+        table.add(family, timing_cell(timings["plain"]), timing_cell(timings["dp"]),
                   f"{batch / timings['plain'].median:.3g}", f"{batch / timings['dp'].median:.3g}", ratio(value),
-                  gib(rss.bytes))
+                  f"{ratios[0]:.3f}–{ratios[-1]:.3f} ({len(ratios)})", gib(rss.bytes))
     loads.append(load_average())
     context["dp"] = results
     table.notes += [
         "DP step = Opacus GradSampleHooks + CMRSynth's PatientDPOptimizer (clip to C = 1, σ = 1, one unit per "
         "row), as `cmrsynth train --dp` attaches them; DP and non-DP steps alternate on copies of one generator "
-        "so both see the same machine load. Load average before/after: " + " → ".join(loads) + ".",
+        "so both see the same machine load; each pair (one non-DP step, then one DP step) gives a ratio, and the "
+        "table quotes the median and range of those ratios. Load average before/after: " + " → ".join(loads) + ".",
     ]
     return [table]
+
+
+def _pooled(timings: list[Timing]) -> Timing:
+    """One :class:`Timing` from single-run timings: their median and range."""
+    values = [t.median for t in timings]
+    return Timing(statistics.median(values), min(values), max(values), len(values),
+                  statistics.median(t.cpu for t in timings))

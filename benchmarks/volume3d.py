@@ -67,5 +67,7 @@ def run(settings: Settings, context: dict) -> list[Table]:
         f"Random weights, fp32, {torch.get_num_threads()} threads; median of {settings.repeats} run(s) after a "
         f"warm-up. 3D LDM: {subjects.parameters(volume) / 1e6:.2f} M parameters; 2D LDM: "
         f"{subjects.parameters(slices) / 1e6:.2f} M. Load average before/after: " + " → ".join(loads) + ".",
+        "Peak RSS here is the benchmark process's: it keeps what earlier sections (training, DP-SGD) left resident, "
+        "so it overstates a generation; the memory table measures each stack generation in a fresh process.",
     ]
     return [table]
