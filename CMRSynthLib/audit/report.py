@@ -1,8 +1,8 @@
 """report.json (every number, with n, method and interval) and a self-contained report.html.
 
 The HTML opens offline: CSS inline, figures embedded as base64 PNG. Order: what was audited, the DP
-ledger(s), warnings, then per model fidelity → mask adherence → utility → privacy, the privacy–utility
-figure when several models were audited, and at the end the one-screen verdict table.
+ledger(s), warnings, the privacy–utility comparison when several models were audited, then per model
+fidelity → mask adherence → utility → privacy, and at the end the one-screen verdict table.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -78,12 +79,47 @@ def _ledger(model: dict) -> str:
                 f"without DP-SGD; its privacy rests only on the attacks measured below.</div>")
     keys = ["epsilon", "delta", "unit", "group_epsilon", "group_delta", "mechanism", "accountant", "noise_multiplier",
             "max_grad_norm", "sample_rate", "steps", "patients", "slices_per_patient"]
-    items = "".join(f"<li><b>{k}</b>: {html.escape(str(ledger[k]))}</li>" for k in keys
+    items = "".join(f"<li><b>{k}</b>: {html.escape(_ledger_value(k, ledger[k]))}</li>" for k in keys
                     if ledger.get(k) is not None)
     rest = {k: v for k, v in ledger.items() if k not in keys}
     extra = f"<details><summary>full ledger</summary><pre>{html.escape(json.dumps(rest, indent=1))}</pre></details>" \
         if rest else ""
     return f"<div class='ledger dp'><b>{name}: differential privacy ledger</b><ul>{items}</ul>{extra}</div>"
+
+
+def _ledger_value(key: str, value) -> str:
+    """Ledger numbers to 4 significant digits; ε and δ rounded up, so the page never understates them."""
+    if not isinstance(value, float) or value == 0 or not math.isfinite(value):
+        return str(value)
+    if key in ("epsilon", "delta", "group_epsilon", "group_delta"):
+        scale = 10 ** (math.floor(math.log10(abs(value))) - 3)
+        value = math.ceil(round(value / scale, 6)) * scale  # round() first: 0.001 / 1e-6 is 1000.0000000000001
+    return f"{value:.4g}"
+
+
+def _comparison(report: dict, out: Path) -> str:
+    """Several models side by side: the DP guarantee, the membership attack and utility, and the figure."""
+    rows = []
+    for model in report["models"]:
+        ledger = model.get("privacy_ledger") or {}
+        guarantee = (f"ε = {_ledger_value('epsilon', ledger['epsilon'])}, δ = {_ledger_value('delta', ledger['delta'])} "
+                     f"per {html.escape(str(ledger.get('unit', '?')))}" if ledger.get("epsilon") is not None else "none")
+        membership = model["membership"]
+        attack = next((a for a in membership.get("attacks", []) if a["name"] == membership.get("headline")), None)
+        arms = model["utility"]["arms"]
+        rows.append([html.escape(model["name"]), guarantee,
+                     fmt(attack["evaluation"]["auc"]) if attack else "not run",
+                     fmt(arms.get("synthetic", {}).get("mean", {}).get("dice")),
+                     fmt(arms.get("real", {}).get("mean", {}).get("dice")),
+                     fmt(model["adherence"]["synthetic"].get("mean", {}).get("dice"))])
+    table = _table(["model", "DP guarantee", "membership attack AUC (0.5 = no leak)",
+                    "utility: Dice, trained on synthetic", "Dice, trained on real", "mask adherence Dice"], rows)
+    figure = _figure(out, report["figures"].get("privacy_utility"),
+                     "Each model's headline membership-attack AUC against the Dice of a segmenter trained on its "
+                     "synthetic images (tested on real held-out patients)")
+    return ("<h2>Privacy and utility at a glance</h2><p>What each model guarantees, how well the strongest "
+            "membership attack tells its training patients from held-out ones, and how useful its synthetic "
+            "images are for training a segmenter. Details per model below.</p>" + table + figure)
 
 
 def _fidelity(model: dict, out: Path) -> str:
@@ -242,14 +278,11 @@ def render_html(report: dict, out: Path) -> str:
     ledgers = "".join(_ledger(m) for m in models)
     warnings = ("<div class=warnings><b>Warnings</b><ul>" + "".join(f"<li>{html.escape(w)}</li>"
                 for w in report["warnings"]) + "</ul></div>") if report["warnings"] else ""
-    body = [head, intro, ledgers, warnings,
+    body = [head, intro, ledgers, warnings, _comparison(report, out) if len(models) > 1 else "",
             "<p><a href='#verdict'>Jump to the verdict table</a></p>"]
     for model in models:
         body += [f"<h2>{html.escape(model['name'])}</h2>", _fidelity(model, out), _adherence(model), _utility(model),
                  _privacy(model, out)]
-    if report["figures"].get("privacy_utility"):
-        body += ["<h2>Privacy–utility</h2>", _figure(out, report["figures"]["privacy_utility"],
-                                                     "Each model's headline attack AUC against its utility")]
     body.append(_verdict(models))
     return (f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>CMRSynth audit</title>"
             f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>")

@@ -47,6 +47,7 @@ class AuditPlan:
     """How much work an audit does: patients per side, segmenter, attacks, bootstrap draws."""
 
     max_patients: int | None = None  # per side (members, non-members); None = all
+    slices_per_case: int | None = None  # heart slices kept per image, evenly spaced base to apex; None = all
     segmenter: SegmenterConfig = SegmenterConfig()
     attack: AttackConfig = AttackConfig()
     n_boot: int = 1000
@@ -55,7 +56,8 @@ class AuditPlan:
 
     @classmethod
     def quick(cls) -> "AuditPlan":
-        return cls(max_patients=8, segmenter=SegmenterConfig.quick(), attack=AttackConfig.quick(), n_boot=300)
+        return cls(max_patients=6, slices_per_case=3, segmenter=SegmenterConfig.quick(), attack=AttackConfig.quick(),
+                   n_boot=300)
 
 
 # -- who is who ---------------------------------------------------------------------------------------
@@ -137,8 +139,10 @@ def subsample_matched(ids_m: list[str], ids_n: list[str], strata: dict[str, tupl
 
 
 # -- slices -------------------------------------------------------------------------------------------------
-def load_slices(cohort, patients: Sequence[str], preprocessing, *, what: str) -> Slices:
-    """The prepared slices showing the heart of ``patients`` in ``cohort`` (every case must have a label)."""
+def load_slices(cohort, patients: Sequence[str], preprocessing, *, what: str,
+                slices_per_case: int | None = None) -> Slices:
+    """The prepared slices showing the heart of ``patients`` in ``cohort`` (every case must have a label);
+    at most ``slices_per_case`` of them per image, evenly spaced from base to apex."""
     from CMRSynthLib.data.cohorts import load_case
     from CMRSynthLib.data.preprocess import prepare_case
 
@@ -151,8 +155,10 @@ def load_slices(cohort, patients: Sequence[str], preprocessing, *, what: str) ->
             raise InputError(f"{what} image has no mask; the audit needs the mask of every image",
                              path=record.image_path)
         prepared = prepare_case(load_case(record), preprocessing)
-        keep = prepared.mask.reshape(len(prepared.mask), -1).any(axis=1)
-        n = int(keep.sum())
+        keep = np.flatnonzero(prepared.mask.reshape(len(prepared.mask), -1).any(axis=1))
+        if slices_per_case is not None and len(keep) > slices_per_case:
+            keep = keep[np.linspace(0, len(keep) - 1, slices_per_case).round().astype(int)]
+        n = len(keep)
         parts.append(Slices(prepared.image[keep], prepared.mask[keep], [record.patient] * n, [record.vendor] * n,
                             [record.phase] * n, [record.group] * n, spacing=preprocessing.spacing))
     if not parts:
@@ -315,7 +321,8 @@ def run_audit(models: Sequence[str], data, out, *, synthetic=None, members=None,
     warnings: list[str] = [f"data: {p}" for p in cohort.problems[:5]]
     if quick:
         warnings.append(f"quick run: at most {plan.max_patients} members and {plan.max_patients} held-out patients, "
-                        "small segmenters and few bootstrap draws; use the full audit for decisions")
+                        f"{plan.slices_per_case} slices per image, small segmenters and few bootstrap draws; "
+                        "use the full audit for decisions")
     sections, names = [], _names(models)
     with atomic_dir(out) as tmp:
         for name, model, (generator, card) in zip(names, models, loaded):
@@ -330,8 +337,9 @@ def run_audit(models: Sequence[str], data, out, *, synthetic=None, members=None,
                 if len(ids) < MIN_PATIENTS_FOR_CI:
                     warnings.append(f"{name}: only {len(ids)} {side} patients; confidence intervals are unreliable "
                                     f"below {MIN_PATIENTS_FOR_CI}")
-            real_m = load_slices(cohort, ids_m, preprocessing, what="member")
-            real_n = load_slices(holdout_cohort or cohort, ids_n, preprocessing, what="held-out")
+            real_m = load_slices(cohort, ids_m, preprocessing, what="member", slices_per_case=plan.slices_per_case)
+            real_n = load_slices(holdout_cohort or cohort, ids_n, preprocessing, what="held-out",
+                                 slices_per_case=plan.slices_per_case)
             synth = None
             if synthetic is not None:
                 synth_cohort = open_cohort(synthetic)
@@ -348,7 +356,8 @@ def run_audit(models: Sequence[str], data, out, *, synthetic=None, members=None,
                   "data": {"path": str(data), "layout": cohort.layout, "patients": len(cohort.patients()),
                            "simulated": all(r.simulated for r in cohort.records)},
                   "quick": quick, "redacted": redact, "sensitive": not redact, "warnings": warnings,
-                  "settings": {"max_patients": plan.max_patients, "n_boot": plan.n_boot, "seed": plan.seed,
+                  "settings": {"max_patients": plan.max_patients, "slices_per_case": plan.slices_per_case,
+                               "n_boot": plan.n_boot, "seed": plan.seed,
                                "segmenter": plan.segmenter.to_dict(), "attack": plan.attack.to_dict()},
                   "models": sections, "figures": {}}
         if len(sections) > 1:

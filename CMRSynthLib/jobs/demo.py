@@ -53,7 +53,7 @@ class DemoPlan:
 
 
 PLANS = {
-    "quick": DemoPlan(patients=24, public_fraction=0.25, preset="small", image_size=64, train_steps=20,
+    "quick": DemoPlan(patients=32, public_fraction=0.25, preset="small", image_size=64, train_steps=20,
                       train_batch=8, public_steps=0, dp_epochs=3, dp_batch=5, from_starters=True,
                       heldout_masks=2, new_anatomies=1),
     "full": DemoPlan(patients=48, public_fraction=0.25, preset="small", image_size=64, train_steps=800,
@@ -201,7 +201,7 @@ def run(args, progress) -> int:
 
     # 5. the receipt -------------------------------------------------------------------------------
     stages.run("audit", "audit", "--model", models / "flow", "--model", models / "ddpm", "--model",
-               models / "flow-dp", "--data", private, "--out", out / "report",
+               models / "flow-dp", "--data", private, "--holdout", "validation+holdout", "--out", out / "report",
                *(["--quick"] if args.quick else []), "--device", "cpu" if args.device == "auto" else args.device)
     report = out / "report" / "report.html"
     _print_verdicts(out / "report" / "report.json")

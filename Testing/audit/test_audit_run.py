@@ -161,3 +161,16 @@ def test_capped_audit_matches_members_to_the_non_members_strata():
                                             sorted(k for k in strata if k[0] == "n"), strata, 8, 0)
     assert len(members) == len(nonmembers) == 8
     assert sorted(strata[p] for p in members) == sorted(strata[p] for p in nonmembers)
+
+
+def test_capped_slices_span_the_heart_from_base_to_apex(tmp_path):
+    cohort = open_cohort(write_phantom_cohort(tmp_path / "cohort", 1, seed=3, shape=(10, 48, 48)))
+    every = load_slices(cohort, ["phantom000"], PREPROCESSING, what="member")
+    capped = load_slices(cohort, ["phantom000"], PREPROCESSING, what="member", slices_per_case=3)
+    assert len(capped) == 6 and len(every) > 6
+    for phase in ("ED", "ES"):
+        all_of_phase, kept = every.take(every.phases == phase), capped.take(capped.phases == phase)
+        # first, middle and last heart slice of each image, in order
+        picks = np.linspace(0, len(all_of_phase) - 1, 3).round().astype(int)
+        np.testing.assert_array_equal(kept.images, all_of_phase.images[picks])
+        np.testing.assert_array_equal(kept.masks, all_of_phase.masks[picks])

@@ -63,3 +63,25 @@ def test_dp_ledger_heads_the_report_and_is_in_the_verdict():
     assert "SIMULATED DATA" in html and "few patients" in html
     text = json.dumps(jsonable(report), allow_nan=False)  # every Estimate becomes plain JSON, NaN → null
     assert '"method": "test"' in text
+
+
+def test_several_models_are_compared_at_the_top():
+    plain = section()
+    private = dict(section(auc=0.55, p=0.4, dp={"epsilon": 9.99978, "delta": 1e-3, "unit": "patient"}), name="m-dp")
+    for model in (plain, private):
+        model["verdict"] = verdict_rows(model)
+    report = {"data": {"path": "d", "layout": "cmrsynth", "patients": 2, "simulated": True}, "created": "now",
+              "cmrsynth": "0", "quick": False, "warnings": [], "models": [plain, private], "figures": {}}
+    html = render_html(report, out=__import__("pathlib").Path("."))
+    top = html[html.index("Privacy and utility at a glance"):html.index("<h2>m</h2>")]
+    assert "ε = 10, δ = 0.001 per patient" in top and top.count("<tr>") == 3
+    assert "0.95" in top and "0.55" in top
+
+
+def test_ledger_numbers_never_understate_the_budget():
+    from CMRSynthLib.audit.report import _ledger_value
+
+    assert _ledger_value("epsilon", 3.14149) == "3.142"  # rounded up, not to nearest
+    assert _ledger_value("epsilon", 9.999779) == "10"
+    assert _ledger_value("delta", 0.001) == "0.001"
+    assert _ledger_value("noise_multiplier", 0.73734283) == "0.7373"
