@@ -25,7 +25,8 @@ UNITS = ("patient", "slice")
 
 @dataclass(frozen=True)
 class Ledger(FrozenConfig):
-    """A DP run's receipt (``to_dict``/``from_dict``: JSON, unknown keys refused). ``history`` is Opacus's accountant history; ``epsilon`` is what it spends at ``delta``.
+    """A DP run's receipt (``to_dict``/``from_dict``: JSON, unknown keys refused). ``history`` is Opacus's
+    accountant history; ``epsilon`` is what it spends at ``delta``.
 
     Attributes:
         slices_per_patient: the declared bound k on slices (or stacks) one unit contributes to one step; with

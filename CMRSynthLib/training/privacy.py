@@ -159,7 +159,7 @@ class DPTraining:
         if world > 1:
             from opacus.distributed import DifferentiallyPrivateDistributedDataParallel
 
-            model = DifferentiallyPrivateDistributedDataParallel(model)  # starts every process from rank 0's weights
+            model = DifferentiallyPrivateDistributedDataParallel(model)  # every process starts from rank 0's weights
         hooks = GradSampleHooks(model, batch_first=True, loss_reduction="mean", strict=False)
         hooks.forbid_grad_accumulation()
         self._noise = torch.Generator()
