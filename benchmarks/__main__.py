@@ -75,6 +75,8 @@ def header(settings: Settings, context: dict, argv: list[str]) -> str:
         f"- measured matmul peak (2048², {settings.threads} threads): fp32 {peak['fp32']['wall'] / 1e9:,.0f} GFLOP/s "
         f"wall ({peak['fp32']['cpu'] / 1e9:,.0f} per CPU-second), bf16 {peak['bf16']['wall'] / 1e9:,.0f} GFLOP/s "
         f"wall ({peak['bf16']['cpu'] / 1e9:,.0f} per CPU-second)",
+        f"- OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')} (idle OpenMP threads sleep, as in the "
+        "cmrsynth command)",
         f"- load average (1/5/15 min) at start: {context['load_start']} — this machine is shared; "
         "compare ratios within one file rather than absolute times across files",
     ]

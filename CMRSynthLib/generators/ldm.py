@@ -44,7 +44,9 @@ LATENT_UNET_PRESETS = {
 }
 
 
-# a latent forward costs a fifth of a pixel-space one, so the LDM affords more ODE steps
+# a latent forward costs a fifth of a pixel-space one, so the LDM affords more ODE steps; small: ab2 10 = 10
+# forwards, half of Heun 10's, within 0.004 RMS of a Heun-50 reference on the LDM starter (Dice unchanged)
+DEFAULT_SAMPLERS = {"tiny": "heun", "small": "ab2", "base": "heun"}
 DEFAULT_STEPS = {"tiny": 6, "small": 10, "base": 25}
 
 
@@ -64,7 +66,7 @@ class LDMConfig(FlowConfig):
     @classmethod
     def preset(cls, name: str, *, spatial_dims: int, image_size, vocabulary, **overrides):
         defaults = {"network": LATENT_UNET_PRESETS.get(name), "autoencoder": AUTOENCODER_PRESETS.get(name),
-                    "steps": DEFAULT_STEPS.get(name)}
+                    "sampler": DEFAULT_SAMPLERS.get(name), "steps": DEFAULT_STEPS.get(name)}
         return super().preset(name, spatial_dims=spatial_dims, image_size=image_size, vocabulary=vocabulary,
                               **{**defaults, **overrides})
 
