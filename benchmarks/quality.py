@@ -6,12 +6,15 @@ with its card's preprocessing), for each (sampler, steps) row:
 - **mask adherence**: Dice per LV / MYO / RV between the conditioning mask and the prediction of the audit's
   segmenter (:func:`CMRSynthLib.audit.segmenter.train_segmenter`, a MONAI UNet trained on the real member
   patients, cached) on the synthetic image — :func:`CMRSynthLib.audit.adherence.mask_adherence`; the same
-  segmenter on the real held-out images is the ceiling;
+  segmenter on the real held-out images is the ceiling, both on all of them and on exactly the slices the
+  synthetic rows re-create (a few slices with a sliver of RV can swing a patient's Dice);
 - **LV-vs-MYO contrast per vendor**: mean intensity of the LV blood pool minus that of the myocardium (images
   in [-1, 1]), synthetic vs real held-out slices of the same vendor;
-- **vendor recognisability**: accuracy of a vendor classifier (a small MONAI ``Classifier`` CNN trained here
-  on the real member slices — the audit has no vendor classifier) on synthetic images, whose label is the
-  vendor they were asked for; its accuracy on the real held-out slices is the ceiling.
+- **vendor recognisability**: accuracy of a vendor classifier (:class:`VendorClassifier`, trained here on the
+  real member slices — the audit has no vendor classifier) on synthetic images, whose label is the vendor
+  they were asked for: every evaluated mask is rendered once in each vendor's style, so the test is balanced
+  and asks for styles other than the mask's own scanner; its accuracy on the real held-out slices is the
+  ceiling.
 
 Issue 3's targets: Dice ≥ 0.85 for LV and RV, ≥ 0.75 for MYO; vendor accuracy ≥ 80%.
 """
@@ -29,7 +32,9 @@ from benchmarks.sampling import BASELINE
 
 TARGETS = {"LV": 0.85, "MYO": 0.75, "RV": 0.85}
 VENDOR_TARGET = 0.80
-SLICES = {"smoke": 4, "quick": 16, "full": 16}  # held-out slices generated per row (spread over patients)
+SLICES = {"smoke": 4, "quick": 16, "full": 32}  # held-out slices generated per row (spread over patients)
+VENDOR_MASKS = {"smoke": 2, "quick": 8, "full": 16}  # held-out masks rendered in every vendor's style
+CLASSIFIER_STEPS = {"smoke": 10, "quick": 600, "full": 1500}
 ROWS = {  # (sampler, steps) rows beyond each family's default (full mode); the baseline is added for DDPM
     "ddpm": [("dpmpp", 10), ("ddim", 50)],
     "flow": [("euler", 4), ("euler", 16), ("heun", 4)],
@@ -97,45 +102,89 @@ def lv_myo_contrast(slices) -> dict[str, float]:
 
 
 class VendorClassifier:
-    """A small MONAI ``Classifier`` CNN that tells the vendor from image texture, trained with Adam (fixed seed).
+    """A MONAI ``Classifier`` CNN that tells the vendor of a slice from its heart region, trained with Adam and
+    a cosine learning rate (fixed seed).
 
-    It sees random square crops (half the slice side) during training and averages its logits over a grid of
-    crops when predicting: the phantom's vendors differ in contrast, noise, blur, bias field and ringing, which
-    every crop shows, while whole slices would let it learn the few training patients' anatomy instead (vendor
-    and pathology group are confounded in a small member set).
+    Input: a square crop (3/4 of the slice side) centred on the heart (the centroid of the labels) of the
+    image and its one-hot label map, 5 channels. The phantom's vendors differ in tissue contrast
+    (myocardium/blood), noise, resolution and ringing; the label channels let the network compare tissues
+    instead of guessing them. Real slices come with their labels, synthetic ones with their conditioning
+    masks. Training crops are jittered by up to :attr:`JITTER` pixels; predictions average the logits of
+    the centred crop and four shifted ones. (Random crops of the image alone, the first version, reached
+    86% on real held-out slices: crops of lung and chest wall carry little vendor signal.)
     """
+
+    JITTER = 4
 
     def __init__(self, train, *, steps: int, batch_size: int = 32, seed: int = 0):
         from monai.networks.nets import Classifier
 
         self.vendors = sorted(set(train.vendors.tolist()))
-        self.crop = train.shape[0] // 2
+        self.crop = 3 * train.shape[0] // 4
         torch.manual_seed(seed)
-        self.network = Classifier(in_shape=(1, self.crop, self.crop), classes=len(self.vendors),
-                                  channels=(8, 16, 32, 64), strides=(2, 2, 2, 2), num_res_units=1, norm="batch")
-        images = torch.from_numpy(train.images)[:, None]
+        self.network = Classifier(in_shape=(5, self.crop, self.crop), classes=len(self.vendors),
+                                  channels=(16, 32, 64, 64), strides=(2, 2, 2, 2), num_res_units=1, norm="batch")
+        inputs, centres = self.inputs(train), self.centres(train)
         labels = torch.tensor([self.vendors.index(v) for v in train.vendors])
         optimiser = torch.optim.Adam(self.network.parameters(), lr=2e-3)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=steps)
         rng = np.random.default_rng(seed)
         self.network.train()
         for _ in range(steps):
-            index = rng.choice(len(images), size=min(batch_size, len(images)), replace=False)
-            rows, cols = rng.integers(0, images.shape[2] - self.crop + 1, size=(2, len(index)))
-            crops = torch.stack([images[i, :, r:r + self.crop, c:c + self.crop] for i, r, c in zip(index, rows, cols)])
+            index = rng.choice(len(inputs), size=min(batch_size, len(inputs)), replace=False)
+            shifts = rng.integers(-self.JITTER, self.JITTER + 1, size=(len(index), 2))
+            crops = torch.stack([self.cut(inputs[i], centres[i] + shift) for i, shift in zip(index, shifts)])
             loss = torch.nn.functional.cross_entropy(self.network(crops), labels[torch.from_numpy(index)])
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
+            schedule.step()
         self.network.eval()
 
-    def accuracy(self, slices) -> float:
-        """Fraction of ``slices`` whose predicted vendor is their vendor (unknown vendors count as wrong)."""
-        images = torch.from_numpy(slices.images)[:, None]
-        starts = range(0, images.shape[2] - self.crop + 1, max(1, self.crop // 2))
+    @staticmethod
+    def inputs(slices) -> torch.Tensor:
+        """``(N, 5, H, W)``: the image and its one-hot labels."""
+        from CMRSynthLib.audit.slices import one_hot
+
+        return torch.cat([torch.from_numpy(slices.images)[:, None], one_hot(slices.masks)], dim=1)
+
+    @staticmethod
+    def centres(slices) -> np.ndarray:
+        """``(N, 2)`` integer centroid (row, column) of each slice's labels (the slice centre if it has none)."""
+        out = []
+        for mask in slices.masks:
+            rows, cols = np.nonzero(mask)
+            out.append((rows.mean(), cols.mean()) if len(rows) else (mask.shape[0] / 2, mask.shape[1] / 2))
+        return np.round(out).astype(int).reshape(-1, 2)
+
+    def cut(self, channels: torch.Tensor, centre: np.ndarray) -> torch.Tensor:
+        """The ``crop``² window of ``channels`` ``(C, H, W)`` centred on ``centre``, moved inside the slice."""
+        top, left = np.clip(np.asarray(centre) - self.crop // 2, 0, np.array(channels.shape[1:]) - self.crop)
+        return channels[:, top:top + self.crop, left:left + self.crop]
+
+    def predict(self, slices) -> np.ndarray:
+        """``(N,)`` predicted vendor names."""
+        inputs, centres = self.inputs(slices), self.centres(slices)
+        shifts = [(0, 0), (-self.JITTER, 0), (self.JITTER, 0), (0, -self.JITTER), (0, self.JITTER)]
         with torch.no_grad():
-            logits = sum(self.network(images[:, :, r:r + self.crop, c:c + self.crop]) for r in starts for c in starts)
-        predicted = logits.argmax(1).numpy()
-        return float(np.mean([self.vendors[p] == v for p, v in zip(predicted, slices.vendors)]))
+            logits = sum(self.network(torch.stack([self.cut(x, c + np.array(shift)) for x, c in zip(inputs, centres)]))
+                         for shift in shifts)
+        return np.array(self.vendors)[logits.argmax(1).numpy()]
+
+    def accuracy(self, slices) -> tuple[float, dict[str, float]]:
+        """``(accuracy, vendor → accuracy on that vendor's slices)``; unknown vendors count as wrong."""
+        right = self.predict(slices) == slices.vendors
+        return float(right.mean()), {v: float(right[slices.vendors == v].mean()) for v in sorted(set(slices.vendors))}
+
+
+def in_every_vendor(slices, vendors) -> "Slices":
+    """Each slice once per vendor of ``vendors``: the same masks and attributes, the vendor replaced."""
+    import dataclasses
+
+    from CMRSynthLib.audit.slices import Slices
+
+    return Slices.cat([dataclasses.replace(slices, vendors=np.array([v] * len(slices)))
+                       for v in vendors])
 
 
 def preset_default(family: str, settings: Settings) -> tuple[str, int]:
@@ -188,13 +237,17 @@ def run(settings: Settings, context: dict) -> list[Table]:
     seg_config = SegmenterConfig.quick(steps=20) if settings.smoke else (
         SegmenterConfig.quick() if not settings.full else SegmenterConfig())
     judge = train_segmenter(members, seg_config)
-    classifier = VendorClassifier(members, steps={"smoke": 10, "quick": 200, "full": 500}[settings.mode])
+    classifier = VendorClassifier(members, steps=CLASSIFIER_STEPS[settings.mode])
     source = spread(holdout, SLICES[settings.mode])
+    restyled = in_every_vendor(spread(holdout, VENDOR_MASKS[settings.mode]), classifier.vendors)
     n_boot = 100 if settings.smoke else 500
     ceiling = segmenter_ceiling(judge, holdout, n_boot=n_boot)
-    _add_dice(adherence, "real held-out images (segmenter ceiling)", "–", "–", ceiling, None)
+    _add_dice(adherence, f"real held-out images, all {len(holdout)} slices (segmenter ceiling)", "–", "–", ceiling,
+              None)
+    _add_dice(adherence, "real images of the evaluated slices (their ceiling)", "–", "–",
+              segmenter_ceiling(judge, source, n_boot=n_boot), None)
     contrast = {"real held-out": lv_myo_contrast(holdout)}
-    vendor_rows = [("real held-out images (classifier ceiling)", classifier.accuracy(holdout))]
+    vendor_rows = [("real held-out images (classifier ceiling)", *classifier.accuracy(holdout))]
     dice: dict[tuple, float] = {}
     cells: dict[tuple, str] = {}
     for family, (generator, card) in models.items():
@@ -209,7 +262,8 @@ def run(settings: Settings, context: dict) -> list[Table]:
             cells[(family, sampler, steps)] = " / ".join(f"{summary[s]['dice'].value:.2f}" for s in TARGETS)
             if (sampler, steps) == (generator.default_sampler, generator.default_steps):
                 contrast[f"{family} ({sampler} {steps})"] = lv_myo_contrast(synthetic)
-                vendor_rows.append((f"{family} ({sampler}, {steps} steps)", classifier.accuracy(synthetic)))
+                styled, _ = synthesise(generator, card, restyled, sampler, steps)
+                vendor_rows.append((f"{family} ({sampler}, {steps} steps)", *classifier.accuracy(styled)))
     loads.append(load_average())
     context["dice"] = dice
     context["dice_of"] = lambda family, sampler, steps: cells.get((family, sampler, steps), "n/a (not measured)")
@@ -220,7 +274,8 @@ def run(settings: Settings, context: dict) -> list[Table]:
         f"slices, mean over patients; segmenter: MONAI UNet trained on {len(members)} real member slices "
         f"({seg_config.steps} steps, cached). Load average: " + " → ".join(loads) + ".",
     ]
-    return [adherence, contrast_table(contrast), vendor_table(vendor_rows, classifier, members)]
+    context["vendor_accuracy"] = {name: accuracy for name, accuracy, _ in vendor_rows}
+    return [adherence, contrast_table(contrast), vendor_table(vendor_rows, classifier, members, restyled)]
 
 
 def _add_dice(table: Table, name: str, sampler, steps, summary: dict, per_slice: float | None) -> None:
@@ -241,13 +296,19 @@ def contrast_table(contrast: dict[str, dict[str, float]]) -> Table:
     return table
 
 
-def vendor_table(rows: list[tuple[str, float]], classifier: VendorClassifier, members) -> Table:
+def vendor_table(rows: list[tuple[str, float, dict]], classifier: VendorClassifier, members, restyled) -> Table:
     table = Table("Quality: vendor recognisable? Accuracy of a vendor classifier trained on real images",
-                  ["images", "accuracy", f"target ≥ {VENDOR_TARGET:.0%}"])
-    for name, accuracy in rows:
-        table.add(name, f"{accuracy:.0%}", "met" if accuracy >= VENDOR_TARGET else "missed")
-    table.notes.append(f"MONAI Classifier (4 strided residual levels, batch norm) on {classifier.crop}² crops "
-                       f"(logits averaged over a grid of crops), trained on {len(members)} real member slices of "
-                       f"vendors {', '.join(classifier.vendors)}; chance = "
+                  ["images", "accuracy", *classifier.vendors, f"target ≥ {VENDOR_TARGET:.0%}"])
+    for name, accuracy, per_vendor in rows:
+        table.add(name, f"{accuracy:.0%}", *(f"{per_vendor[v]:.0%}" if v in per_vendor else "–"
+                                             for v in classifier.vendors),
+                  "met" if accuracy >= VENDOR_TARGET else "missed")
+    masks = len(restyled) // len(classifier.vendors)
+    table.notes.append(f"Synthetic rows: {masks} held-out masks, each rendered in every vendor's style "
+                       f"({len(restyled)} images, default sampler, seed 0); the label is the vendor asked for. "
+                       f"Classifier: MONAI Classifier (4 strided residual levels, batch norm) on {classifier.crop}² "
+                       f"heart-centred crops of the image and its one-hot labels (logits averaged over 5 shifted "
+                       f"crops), trained on {len(members)} real "
+                       f"member slices of vendors {', '.join(classifier.vendors)}; chance = "
                        f"{1 / len(classifier.vendors):.0%}.")
     return table

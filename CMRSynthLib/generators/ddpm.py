@@ -5,7 +5,8 @@ Forward process (Ho et al. eq. 4), with ``ᾱ_k`` = ``alphas_cumprod[k]`` of the
     x_k = √ᾱ_k · x_0 + √(1 − ᾱ_k) · ε,        k ∈ {0, …, T−1}, ε ~ N(0, I)
 
 The network predicts ε (``prediction_type="epsilon"``) or v = √ᾱ_k · ε − √(1 − ᾱ_k) · x_0
-(``"v_prediction"``, Salimans & Ho 2022); the loss is the per-sample MSE to that target. The noise level
+(``"v_prediction"``, Salimans & Ho 2022); the loss is the per-sample MSE to that target. The presets use
+v-prediction on the cosine schedule (:data:`PRESET_PARAMETERISATION`). The noise level
 ``t ∈ [0, 1]`` of :mod:`.base` maps to ``k = round(t · (T − 1))``.
 
 Samplers — diffusers schedulers, all driven by the one loop in :meth:`DDPMGenerator.sample`
