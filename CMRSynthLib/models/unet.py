@@ -110,6 +110,8 @@ class ConditionalUNet(nn.Module):
         # (e.g. a 12-slice stack to 16) and crop the output back, so any size works in training and sampling.
         spatial = x.shape[2:]
         padding = [p for s in reversed(spatial) for p in (0, -s % self.factor)]
+        if not any(padding):  # already a multiple (e.g. 128×128 slices): no padded copy, no crop
+            return self.unet(inputs, timesteps, class_labels=tokens)
         output = self.unet(F.pad(inputs, padding), timesteps, class_labels=tokens)
         return output[(slice(None), slice(None), *(slice(0, s) for s in spatial))]
 
