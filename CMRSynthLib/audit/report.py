@@ -168,8 +168,14 @@ def _arms_table(study: dict) -> str:
         rows.append([html.escape(arm), str(study["n_train_slices"][arm])] +
                     [fmt(summary[s]["dice"]) for s in STRUCTURES] + [fmt(summary["mean"]["dice"]),
                                                                     fmt(diff, 3) if diff else "baseline"])
-    return _table(["trained on", "slices", "Dice LV", "Dice MYO", "Dice RV", "mean Dice",
-                   f"Δ mean Dice vs {html.escape(study['baseline'])}"], rows)
+    table = _table(["trained on", "slices", "Dice LV", "Dice MYO", "Dice RV", "mean Dice",
+                    f"Δ mean Dice vs {html.escape(study['baseline'])}"], rows)
+    noise = study.get("training_noise")
+    if noise is None:
+        return table
+    return table + (f"<p class=sub>Training noise: a second segmenter trained on {html.escape(study['baseline'])} "
+                    f"with another seed differs from the first by Δ {fmt(noise, 3)}; a difference between arms "
+                    f"is called only beyond twice that.</p>")
 
 
 def _utility(model: dict) -> str:
@@ -332,10 +338,11 @@ def verdict_rows(model: dict) -> list[dict]:
         rows.append(_row("utility (synthetic only)", f"Dice {_ci(s)} vs real {r.value:.2f}",
                          f"a segmenter trained only on synthetic images reaches {100 * share:.0f}% of the Dice of "
                          f"one trained on the real patients", "good" if share >= 0.9 else "fair" if share >= 0.7 else "poor"))
-    rows += [_difference_row(f"utility ({name})", diff) for name, diff in util["differences"].items()
-             if name != "synthetic"]
+    rows += [_difference_row(f"utility ({name})", diff, util.get("training_noise"))
+             for name, diff in util["differences"].items() if name != "synthetic"]
     cross = model.get("cross_vendor") or {}
-    rows += [_difference_row("cross-vendor", diff) for diff in cross.get("differences", {}).values()]
+    rows += [_difference_row("cross-vendor", diff, cross.get("training_noise"))
+             for diff in cross.get("differences", {}).values()]
     ledger = model.get("privacy_ledger")
     if ledger and ledger.get("unit") == "slice":
         rows.append(_row("privacy (DP)", f"slice-level ε = {ledger.get('epsilon'):.3g}; patient-level ε = "
@@ -401,15 +408,22 @@ def _source_row(auc: Estimate) -> dict:
     return _row("privacy (source resemblance)", f"AUC {_ci(auc)}", meaning, level)
 
 
-def _difference_row(axis: str, diff: Estimate) -> dict:
-    if diff.low is not None and diff.low > 0:
+def _difference_row(axis: str, diff: Estimate, noise: Estimate | None) -> dict:
+    """A difference is called only when its interval excludes 0 and it is more than twice the training noise
+    (the difference between two segmenters trained on the same data with different seeds)."""
+    floor = 2 * abs(noise.value) if noise is not None and np.isfinite(noise.value) else None
+    if floor is not None and abs(diff.value) <= floor:
+        meaning, level = (f"no difference beyond training randomness: two segmenters trained on the same real data "
+                          f"already differ by {noise.value:+.3f}"), "fair"
+    elif diff.low is not None and diff.low > 0:
         meaning, level = "adding synthetic images improves the segmenter on real held-out patients", "good"
     elif diff.high is not None and diff.high < 0:
         meaning, level = "adding synthetic images makes the segmenter worse on real held-out patients", "poor"
     else:
         meaning, level = "adding synthetic images makes no difference measurable at this sample size", "fair"
     if level != "fair":
-        meaning += " (one segmenter per arm: training randomness is not in the interval)"
+        meaning += (f" (more than twice the training noise of {noise.value:+.3f})" if floor is not None else
+                    " (one segmenter per arm: training randomness is not in the interval)")
     if diff.n < MIN_PATIENTS_FOR_CI:
         meaning += f" (only {diff.n} test patients: indicative, not conclusive)"
         level = "fair" if level == "good" else level

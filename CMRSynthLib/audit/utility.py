@@ -3,7 +3,9 @@
 Three arms train the same MONAI segmenter (:mod:`.segmenter`) on real training patients, on synthetic
 images, and on both; each is tested on real held-out patients (Dice and HD95 per structure, patient-level
 bootstrap CIs). The paired per-patient difference "real + synthetic − real" says whether adding synthetic
-data helps, with its own interval.
+data helps, with its own interval. That interval covers the test patients only; the randomness of training a
+segmenter is measured beside it: the baseline arm is trained a second time with another seed, and the paired
+difference between the two ("training noise") is what any arm difference must clearly exceed.
 
 Cross-vendor protocol: the vendors are split into *seen* and *unseen*. The segmenter is trained on real
 patients of the seen vendors only, with and without synthetic images rendered in the unseen vendors' style
@@ -15,6 +17,8 @@ carry over to segmentation, not domain generalisation without any unseen-vendor 
 from __future__ import annotations
 
 import numpy as np
+
+from dataclasses import replace
 
 from CMRSynthLib.audit.adherence import segmentation_scores, summarise
 from CMRSynthLib.audit.segmenter import SegmenterConfig, train_segmenter
@@ -35,22 +39,27 @@ def compare_training_sets(arms: dict[str, Slices], test: Slices, config: Segment
                           cache=None, device: str = "cpu", progress=None, n_boot: int = 1000) -> dict:
     """Train one segmenter per arm and test each on ``test`` (real held-out slices).
 
-    Returns ``{"arms": {name: summary}, "n_train_slices": {name: n}, "differences": {name: Estimate}}``:
-    per-structure Dice/HD95 estimates per arm, and for every arm but ``baseline`` the paired per-patient
-    difference of mean Dice to the baseline arm.
+    Returns ``{"arms": {name: summary}, "n_train_slices": {name: n}, "differences": {name: Estimate},
+    "training_noise": Estimate | None}``: per-structure Dice/HD95 estimates per arm; for every arm but
+    ``baseline`` the paired per-patient difference of mean Dice to the baseline arm; and the same difference
+    between the baseline and a second baseline segmenter trained with another seed.
     """
     results, n_train, mean_dice = {}, {}, {}
+
+    def scores_of(train: Slices, name: str, seed_config: SegmenterConfig) -> dict:
+        segmenter = train_segmenter(train, seed_config, cache=cache, device=device, progress=progress,
+                                    label=f"segmenter on {name}")
+        return segmentation_scores(segmenter.predict(test.images), test.masks, test.patients, spacing=test.spacing)
+
     for name, train in arms.items():
         if len(train) == 0:
             continue
-        segmenter = train_segmenter(train, config, cache=cache, device=device, progress=progress,
-                                    label=f"segmenter on {name}")
-        scores = segmentation_scores(segmenter.predict(test.images), test.masks, test.patients, spacing=test.spacing)
+        scores = scores_of(train, name, config)
         results[name] = summarise(scores, method=f"segmenter trained on {name}, tested on {len(test.patient_ids())} "
                                                  f"real held-out patients", n_boot=n_boot)
         n_train[name] = len(train)
         mean_dice[name] = _mean_dice(scores)
-    differences = {}
+    differences, noise = {}, None
     if baseline in mean_dice:
         for name, dice in mean_dice.items():
             if name != baseline:
@@ -58,7 +67,12 @@ def compare_training_sets(arms: dict[str, Slices], test: Slices, config: Segment
                                                   method=f"paired per-patient difference of mean Dice: "
                                                          f"{name} − {baseline}; one segmenter per arm, so the "
                                                          f"interval covers test patients, not training randomness")
-    return {"arms": results, "n_train_slices": n_train, "differences": differences,
+        if differences:
+            again = scores_of(arms[baseline], f"{baseline} (second seed)", replace(config, seed=config.seed + 1))
+            noise = mean_estimate(_mean_dice(again) - mean_dice[baseline], n_boot=n_boot,
+                                  method=f"paired per-patient difference of mean Dice between two segmenters trained "
+                                         f"on {baseline} with seeds {config.seed + 1} and {config.seed}: training noise")
+    return {"arms": results, "n_train_slices": n_train, "differences": differences, "training_noise": noise,
             "test_patients": len(test.patient_ids()), "baseline": baseline}
 
 

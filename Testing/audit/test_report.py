@@ -85,3 +85,13 @@ def test_ledger_numbers_never_understate_the_budget():
     assert _ledger_value("epsilon", 9.999779) == "10"
     assert _ledger_value("delta", 0.001) == "0.001"
     assert _ledger_value("noise_multiplier", 0.73734283) == "0.7373"
+
+
+def test_a_difference_within_training_noise_is_not_called():
+    from CMRSynthLib.audit.report import _difference_row
+
+    worse = E(-0.05, -0.07, -0.03, n=20)
+    assert _difference_row("utility", worse, None)["level"] == "poor"
+    assert _difference_row("utility", worse, E(0.01, -0.01, 0.03, n=20))["level"] == "poor"
+    row = _difference_row("utility", worse, E(-0.04, -0.06, -0.02, n=20))
+    assert row["level"] == "fair" and "training randomness" in row["meaning"]
