@@ -64,8 +64,9 @@ class SegmenterConfig:
 
     @classmethod
     def quick(cls, **changes) -> "SegmenterConfig":
-        """A small, fast setting for ``--quick`` runs and tests."""
-        return cls(**{"channels": (8, 16, 32), "strides": (2, 2), "steps": 250, "batch_size": 8, **changes})
+        """A small, fast setting for ``--quick`` runs and tests. Not smaller: with channels (8, 16, 32), three
+        seeds on the same 64-px phantom data gave mean Dice 0.70-0.85; with (16, 32, 64), 0.88-0.89 at +20 % cost."""
+        return cls(**{"channels": (16, 32, 64), "strides": (2, 2), "steps": 250, "batch_size": 8, **changes})
 
 
 def _network(config: SegmenterConfig):
