@@ -25,19 +25,20 @@ slices. Higher score = "member". Per-timestep AUCs are reported on both halves.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 
 from CMRSynthLib.audit.slices import Slices, to_conditions
 from CMRSynthLib.audit.stats import auc_estimate, roc_auc, roc_curve, tpr_estimate
 from CMRSynthLib.errors import InputError
+from CMRSynthLib.models.config import FrozenConfig
 
 FPRS = (0.01, 0.001)
 
 
 @dataclass(frozen=True)
-class AttackConfig:
+class AttackConfig(FrozenConfig):
     """Noise levels t ∈ (0, 1] probed, noise draws per slice and level, batch size, seed, bootstrap draws."""
 
     timesteps: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8)
@@ -53,15 +54,6 @@ class AttackConfig:
         if self.draws < 1 or self.batch_size < 1:
             raise ValueError(f"draws and batch_size must be positive, got {self.draws}, {self.batch_size}")
 
-    def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "AttackConfig":
-        unknown = sorted(set(data) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown attack config keys {unknown}")
-        return cls(**data)
 
     @classmethod
     def quick(cls) -> "AttackConfig":

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,7 @@ import numpy as np
 from CMRSynthLib.audit.slices import Slices
 from CMRSynthLib.data.conventions import NUM_CLASSES
 from CMRSynthLib.files import atomic_path
+from CMRSynthLib.models.config import FrozenConfig
 
 CACHE_VERSION = 1
 
@@ -32,7 +33,7 @@ def cache_dir() -> Path:
 
 
 @dataclass(frozen=True)
-class SegmenterConfig:
+class SegmenterConfig(FrozenConfig):
     """A MONAI UNet and how long to train it (Adam on Dice + cross-entropy, fixed seed)."""
 
     channels: tuple[int, ...] = (16, 32, 64, 128)
@@ -52,15 +53,6 @@ class SegmenterConfig:
         if self.steps < 1 or self.batch_size < 1 or not self.learning_rate > 0:
             raise ValueError(f"steps, batch_size and learning_rate must be positive, got {self}")
 
-    def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "SegmenterConfig":
-        unknown = sorted(set(data) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown segmenter config keys {unknown}")
-        return cls(**data)
 
     @classmethod
     def quick(cls, **changes) -> "SegmenterConfig":
