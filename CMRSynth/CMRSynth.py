@@ -609,14 +609,19 @@ class CMRSynthLogic(ScriptedLoadableModuleLogic):
         job = self.runJob(settings, lambda status: catalogue.read_model(out))
         return job.wait() if wait else job
 
-    def audit(self, model, data, out=None, quick=False, wait=True):
-        """Audit a model against real data → the report's JSON as a dict (``report.html`` beside it)."""
+    def audit(self, model, data, out=None, quick=False, compare=(), wait=True):
+        """Audit a model against real data → the report's JSON as a dict (``report.html`` beside it).
+
+        ``compare``: more models (names or folders) audited in the same report, side by side.
+        """
         import json
 
         self.ensureDependencies()
         info = catalogue.find_model(model, self.modelFolder)
+        others = [catalogue.find_model(name, self.modelFolder).argument for name in compare]
         out = out or str(self.modelFolder / f"audit-{info.name}-{time.strftime('%Y%m%d-%H%M%S')}")
-        settings = controller.AuditSettings(model=info.argument, data=str(data), out=str(out), quick=quick)
+        settings = controller.AuditSettings(model=info.argument, data=str(data), out=str(out), quick=quick,
+                                            compare=tuple(others))
         job = self.runJob(settings, lambda status: json.loads(Path(out, "report.json").read_text(encoding="utf-8")))
         return job.wait() if wait else job
 

@@ -163,17 +163,25 @@ class RestyleSettings:
 
 @dataclass(frozen=True)
 class AuditSettings:
-    """``cmrsynth audit``: the receipt (fidelity, utility, privacy) of a model against real data."""
+    """``cmrsynth audit``: the receipt (fidelity, utility, privacy) of a model against real data.
+
+    ``compare`` adds more models to the same report, audited on the same patients and compared side by side.
+    """
 
     command: ClassVar[str] = "audit"
     model: str
     data: str
     out: str
     quick: bool = False
+    compare: tuple[str, ...] = ()
 
     def arguments(self) -> list[str]:
-        args = ["--model", _text("model", self.model), "--data", _text("data", self.data),
-                "--out", _text("output folder", self.out)]
+        models = [_text("model", self.model), *(_text("model to compare", m) for m in self.compare)]
+        twice = sorted({m for m in models if models.count(m) > 1})
+        if twice:
+            raise InputError(f"each model is audited once; listed twice: {', '.join(twice)}")
+        args = [part for model in models for part in ("--model", model)]
+        args += ["--data", _text("data", self.data), "--out", _text("output folder", self.out)]
         return args + (["--quick"] if self.quick else [])
 
 

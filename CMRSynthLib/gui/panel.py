@@ -426,8 +426,12 @@ class AuditTab(QtWidgets.QWidget):
         self.out = PathField(folder=True, placeholder="report folder")
         self.out.set_path(str(Path.home() / "CMRSynth-audit"))
         self.quick = QtWidgets.QCheckBox("Quick (fewer samples and attacks; minutes instead of hours)")
+        self.compare = QtWidgets.QListWidget()
+        self.compare.setToolTip("Tick models to audit in the same report, on the same patients, side by side")
+        self.compare.setMaximumHeight(64)
         form = QtWidgets.QFormLayout()
         form.addRow("Model:", self.model)
+        form.addRow("Compare with:", self.compare)
         form.addRow("Data:", self.data)
         form.addRow("Report folder:", self.out)
         form.addRow("", self.quick)
@@ -453,12 +457,33 @@ class AuditTab(QtWidgets.QWidget):
         self.run_button.clicked.connect(self.run)
         self.open_button.clicked.connect(self.open_report)
         self.runner.on("finished", self._finished)
+        self.model.combo.currentIndexChanged.connect(self.fill_compare)
+        self.fill_compare()
+
+    def fill_compare(self, *args) -> None:
+        """Every other model of the chooser, unticked unless it was ticked before."""
+        ticked = set(self.compared())
+        self.compare.clear()
+        for info in self.model.models:
+            if info.argument == self.model.argument():
+                continue
+            item = QtWidgets.QListWidgetItem(f"{info.name} ({info.family})")
+            item.setData(QtCore.Qt.UserRole, info.argument)
+            item.setToolTip(info.describe())
+            item.setFlags(item.flags() | QtCore.Qt.ItemIsUserCheckable)
+            item.setCheckState(QtCore.Qt.Checked if info.argument in ticked else QtCore.Qt.Unchecked)
+            self.compare.addItem(item)
+
+    def compared(self) -> list[str]:
+        """The ticked models to compare with."""
+        items = [self.compare.item(i) for i in range(read(self.compare, "count"))]
+        return [item.data(QtCore.Qt.UserRole) for item in items if item.checkState() == QtCore.Qt.Checked]
 
     def run(self) -> None:
         try:
             self.context.start(self.runner, controller.AuditSettings(
                 model=self.model.argument(), data=self.data.path(), out=self.out.path(),
-                quick=bool(read(self.quick, "checked"))))
+                quick=bool(read(self.quick, "checked")), compare=tuple(self.compared())))
         except (InputError, RuntimeError) as exc:
             self.job.show_error(str(exc))
 
@@ -530,8 +555,10 @@ class CMRSynthPanel(QtWidgets.QTabWidget):
         self.context.model_folder = lambda: folder
         for chooser in (self.generate.model, self.audit.model):
             chooser.refresh()
+        self.audit.fill_compare()
 
     def _model_added(self, info: catalogue.ModelInfo) -> None:
         for chooser in (self.generate.model, self.audit.model):
             chooser.refresh()
             chooser.add(str(info.path))
+        self.audit.fill_compare()

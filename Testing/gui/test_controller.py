@@ -38,6 +38,7 @@ def test_job_command_runs_the_child_module_with_jsonl_progress():
     (c.TrainSettings(data="d", out="o", dp=True, epsilon=3.0, delta=1.5), "δ must be a number above 0 and below 1"),
     (c.TrainSettings(data="d", out="o", dp=True, delta=1e-5), "target ε must be a number above 0, got None"),
     (c.TrainSettings(data="d", out="o", epsilon=3.0), "apply to DP training only"),
+    (c.AuditSettings(model="flow", data="d", out="o", compare=("ddpm", "flow")), "listed twice: flow"),
     (c.BudgetSettings(patients=10, batch_size=4, epochs=2, delta=1e-5), "exactly one"),
     (c.BudgetSettings(patients=10, batch_size=4, epochs=2, delta=1e-5, epsilon=1, noise_multiplier=1), "exactly one"),
     (c.BudgetSettings(patients=0, batch_size=4, epochs=2, delta=1e-5, epsilon=1), "patients must be"),
@@ -75,7 +76,7 @@ ALL_SETTINGS = [
     c.SampleSettings(model="flow", out="o", new_anatomy=2, group="HCM"),
     c.RestyleSettings(model="flow", image="i.nii.gz", mask="m.nii.gz", vendor="GE", out="x.nii.gz", steps=4,
                       device="cpu"),
-    c.AuditSettings(model="m", data="d", out="o", quick=True),
+    c.AuditSettings(model="m", data="d", out="o", quick=True, compare=("ddpm", "/models/flow-dp8")),
     c.BudgetSettings(patients=10, batch_size=4, epochs=2, delta=1e-5, noise_multiplier=1.1),
     c.PhantomSettings(out="o", patients=2, seed=3),
 ]
@@ -92,6 +93,8 @@ def test_arguments_parse_with_the_real_command_line(settings):
         pytest.skip("the DP flags of `cmrsynth train` are not registered yet")
     args = parser.parse_args(c.job_command(settings)[3:])
     assert args.command == settings.command and args.progress == "jsonl"
+    if settings.command == "audit":  # every model reaches `cmrsynth audit`, in order
+        assert args.model == [settings.model, *settings.compare]
 
 
 def test_status_follows_events_and_ends_in_one_terminal_state():

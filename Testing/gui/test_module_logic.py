@@ -316,8 +316,9 @@ def test_console_train_and_audit_return_the_model_and_the_report(stub_slicer, tm
     argv = job_command(started[0], python="PythonSlicer")
     assert argv[:6] == ["PythonSlicer", "-m", "CMRSynthLib.gui.child", "train", "--progress", "jsonl"]
     assert argv[argv.index("--epsilon") + 1] == "3.0" and argv[argv.index("--max-steps") + 1] == "7"
-    report = logic.audit(info.argument, tmp_path / "cohort", quick=True)
+    report = logic.audit(info.argument, tmp_path / "cohort", quick=True, compare=[starter().name])
     assert report["models"][0]["name"] == "m" and started[1].quick and started[1].model == info.argument
+    assert started[1].compare == (starter().name,)
     with pytest.raises(ValueError, match="apply to DP training only"):
         logic.train(tmp_path / "cohort", epsilon=3.0)  # refused before any job
     assert len(started) == 2

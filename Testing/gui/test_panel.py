@@ -253,6 +253,14 @@ def test_audit_tab_shows_the_verdict_table_coloured_by_level(panel, tmp_path, mo
     levels = set(re.findall(r'"(good|fair|poor|info|warn|bad|ok)"', Path(audit_report.__file__).read_text()))
     assert levels and levels <= set(tab.LEVEL_COLOURS)  # every level the audit can write has a colour
     assert read(tab.open_button, "enabled")
+    offered = [tab.compare.item(i).data(QtCore.Qt.UserRole) for i in range(tab.compare.count())]
+    assert tab.model.argument() not in offered and len(offered) == len(tab.model.models) - 1
+    tab.compare.item(0).setCheckState(QtCore.Qt.Checked)
+    tab.data.set_path(str(tmp_path / "cohort"))
+    started = []
+    monkeypatch.setattr(tab.context, "start", lambda runner, settings: started.append(settings))
+    tab.run_button.click()
+    assert started[0].model == tab.model.argument() and started[0].compare == (offered[0],)
     screenshot(panel, "audit", tmp_path)
 
 
