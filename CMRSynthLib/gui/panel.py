@@ -422,7 +422,7 @@ class AuditTab(QtWidgets.QWidget):
         super().__init__(parent)
         self.context, self.runner = context, JobRunner()
         self.model = ModelChooser(context)
-        self.data = PathField(folder=True, placeholder="real data: a cohort folder with held-out patients")
+        self.data = PathField(folder=True, placeholder="the cohort the model was trained on (its held-out patients are the yardstick)")
         self.out = PathField(folder=True, placeholder="report folder")
         self.out.set_path(str(Path.home() / "CMRSynth-audit"))
         self.quick = QtWidgets.QCheckBox("Quick (fewer samples and attacks; minutes instead of hours)")
