@@ -300,7 +300,7 @@ def vendor_table(rows: list[tuple[str, float, dict]], classifier: VendorClassifi
     table = Table("Quality: vendor recognisable? Accuracy of a vendor classifier trained on real images",
                   ["images", "accuracy", *classifier.vendors, f"target ≥ {VENDOR_TARGET:.0%}"])
     for name, accuracy, per_vendor in rows:
-        table.add(name, f"{accuracy:.0%}", *(f"{per_vendor[v]:.0%}" if v in per_vendor else "–"
+        table.add(name, f"{accuracy:.1%}", *(f"{per_vendor[v]:.0%}" if v in per_vendor else "–"
                                              for v in classifier.vendors),
                   "met" if accuracy >= VENDOR_TARGET else "missed")
     masks = len(restyled) // len(classifier.vendors)
