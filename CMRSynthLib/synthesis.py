@@ -8,14 +8,14 @@ prepared field of view: the background value) and is scaled to the intensity ran
 cases had for that vendor (the card's ``intensity``: medians of the clip percentiles), so -1 ↦ lo, 1 ↦ hi.
 
 Randomness: sample ``i`` of ``count`` uses a ``torch.Generator`` seeded with ``seed + i``: the same seed
-gives the same image.
+gives the same image. Every volume carries a synthetic marker: ``descrip`` "SYNTHETIC CMRSynth <family>
+seed=S vendor=V model=<id>" (kept by NIfTI) and ``cmrsynth_*`` keys (kept by NRRD and MHA).
 
 Precision: ``precision="bf16"`` runs the network under bf16 autocast (convolutions and matmuls in bfloat16,
-the sampler's state and updates in float32): about 1.8× faster on CPUs with bf16 matrix units (AMX,
-AVX-512-bf16). It is a choice, never automatic: the image changes by ``BF16_TOLERANCE`` at most (images in
-[-1, 1]; measured on the starter models, max |Δ| ≈ 0.01–0.07, mean ≈ 0.002–0.004, mask Dice unchanged — see
-the benchmarks' optimisation table), and the header records it. Every volume carries a synthetic marker: ``descrip`` "SYNTHETIC CMRSynth <family>
-seed=S vendor=V model=<id>" (kept by NIfTI) and ``cmrsynth_*`` keys (kept by NRRD and MHA).
+the sampler's state and updates in float32): 1.5–1.9× faster on CPUs with bf16 matrix units (AMX,
+AVX-512-bf16). It is a choice, never automatic: the image stays within ``BF16_TOLERANCE`` of the fp32 one
+(images in [-1, 1]; measured on the starter models: max |Δ| ≈ 0.01–0.07, mean ≈ 0.001–0.004, mask Dice
+unchanged — the benchmarks' optimisation and solver tables), and the header records it.
 """
 
 from __future__ import annotations

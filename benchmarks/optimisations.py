@@ -129,8 +129,8 @@ def family_rows(table: Table, family: str, settings: Settings, shared: dict) -> 
     diffs = differences(family, variants, settings)
     reference = timings[next(iter(variants))].median
     shared.setdefault("precision", {})[family] = {
-        "sampler": f"{sampler} {steps}", "fp32": reference * scale, "bf16": timings["bf16 autocast (CPU)"].median * scale,
-        "difference": diffs["bf16 autocast (CPU)"]}
+        "sampler": f"{sampler} {steps}", "fp32": reference * scale,
+        "bf16": timings["bf16 autocast (CPU)"].median * scale, "difference": diffs["bf16 autocast (CPU)"]}
     for name, timing in timings.items():
         diff = diffs[name]
         if variants[name][2]:

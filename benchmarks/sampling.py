@@ -29,15 +29,19 @@ UNIFORM_FAMILIES = ("ddpm", "flow")  # every step costs the same (one evaluation
 PARTIAL_FAMILIES = ("ddpm", "flow", "hybrid")  # all their work is network evaluations inside the step loop
 PLANS = {  # (sampler, steps) rows per family; the family's default is always added
     "ddpm": [("ancestral", 1000), ("ddim", 50), ("dpmpp", 20), ("dpmpp", 10)],
-    "flow": [("euler", 4), ("euler", 8), ("euler", 16), ("euler", 50), ("heun", 4), ("heun", 10), ("heun", 16),
-             ("midpoint", 10)],
+    "flow": [("euler", 4), ("euler", 8), ("euler", 16), ("euler", 50), ("heun", 4), ("heun", 6), ("heun", 10),
+             ("heun", 16), ("midpoint", 10), ("ab2", 6)],
     "ldm": [("euler", 4), ("heun", 4), ("heun", 10)],
-    "hybrid": [("euler", 4), ("heun", 6)],
+    "hybrid": [("euler", 4), ("heun", 4), ("heun", 6)],
 }
 QUICK_PLANS = {
     "ddpm": [("ancestral", 1000), ("ddim", 50), ("dpmpp", 10)],
-    "flow": [("euler", 4), ("euler", 16), ("heun", 4)],
+    "flow": [("euler", 4), ("euler", 16), ("heun", 4), ("heun", 6)],
+    "ldm": [("heun", 10)],
+    "hybrid": [("heun", 4)],
 }
+# the small preset's defaults before the ab2 solver (session 2): timed on whole stacks too, for before/after
+PREVIOUS_DEFAULTS = {("flow", "heun", 6), ("ldm", "heun", 10), ("hybrid", "heun", 4)}
 BUDGET = {"smoke": 4, "quick": 8, "full": 16}  # slice-evaluations timed per run before extrapolating
 
 
@@ -165,7 +169,8 @@ def run(settings: Settings, context: dict) -> list[Table]:
         generator = subjects.build(family, preset=settings.preset, size=settings.size, device=settings.device)
         for sampler, steps in plan(generator, family, settings):
             default = (sampler, steps) == (generator.default_sampler, generator.default_steps)
-            wanted = batches if (default or settings.full or (family, sampler, steps) == BASELINE) else [1]
+            whole = default or settings.full or (family, sampler, steps) in {BASELINE, *PREVIOUS_DEFAULTS}
+            wanted = batches if whole else [1]
             rows.append(measure_row(generator, family, sampler, steps, settings, batches=wanted))
         context.setdefault("defaults", {})[family] = (generator.default_sampler, generator.default_steps)
         context.setdefault("parameters", {})[family] = subjects.parameters(generator)
@@ -207,7 +212,8 @@ def sampling_table(rows: list[Row], settings: Settings, context: dict, loads: li
     dice = context.get("dice_of", lambda *a: "n/a (random weights)")
     for row in rows:
         speedup = (per_slice(base, 1) / per_slice(row, 1)) if base else None
-        name = row.family + (" (default)" if context["defaults"].get(row.family) == (row.sampler, row.steps) else "")
+        name = row.family + (" (default)" if context["defaults"].get(row.family) == (row.sampler, row.steps) else
+                             " (previous default)" if (row.family, row.sampler, row.steps) in PREVIOUS_DEFAULTS else "")
         if (row.family, row.sampler, row.steps) == BASELINE:
             name += " — SynCMRI-style baseline, same backbone"
         table.add(name, row.sampler, row.steps, row.evaluations if row.evaluations is not None else "n/a",

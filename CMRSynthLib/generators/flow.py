@@ -63,8 +63,8 @@ def integrate(velocity: Velocity, x: torch.Tensor, times: list[float], *, sample
 
     Euler: x' = x + h·v(x, t). Heun (trapezoid): x̃ = x + h·v₁, x' = x + h/2·(v₁ + v(x̃, t + h)).
     Midpoint: x' = x + h·v(x + h/2·v₁, t + h/2). Heun and midpoint take two evaluations per step.
-    ab2 (Adams–Bashforth, variable step): x' = x + h·((1 + r/2)·v₁ − r/2·v₀) with v₀ the previous step's velocity
-    and r = h/h₀; the first step is Euler. Second order like Heun at one evaluation per step.
+    ab2 (Adams–Bashforth, variable step): x' = x + h·((1 + r/2)·v₁ − r/2·v₀) with v₀ the previous step's
+    velocity and r = h/h₀; the first step is Euler. Second order like Heun at one evaluation per step.
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler {sampler!r} is not one of {SAMPLERS}")
