@@ -46,7 +46,7 @@ from CMRSynthLib.training.membership import SPLITS, SUFFIX, patient_splits
 class AuditPlan:
     """How much work an audit does: patients per side, segmenter, attacks, bootstrap draws."""
 
-    max_patients: int | None = None  # per side (members, non-members); None = all
+    max_patients: int | None = None  # per side (members, non-members) except for the membership attacks; None = all
     slices_per_case: int | None = None  # heart slices kept per image, evenly spaced base to apex; None = all
     segmenter: SegmenterConfig = SegmenterConfig()
     attack: AttackConfig = AttackConfig()
@@ -191,11 +191,12 @@ def generate(generator, vocabulary, source: Slices, *, seed: int, batch_size: in
 # -- one model ----------------------------------------------------------------------------------------------
 def audit_model(name: str, generator, card: dict, real_m: Slices, real_n: Slices, plan: AuditPlan, *,
                 synthetic: Slices | None, figures_dir: Path, cache, device: str, redact: bool, progress,
-                warnings: list[str], extra_spaces: Sequence = ()) -> dict:
+                warnings: list[str], extra_spaces: Sequence = (), attacked: tuple[Slices, Slices] | None = None) -> dict:
     """Every measure for one model; returns its report section (figures written to ``figures_dir``).
 
     Problems that only limit one measure (too few patients for the attacks) become ``warnings``;
-    ``extra_spaces`` are further feature spaces for FD/KD (Inception), without bootstrap intervals."""
+    ``extra_spaces`` are further feature spaces for FD/KD (Inception), without bootstrap intervals;
+    ``attacked`` are the members and non-members the membership attacks use (default ``real_m``, ``real_n``)."""
     from CMRSynthLib.generators.base import Vocabulary
 
     vocabulary = Vocabulary.from_dict(card["vocabulary"])
@@ -227,7 +228,8 @@ def audit_model(name: str, generator, card: dict, real_m: Slices, real_n: Slices
     utility = utility_study(real_m, synth_m, real_n, plan.segmenter, **kw)
     cross = _cross_vendor(generator, vocabulary, real_m, real_n, synthetic, plan, kw)
     try:
-        membership = membership_inference(generator, vocabulary, real_m, real_n, plan.attack, progress=progress)
+        membership = membership_inference(generator, vocabulary, *(attacked or (real_m, real_n)), plan.attack,
+                                          progress=progress)
     except InputError as exc:
         membership = {"skipped": str(exc)}
         warnings.append(f"{name}: membership inference not run: {exc}")
@@ -320,9 +322,9 @@ def run_audit(models: Sequence[str], data, out, *, synthetic=None, members=None,
     holdout_cohort = open_cohort(holdout) if holdout is not None and os.path.isdir(holdout) else None
     warnings: list[str] = [f"data: {p}" for p in cohort.problems[:5]]
     if quick:
-        warnings.append(f"quick run: at most {plan.max_patients} members and {plan.max_patients} held-out patients, "
-                        f"{plan.slices_per_case} slices per image, small segmenters and few bootstrap draws; "
-                        "use the full audit for decisions")
+        warnings.append(f"quick run: at most {plan.max_patients} members and {plan.max_patients} held-out patients "
+                        f"(the membership attacks use all of them), {plan.slices_per_case} slices per image, small "
+                        "segmenters and few bootstrap draws; use the full audit for decisions")
     sections, names = [], _names(models)
     with atomic_dir(out) as tmp:
         for name, model, (generator, card) in zip(names, models, loaded):
@@ -332,6 +334,7 @@ def run_audit(models: Sequence[str], data, out, *, synthetic=None, members=None,
             ids_m, ids_n = resolve_patients(patient_splits(card, resolve_model(model)), cohort, members=members,
                                             holdout=holdout, holdout_cohort=holdout_cohort, warnings=warnings)
             strata = {r.patient: (r.vendor, r.group) for c in (cohort, holdout_cohort) if c for r in c.records}
+            every_m, every_n = ids_m, ids_n
             ids_m, ids_n = subsample_matched(ids_m, ids_n, strata, plan.max_patients, plan.seed)
             for side, ids in (("member", ids_m), ("held-out", ids_n)):
                 if len(ids) < MIN_PATIENTS_FOR_CI:
@@ -340,6 +343,12 @@ def run_audit(models: Sequence[str], data, out, *, synthetic=None, members=None,
             real_m = load_slices(cohort, ids_m, preprocessing, what="member", slices_per_case=plan.slices_per_case)
             real_n = load_slices(holdout_cohort or cohort, ids_n, preprocessing, what="held-out",
                                  slices_per_case=plan.slices_per_case)
+            # The attacks only evaluate losses, which is cheap: they get every patient, as a capped audit
+            # would otherwise leave them a handful per side and no chance of a significant result.
+            attacked = None if (every_m, every_n) == (ids_m, ids_n) else (
+                load_slices(cohort, every_m, preprocessing, what="member", slices_per_case=plan.slices_per_case),
+                load_slices(holdout_cohort or cohort, every_n, preprocessing, what="held-out",
+                            slices_per_case=plan.slices_per_case))
             synth = None
             if synthetic is not None:
                 synth_cohort = open_cohort(synthetic)
@@ -350,7 +359,8 @@ def run_audit(models: Sequence[str], data, out, *, synthetic=None, members=None,
                 synth = load_slices(synth_cohort, synth_cohort.patients(), preprocessing, what="synthetic")
             sections.append(audit_model(name, generator, card, real_m, real_n, plan, synthetic=synth,
                                         figures_dir=tmp / "figures", cache=cache, device=device, redact=redact,
-                                        progress=progress, warnings=warnings, extra_spaces=extra_spaces))
+                                        progress=progress, warnings=warnings, extra_spaces=extra_spaces,
+                                        attacked=attacked))
         report = {"format": "cmrsynth-audit", "version": 1, "cmrsynth": __version__,
                   "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                   "data": {"path": str(data), "layout": cohort.layout, "patients": len(cohort.patients()),

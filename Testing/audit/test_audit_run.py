@@ -109,6 +109,19 @@ def test_audit_writes_a_truthful_report(workspace):
         f"memoriser-{k}.png" for k in ("samples", "nearest-neighbours", "intensity", "roc", "timesteps"))
 
 
+def test_capped_audit_still_attacks_every_patient(workspace):
+    from dataclasses import replace
+
+    report = run_audit([str(workspace["checkpoint"])], workspace["cohort"], workspace["root"] / "report-capped",
+                       plan=replace(TINY, max_patients=4), cache=workspace["cache"])
+    model = report["models"][0]
+    assert len(model["patients"]["members"]) == len(model["patients"]["non_members"]) == 4
+    attacked = {side: model["membership"]["calibration_patients"][side] + model["membership"]["evaluation_patients"][side]
+                for side in ("members", "non_members")}
+    assert sorted(attacked["members"]) == MEMBERS and sorted(attacked["non_members"]) == HOLDOUT
+    assert model["membership"]["attacks"][0]["evaluation"]["auc"].value >= 0.9  # the memoriser is still caught
+
+
 def test_generator_returning_held_out_images_is_flagged(workspace):
     copies = workspace["root"] / "copies"
     shutil.copytree(workspace["cohort"], copies)
