@@ -80,7 +80,8 @@ def read_model(path: str | os.PathLike, *, starter: bool = False) -> ModelInfo:
     return ModelInfo(name=path.name, path=path, family=str(card["family"]), starter=starter,
                      epsilon=privacy.get("epsilon"), delta=privacy.get("delta"),
                      vendors=tuple((card.get("vocabulary") or {}).get("vendors", ())),
-                     patients=len(members) if isinstance(members, list) else None,
+                     # a DP card lists no patient (they live beside the folder); its ledger counts them
+                     patients=len(members) if isinstance(members, list) else privacy.get("patients"),
                      model_id=str(card.get("model_id", "")), card=card)
 
 

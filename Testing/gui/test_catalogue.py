@@ -13,7 +13,9 @@ def checkpoint(folder, family="flow", *, epsilon=None, members=3, vendors=("Siem
     card = {"format": "cmrsynth-checkpoint", "version": 1, "family": family, "model_id": "abc123",
             "members": [f"p{i}" for i in range(members)], "vocabulary": {"vendors": list(vendors)},
             "data": {"simulated": simulated},
-            "privacy": None if epsilon is None else {"epsilon": epsilon, "delta": 1e-5}}
+            "privacy": None if epsilon is None else {"epsilon": epsilon, "delta": 1e-5, "patients": members}}
+    if epsilon is not None:  # a DP card keeps its patient lists beside the folder, not in it
+        del card["members"]
     (folder / "card.json").write_text(json.dumps(card))
     return folder
 
