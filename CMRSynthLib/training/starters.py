@@ -71,8 +71,8 @@ def train_starter(name: str, *, data: Path, work: Path, out: Path, progress) -> 
 
 def summary(out: Path) -> str:
     """``STARTERS.md``: one row per shipped starter, from its card."""
-    rows = ["| model | family | preset | image | steps | minutes | final loss | MB |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    rows = ["| model | family | preset | image | steps | minutes | final loss | default sampler | MB |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name in STARTERS:
         folder = out / name
         if not (folder / ckpt.CARD).is_file():
@@ -82,7 +82,8 @@ def summary(out: Path) -> str:
         size = sum(p.stat().st_size for p in folder.iterdir()) / 1e6
         rows.append(f"| {name} | {card['family']} | {t['arguments']['preset']} | "
                     f"{'×'.join(map(str, card['preprocessing']['size']))} | {t['steps']} | "
-                    f"{t['wall_seconds'] / 60:.1f} | {t['final_loss']:.4f} | {size:.1f} |")
+                    f"{t['wall_seconds'] / 60:.1f} | {t['final_loss']:.4f} | "
+                    f"{card['config']['sampler']} {card['config']['steps']} | {size:.1f} |")
     return ("# Starter models\n\nTrained on the simulated phantom cohort (never real patients) by\n"
             f"`{COMMAND}` (one starter: add `--only NAME`); see `CMRSynthLib/training/starters.py`.\n\n"
             + "\n".join(rows) + f"\n\nWeights: the EMA weights, stored as {STORAGE_NOTE}; loading rebuilds "
