@@ -31,6 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sampler", default=None, help="sampler name (default: the model's)")
     parser.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance weight (≥ 0)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                        help="bf16 runs the network in bfloat16 (about 2x faster on recent CPUs; same seed gives the "
+                             "fp32 image within 0.1, recorded in the header)")
     parser.add_argument("--format", choices=tuple(FORMATS), default="nifti")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
     parser.add_argument("--anatomy-model", default=None, help="stage-1 mask generator for --new-anatomy")
@@ -96,7 +99,7 @@ def run(args, progress) -> int:
         done = number * args.count
         images = synthesize(generator, card, volume, vendor=args.vendor, phase=args.phase, group=args.group,
                             seed=args.seed, steps=steps, sampler=sampler, guidance=args.guidance,
-                            count=args.count, path=path,
+                            count=args.count, path=path, precision=args.precision,
                             callback=lambda d, t, base=done, label=name: progress.update(
                                 base + d * args.count // t, message=f"{label}: step {d} of {t}"))
         for index, image in enumerate(images):

@@ -1,5 +1,7 @@
 """cmrsynth sample: exact geometry of an oblique mask, determinism, synthetic markers, DICOM, bad input."""
 
+import json
+
 import numpy as np
 import pydicom
 import pytest
@@ -77,6 +79,18 @@ def test_dicom_series_is_marked_synthetic_with_fresh_uids(run_cli, tiny_flow, ma
     assert sample(run_cli, tiny_flow, mask_file, nifti)[0] == 0
     expected = read_volume(nifti / "heart_synth_Siemens_0.nii.gz").array
     assert np.abs(sitk.GetArrayFromImage(series) - expected).max() <= 0.5  # whole-number storage
+
+
+def test_bf16_precision_is_close_to_fp32_and_recorded(run_cli, tiny_flow, mask_file, tmp_path):  # noqa: F811
+    for precision in ("fp32", "bf16"):
+        assert sample(run_cli, tiny_flow, mask_file, tmp_path / precision, "--precision", precision,
+                      "--format", "nrrd")[0] == 0
+    name = "heart_synth_Siemens_0.nrrd"  # NRRD keeps every header key (a NIfTI descrip has 80 characters)
+    fp32, bf16 = (read_volume(tmp_path / p / name) for p in ("fp32", "bf16"))
+    assert not np.array_equal(fp32.array, bf16.array)  # bf16 really ran
+    scale = np.ptp(fp32.array)
+    assert np.abs(fp32.array - bf16.array).max() <= 0.1 * scale
+    assert "bf16" in json.dumps(bf16.metadata)
 
 
 def _four_d(path):
