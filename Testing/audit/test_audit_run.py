@@ -27,7 +27,6 @@ from CMRSynthLib.jobs.progress import Progress
 from CMRSynthLib.models.unet import UNetConfig
 from CMRSynthLib.training.checkpoint import save_checkpoint
 
-pytestmark = pytest.mark.xdist_group("audit-end-to-end")
 
 MEMBERS = [f"phantom{i:03d}" for i in range(8)]
 HOLDOUT = [f"phantom{i:03d}" for i in range(8, 16)]

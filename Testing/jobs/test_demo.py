@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("demo")]
+pytestmark = pytest.mark.slow
 
 MODELS = ("flow", "ddpm", "flow-dp")
 AXES = ("fidelity", "adherence", "utility", "membership", "memorisation")
