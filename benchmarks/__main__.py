@@ -35,6 +35,8 @@ SECTIONS = {
     "scaling": ("benchmarks.scaling", "run"),
     "optimisations": ("benchmarks.optimisations", "run"),
 }
+# studies that train many models: full and smoke runs include them, a quick run only when asked (--only)
+STUDIES = ("solvers", "privacy-utility")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -45,8 +47,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                       help="a shorter run (< 5 min): fewer rows, one timed run each")
     size.add_argument("--smoke", action="store_const", const="smoke", dest="mode",
                       help="tiny shapes and presets (< 1 min): checks the suite works, numbers mean little")
-    parser.add_argument("--only", default=",".join(SECTIONS),
-                        help=f"comma-separated sections among {', '.join(SECTIONS)} (default: all)")
+    parser.add_argument("--only", default=None,
+                        help=f"comma-separated sections among {', '.join(SECTIONS)} (default: all; with --quick all "
+                             f"but the studies {', '.join(STUDIES)})")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--out", type=Path, default=None,
@@ -54,6 +57,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                              "'-' writes none)")
     args = parser.parse_args(argv)
     args.mode = args.mode or "full"
+    if args.only is None:
+        args.only = ",".join(s for s in SECTIONS if args.mode != "quick" or s not in STUDIES)
     args.only = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = [s for s in args.only if s not in SECTIONS]
     if unknown:

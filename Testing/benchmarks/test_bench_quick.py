@@ -35,3 +35,12 @@ def test_unknown_section_is_refused():
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert run.returncode == 2
     assert "warp" in run.stderr and "sampling" in run.stderr
+
+
+def test_a_quick_run_leaves_the_studies_out_unless_asked():
+    code = ("from benchmarks.__main__ import parse, STUDIES\n"
+            "assert not set(parse(['--quick']).only) & set(STUDIES)\n"
+            "assert set(STUDIES) <= set(parse([]).only) and set(STUDIES) <= set(parse(['--smoke']).only)\n"
+            "assert parse(['--quick', '--only', 'solvers']).only == ['solvers']\n")
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
