@@ -87,7 +87,7 @@ class Stages:
 
         argv = [str(a) for a in argv]
         marker = self.markers / f"{name}.json"
-        if marker.is_file() and json.loads(marker.read_text()) == argv:
+        if marker.is_file() and json.loads(marker.read_text(encoding="utf-8")) == argv:
             _say(f"[{name}] done before, reused:  cmrsynth {shlex.join(argv)}")
             return
         _say(f"[{name}]  cmrsynth {shlex.join(argv)}")
@@ -110,7 +110,7 @@ def split_cohort(cohort: Path, out: Path, *, public_fraction: float, seed: int) 
     from CMRSynthLib.data.splits import split_patients
     from CMRSynthLib.files import atomic_write_text
 
-    with open(cohort / "cohort.csv", newline="") as f:
+    with open(cohort / "cohort.csv", newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     vendor_of = {row["patient"]: row["vendor"] for row in rows}
     split = split_patients(sorted(vendor_of), fractions=(public_fraction, 1 - public_fraction, 0.0), seed=seed,
@@ -129,9 +129,9 @@ def split_cohort(cohort: Path, out: Path, *, public_fraction: float, seed: int) 
 
 def held_out_cases(model_dir: Path, private: Path, *, count: int) -> list[dict]:
     """The first ``count`` ED cases of patients the model's card lists as held out, one per vendor first."""
-    card = json.loads((model_dir / "card.json").read_text())
+    card = json.loads((model_dir / "card.json").read_text(encoding="utf-8"))
     holdout = set(card["holdout"])
-    with open(private / "cohort.csv", newline="") as f:
+    with open(private / "cohort.csv", newline="", encoding="utf-8") as f:
         rows = [r for r in csv.DictReader(f) if r["patient"] in holdout and r["phase"] == "ED"]
     if not rows:
         raise InputError("the model's card lists no held-out patients in the private cohort", path=model_dir)
@@ -215,11 +215,11 @@ def run(args, progress) -> int:
 
 def _training_patients(model_dir: Path) -> int:
     """How many patients the private model was trained on (the DP planner's N)."""
-    return len(json.loads((model_dir / "card.json").read_text())["members"])
+    return len(json.loads((model_dir / "card.json").read_text(encoding="utf-8"))["members"])
 
 
 def _print_verdicts(report_json: Path) -> None:
-    report = json.loads(report_json.read_text())
+    report = json.loads(report_json.read_text(encoding="utf-8"))
     print()
     for model in report["models"]:
         print(f"## {model['name']}")

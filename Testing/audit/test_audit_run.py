@@ -40,9 +40,9 @@ def workspace(tmp_path_factory):
     """A 16-patient phantom cohort (ED only: one 32-px slice per patient) and a model that memorised 8."""
     root = tmp_path_factory.mktemp("audit")
     cohort = write_phantom_cohort(root / "cohort", 16, seed=0, shape=(1, 48, 48))
-    with open(cohort / "cohort.csv", newline="") as f:
+    with open(cohort / "cohort.csv", newline="", encoding="utf-8") as f:
         rows = [r for r in csv.DictReader(f) if r["phase"] == "ED"]
-    with open(cohort / "cohort.csv", "w", newline="") as f:
+    with open(cohort / "cohort.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
@@ -96,12 +96,12 @@ def test_audit_writes_a_truthful_report(workspace):
     assert verdict["privacy (membership)"]["level"] == "poor"
     assert verdict["privacy (memorisation)"]["level"] == "poor"
     assert verdict["privacy (DP)"]["number"] == "none"
-    stored = json.loads((out / "report.json").read_text())
+    stored = json.loads((out / "report.json").read_text(encoding="utf-8"))
     auc = stored["models"][0]["membership"]["attacks"][0]["evaluation"]["auc"]
     assert auc["n"] == 8 and auc["method"] and auc["low"] <= auc["value"] <= auc["high"]
     assert stored["models"][0]["adherence"]["ceiling"]["LV"]["dice"]["n"] == 8
     assert "4 patients per class" in auc["warning"]  # the evaluation half is small, and the report says so
-    html = (out / "report.html").read_text()
+    html = (out / "report.html").read_text(encoding="utf-8")
     assert html.count("data:image/png;base64,") >= 4 and "SENSITIVE" in html and "real images redacted" in html
     assert html.index("no differential privacy") < html.index("Fidelity") < html.index("id=verdict")
     assert sorted(p.name for p in (out / "figures").iterdir()) == sorted(
@@ -124,9 +124,9 @@ def test_capped_audit_still_attacks_every_patient(workspace):
 def test_generator_returning_held_out_images_is_flagged(workspace):
     copies = workspace["root"] / "copies"
     shutil.copytree(workspace["cohort"], copies)
-    with open(copies / "cohort.csv", newline="") as f:
+    with open(copies / "cohort.csv", newline="", encoding="utf-8") as f:
         rows = [r for r in csv.DictReader(f) if r["patient"] in HOLDOUT]
-    with open(copies / "cohort.csv", "w", newline="") as f:
+    with open(copies / "cohort.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
@@ -150,7 +150,7 @@ def test_overlap_and_bad_input_are_refused(workspace, run_cli, tmp_path):
     assert code == 2 and "overlap" in err
     no_masks = tmp_path / "no-masks"
     no_masks.mkdir()
-    with open(workspace["cohort"] / "cohort.csv", newline="") as f:
+    with open(workspace["cohort"] / "cohort.csv", newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))[:2]
     for row in rows:
         shutil.copy(workspace["cohort"] / row["image"], no_masks / f"{row['patient']}.nii.gz")

@@ -193,7 +193,7 @@ def test_vendor_styles_are_told_apart_by_two_simple_features(cohort):
 def test_written_cohort_round_trips(tmp_path):
     out = write_phantom_cohort(tmp_path / "cohort", 2, seed=4, shape=(4, 32, 32))
     memory = make_phantom_cohort(2, seed=4, shape=(4, 32, 32))
-    with open(out / "cohort.csv", newline="") as handle:
+    with open(out / "cohort.csv", newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     assert list(rows[0])[:9] == ["patient", "vendor", "phase", "group", "image", "label", "height", "weight",
                                  "simulated"]
@@ -205,7 +205,7 @@ def test_written_cohort_round_trips(tmp_path):
         assert image.same_geometry(case.image, atol=1e-4) and label.same_geometry(case.label, atol=1e-4)
         assert np.array_equal(image.array, case.image.array) and np.array_equal(label.array, case.label.array)
         assert image.metadata.get("descrip") == DESCRIP and row["simulated"] == "true"
-    assert json.loads((out / "phantom.json").read_text())["seed"] == 4
+    assert json.loads((out / "phantom.json").read_text(encoding="utf-8"))["seed"] == 4
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no partial leftovers
 
 

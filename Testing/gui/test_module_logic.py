@@ -250,7 +250,7 @@ def test_dependencies_are_checked_and_installed_only_as_allowed(stub_slicer, mon
     logic.ensureDependencies(interactive=True)
     (requirements, options), = calls
     assert requirements == ["foo>=1"] and options["prompt_install"] is True and options["requester"] == "CMRSynth"
-    pins = Path(options["constraints"]).read_text()
+    pins = Path(options["constraints"]).read_text(encoding="utf-8")
     assert "numpy==" in pins and "SimpleITK==" in pins and "torch==" in pins
 
 

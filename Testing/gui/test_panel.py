@@ -250,7 +250,7 @@ def test_audit_tab_shows_the_verdict_table_coloured_by_level(panel, tmp_path, mo
                                                               first["number"], first["meaning"]]
     for r, row in enumerate(rows):
         assert tab.table.item(r, 1).background().color() == QtGui.QColor(tab.LEVEL_COLOURS[row["level"]])
-    levels = set(re.findall(r'"(good|fair|poor|info|warn|bad|ok)"', Path(audit_report.__file__).read_text()))
+    levels = set(re.findall(r'"(good|fair|poor|info|warn|bad|ok)"', Path(audit_report.__file__).read_text(encoding="utf-8")))
     assert levels and levels <= set(tab.LEVEL_COLOURS)  # every level the audit can write has a colour
     assert read(tab.open_button, "enabled")
     offered = [tab.compare.item(i).data(QtCore.Qt.UserRole) for i in range(tab.compare.count())]
@@ -316,7 +316,7 @@ def test_reader_study_tab_records_answers_and_agreement(panel, cohort, tmp_path)
     header = tab.summary.horizontalHeader()
     assert sum(header.sectionSize(c) for c in range(header.count())) <= tab.summary.viewport().width()
     assert "Cohen's κ A vs B: 0.00" in tab.kappa.text()
-    summary = (tmp_path / "study" / "results_summary.csv").read_text().splitlines()
+    summary = (tmp_path / "study" / "results_summary.csv").read_text(encoding="utf-8").splitlines()
     assert summary[0] == "who,measure,value" and "A vs B,cohens_kappa,0.0" in summary
 
 

@@ -88,13 +88,13 @@ def test_results_round_trip_and_summary(study_files, tmp_path):
     assert saved == tmp_path / "out" / "results_summary.csv"
     import csv
 
-    with open(saved, newline="") as f:
+    with open(saved, newline="", encoding="utf-8") as f:
         rows = {(r["who"], r["measure"]): r["value"] for r in csv.DictReader(f)}
     assert rows[("A", "accuracy")] == "0.5" and rows[("A", "sensitivity")] == "0.0"
     assert rows[("A", "specificity")] == "1.0" and rows[("B", "mean_confidence")] == "5.0"
     assert rows[("A vs B", "cohens_kappa")] == "0.0" and rows[("B", "answered")] == "4"
     real_answer = next(a for a in answers if a.reader == "A" and a.item in {i.item for i in items if i.truth == "real"})
-    one = rs.save_summary(tmp_path / "one.csv", rs.summary(items, [real_answer])).read_text().splitlines()
+    one = rs.save_summary(tmp_path / "one.csv", rs.summary(items, [real_answer])).read_text(encoding="utf-8").splitlines()
     assert one[3] == "A,sensitivity,"  # only a real item answered: sensitivity undefined, left empty
     (tmp_path / "other.csv").write_text("a,b\n1,2\n")
     with pytest.raises(InputError, match="not a reader-study results file"):

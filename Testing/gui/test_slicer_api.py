@@ -21,7 +21,7 @@ PYTORCH_LOGIC = "PyTorchUtils.PyTorchUtilsLogic"
 
 
 def names(filename: str) -> set[str]:
-    return {line.strip() for line in (LISTS / filename).read_text().splitlines() if line.strip()}
+    return {line.strip() for line in (LISTS / filename).read_text(encoding="utf-8").splitlines() if line.strip()}
 
 
 KNOWN = {

@@ -26,7 +26,7 @@ def demo(tmp_path_factory):
 
 
 def test_report_carries_every_axis_for_every_model(demo):
-    report = json.loads((demo / "report" / "report.json").read_text())
+    report = json.loads((demo / "report" / "report.json").read_text(encoding="utf-8"))
     assert [m["name"] for m in report["models"]] == list(MODELS)
     for model in report["models"]:
         for axis in AXES:
@@ -37,7 +37,7 @@ def test_report_carries_every_axis_for_every_model(demo):
 
 
 def test_dp_model_carries_an_exact_patient_level_ledger(demo):
-    report = json.loads((demo / "report" / "report.json").read_text())
+    report = json.loads((demo / "report" / "report.json").read_text(encoding="utf-8"))
     ledgers = {m["name"]: m["privacy_ledger"] for m in report["models"]}
     assert ledgers["flow"] is None and ledgers["ddpm"] is None
     dp = ledgers["flow-dp"]
@@ -47,7 +47,7 @@ def test_dp_model_carries_an_exact_patient_level_ledger(demo):
 
 
 def test_report_html_is_self_contained_with_figures(demo):
-    html = (demo / "report" / "report.html").read_text()
+    html = (demo / "report" / "report.html").read_text(encoding="utf-8")
     assert html.count("<img") >= 4
     assert 'src="figures/' not in html and "http://" not in html.replace("http://www.w3.org", "")
 

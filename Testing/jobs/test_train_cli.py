@@ -59,5 +59,5 @@ def test_missing_cohort_exits_2(run_cli, tmp_path):
 def test_card_of_a_jsonl_run_is_plain_json(run_cli, phantom, tmp_path):  # noqa: F811
     out = tmp_path / "model"
     assert run_cli("train", "--data", phantom, "--out", out, *TINY, "--max-steps", "1", "--train-patients", "1")[0] == 0
-    card = json.loads((out / "card.json").read_text())
+    card = json.loads((out / "card.json").read_text(encoding="utf-8"))
     assert len(card["members"]) == 1 and card["privacy"] is None

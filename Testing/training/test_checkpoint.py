@@ -79,7 +79,7 @@ def test_pickles_are_refused_unopened(model, tmp_path, name):
 def test_foreign_corrupt_and_mismatched_folders_are_refused(model, tmp_path):
     ckpt.save_checkpoint(tmp_path / "m", model, card())
     card_path = tmp_path / "m" / "card.json"
-    good = json.loads(card_path.read_text())
+    good = json.loads(card_path.read_text(encoding="utf-8"))
     cases = [({**good, "format": "other"}, "format"), ({**good, "version": 99}, "version 99"),
              ({**good, "family": "gan"}, "unknown generator family 'gan'"),
              ({**good, "config": {**good["config"], "vocabulary": {**good["config"]["vocabulary"],

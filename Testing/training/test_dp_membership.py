@@ -21,7 +21,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:Full backward hook is firing")
 def dp_run(data, out, **overrides):
     privacy = DPTraining(DPConfig(delta=1e-2, max_grad_norm=1.0, noise_multiplier=1.0, seed=3))
     Trainer(train_config(data, out, max_steps=3, batch_size=2, **overrides), privacy=privacy).run()
-    return json.loads((out / "card.json").read_text())
+    return json.loads((out / "card.json").read_text(encoding="utf-8"))
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +77,7 @@ def test_a_dp_fine_tune_keeps_its_public_models_intensity_record(phantom, tmp_pa
 
     public = write_phantom_cohort(tmp_path / "public", PATIENTS, seed=101, shape=SHAPE)
     Trainer(train_config(public, tmp_path / "public-model", max_steps=2)).run()
-    public_card = json.loads((tmp_path / "public-model" / "card.json").read_text())
+    public_card = json.loads((tmp_path / "public-model" / "card.json").read_text(encoding="utf-8"))
     card = dp_run(phantom, tmp_path / "dp", init=str(tmp_path / "public-model"), preset=None, image_size=None)
     assert public_card["intensity"] and card["intensity"] == public_card["intensity"]
 

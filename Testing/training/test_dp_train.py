@@ -21,7 +21,7 @@ DP = ["--dp", "--delta", "1e-2", "--max-grad-norm", "1.0"]
 
 
 def card_of(path):
-    return json.loads((path / "card.json").read_text())
+    return json.loads((path / "card.json").read_text(encoding="utf-8"))
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from training_fixtures import phantom, train_config  # noqa: F401 - fixture
 
 
 def card_of(path):
-    return json.loads((path / "card.json").read_text())
+    return json.loads((path / "card.json").read_text(encoding="utf-8"))
 
 
 def test_loss_goes_down_and_card_records_the_run(phantom, tmp_path):  # noqa: F811
@@ -45,7 +45,7 @@ def test_resume_ends_identical_to_an_uninterrupted_run(phantom, tmp_path):  # no
     interrupted._train_step = killed_at_the_seventh_step
     with pytest.raises(KeyboardInterrupt):
         interrupted.run()
-    state = json.loads((tmp_path / "parts" / "trainer_state.json").read_text())
+    state = json.loads((tmp_path / "parts" / "trainer_state.json").read_text(encoding="utf-8"))
     assert state["step"] == 4 and not state["finished"]
     resumed = Trainer(train_config(phantom, tmp_path / "parts", max_steps=9, save_every=4)).run()
     assert resumed.resumed_from == 4 and resumed.steps == 9
@@ -61,7 +61,7 @@ def test_finished_runs_are_reported_other_arguments_refused(phantom, tmp_path): 
     Trainer(train_config(phantom, tmp_path / "run", max_steps=2)).run()
     assert Trainer(train_config(phantom, tmp_path / "run", max_steps=2)).run().already_finished
     state_path = tmp_path / "run" / "trainer_state.json"
-    state_path.write_text(json.dumps({**json.loads(state_path.read_text()), "finished": False}))
+    state_path.write_text(json.dumps({**json.loads(state_path.read_text(encoding="utf-8")), "finished": False}))
     with pytest.raises(InputError, match="other arguments.*lr"):
         Trainer(train_config(phantom, tmp_path / "run", max_steps=2, lr=1e-2)).run()
     forced = Trainer(train_config(phantom, tmp_path / "run", max_steps=2, lr=1e-2, force=True)).run()
