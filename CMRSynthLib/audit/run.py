@@ -340,15 +340,13 @@ def run_audit(models: Sequence[str], data, out, *, synthetic=None, members=None,
                 if len(ids) < MIN_PATIENTS_FOR_CI:
                     warnings.append(f"{name}: only {len(ids)} {side} patients; confidence intervals are unreliable "
                                     f"below {MIN_PATIENTS_FOR_CI}")
-            real_m = load_slices(cohort, ids_m, preprocessing, what="member", slices_per_case=plan.slices_per_case)
-            real_n = load_slices(holdout_cohort or cohort, ids_n, preprocessing, what="held-out",
-                                 slices_per_case=plan.slices_per_case)
             # The attacks only evaluate losses, which is cheap: they get every patient, as a capped audit
             # would otherwise leave them a handful per side and no chance of a significant result.
-            attacked = None if (every_m, every_n) == (ids_m, ids_n) else (
-                load_slices(cohort, every_m, preprocessing, what="member", slices_per_case=plan.slices_per_case),
-                load_slices(holdout_cohort or cohort, every_n, preprocessing, what="held-out",
-                            slices_per_case=plan.slices_per_case))
+            attacked = (load_slices(cohort, every_m, preprocessing, what="member",
+                                    slices_per_case=plan.slices_per_case),
+                        load_slices(holdout_cohort or cohort, every_n, preprocessing, what="held-out",
+                                    slices_per_case=plan.slices_per_case))
+            real_m, real_n = attacked[0].of_patients(ids_m), attacked[1].of_patients(ids_n)
             synth = None
             if synthetic is not None:
                 synth_cohort = open_cohort(synthetic)
