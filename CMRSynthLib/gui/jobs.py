@@ -4,10 +4,14 @@
 Slicer's PythonQt alike), parses each stdout line with :func:`CMRSynthLib.jobs.progress.read_events`,
 updates a :class:`~CMRSynthLib.gui.controller.JobStatus` and calls the listeners registered with :meth:`on`.
 
-Cancel ends the whole process tree: the job runs as ``python -m CMRSynthLib.gui.child`` which makes itself a
-process-group leader (POSIX), so SIGTERM reaches it and its workers at once; the command line turns SIGTERM
-into a clean exit in which the atomic writers delete their partial files. Whatever is still alive after the
-grace period gets SIGKILL. On Windows ``taskkill /T`` does the same for the tree.
+Cancel ends the whole process tree. The job runs as ``python -m CMRSynthLib.gui.child``, which makes itself a
+process-group leader (POSIX) and reports its pid and group in its first ``start`` event. The process the runner
+started may be a launcher that forwards no signal (Slicer's ``PythonSlicer``); so Cancel sends SIGTERM to the
+reported group, which reaches the job and its workers at once, and the launcher exits when its child does. The
+command line turns SIGTERM into a clean exit in which the atomic writers delete their partial files. A Cancel
+that comes before the report is sent when the report arrives. Whatever is still alive after the grace period
+gets SIGKILL (group and launcher). A job that reports nothing but leads its own group is signalled as a group.
+On Windows ``taskkill /T`` ends the tree of the started process, launcher and job alike.
 """
 
 from __future__ import annotations
@@ -47,6 +51,9 @@ class JobRunner:
         self._stderr: list[str] = []
         self._cancelled = False
         self._kill_timer = None
+        self._job_group: int | None = None  # the process group the job reported (see CMRSynthLib.gui.child)
+        self._terminated_group: int | None = None  # the group SIGTERM went to (sent once: a second one would
+        #                                             interrupt the job's own cleanup)
 
     # -- public -----------------------------------------------------------------------------------
     def on(self, kind: str, callback: Callable) -> None:
@@ -66,6 +73,7 @@ class JobRunner:
         self.status = JobStatus()
         self.status.start(name or (argv[3] if len(argv) > 3 and argv[1] == "-m" else os.path.basename(argv[0])))
         self._stdout, self._stderr, self._cancelled = b"", [], False
+        self._job_group = self._terminated_group = None
         process = QtCore.QProcess()
         if environment is not None:
             env = QtCore.QProcessEnvironment()
@@ -94,6 +102,11 @@ class JobRunner:
         self._kill_timer.setSingleShot(True)
         self._kill_timer.timeout.connect(self._kill)
         self._kill_timer.start(int(self.grace_seconds * 1000))
+
+    def stop(self) -> JobStatus:
+        """Cancel the job and return once its process tree is gone (closing a window, Slicer quitting)."""
+        self.cancel()
+        return self.wait()
 
     def wait(self, timeout: float | None = None) -> JobStatus:
         """Block until the job ends (events keep flowing to listeners); cancel it after ``timeout`` seconds."""
@@ -124,6 +137,8 @@ class JobRunner:
                 if line.strip():
                     self._emit("log", line)
                 continue
+            if events[0].get("event") == "start" and self._job_group is None:
+                self._adopt_group(events[0])
             kind = self.status.apply(events[0])
             if kind is not None:
                 self._emit(kind, events[0])
@@ -162,6 +177,14 @@ class JobRunner:
         if self.running:
             self._signal_tree(hard=True)
 
+    def _adopt_group(self, event: dict) -> None:
+        """Remember the process group a job reports in its ``start`` event; a pending Cancel is sent to it now."""
+        pid, group = event.get("pid"), event.get("pgid")
+        if isinstance(group, int) and group == pid and group > 1 and group != _own_group():
+            self._job_group = group
+            if self._cancelled:
+                self._signal_tree(hard=False)
+
     def _signal_tree(self, *, hard: bool) -> None:
         pid = int(self._process.processId())
         if pid <= 0:
@@ -170,7 +193,23 @@ class JobRunner:
             subprocess.run(["taskkill", "/PID", str(pid), "/T"] + (["/F"] if hard else []),
                            capture_output=True, check=False)
             return
-        try:
-            os.killpg(pid, signal.SIGKILL if hard else signal.SIGTERM)
-        except (ProcessLookupError, PermissionError):  # not (yet) a group leader: signal the job itself
-            self._process.kill() if hard else self._process.terminate()
+        group = self._job_group or (pid if _leads_group(pid) else None)
+        if group is not None and (hard or group != self._terminated_group):
+            try:
+                os.killpg(group, signal.SIGKILL if hard else signal.SIGTERM)
+            except (ProcessLookupError, PermissionError):  # already gone
+                pass
+            self._terminated_group = group
+        if hard:  # a launcher stuck after its job died, or a job that never said where it runs
+            self._process.kill()
+
+
+def _own_group() -> int | None:
+    return os.getpgrp() if hasattr(os, "getpgrp") else None
+
+
+def _leads_group(pid: int) -> bool:
+    try:
+        return os.getpgid(pid) == pid
+    except ProcessLookupError:
+        return False

@@ -1,4 +1,5 @@
-"""The job runner with real subprocesses: protocol parsing, failure, and Cancel ending the process tree."""
+"""The job runner with real subprocesses: protocol parsing, failure, and Cancel ending the process tree,
+also when the job runs behind a launcher that forwards no signal (Slicer's PythonSlicer)."""
 
 import os
 import sys
@@ -6,7 +7,8 @@ import textwrap
 
 import pytest
 
-from CMRSynthLib.gui.controller import JobState
+from CMRSynthLib.gui import catalogue
+from CMRSynthLib.gui.controller import JobState, SampleSettings, job_command
 from CMRSynthLib.gui.jobs import JobRunner
 from CMRSynthLib.gui.qt import QtCore
 
@@ -138,10 +140,11 @@ def test_cancel_ends_the_process_tree_and_leaves_no_partial_output(tmp_path, ign
         assert list(out.parent.glob("*")) == []
 
 
-def test_the_gui_child_entry_point_leads_its_own_process_group(tmp_path):
+def test_the_gui_child_leads_its_own_process_group_and_reports_it_first(tmp_path):
     runner = JobRunner()
-    lines = []
+    lines, starts = [], []
     runner.on("log", lambda status, line: lines.append(line))
+    runner.on("start", lambda status, event: starts.append(event))
     # run the child module the way the runner does, then ask it who leads its group
     runner.start([sys.executable, "-c",
                   "import os, runpy, sys\n"
@@ -153,3 +156,133 @@ def test_the_gui_child_entry_point_leads_its_own_process_group(tmp_path):
     assert status.state is JobState.DONE, status.error
     pid, group = next(line.split() for line in lines if line.split()[0].isdigit())
     assert pid == group
+    assert starts[0]["pid"] == starts[0]["pgid"] == int(pid)  # reported before the command ran
+
+
+# -- behind a launcher ---------------------------------------------------------------------------------------
+# Slicer's PythonSlicer is CTK's AppLauncher: it starts the real interpreter as its own child, forwards no signal,
+# waits for it and exits with its code. The runner only ever holds the launcher's pid.
+LAUNCHER = """
+    import subprocess, sys
+    sys.exit(subprocess.call(sys.argv[1:]))
+"""
+
+
+def launcher(tmp_path) -> list[str]:
+    path = tmp_path / "launcher.py"
+    path.write_text(textwrap.dedent(LAUNCHER), encoding="utf-8")
+    return [sys.executable, str(path)]
+
+
+def parent_of(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(") ", 1)[1].split()[1])
+
+
+def descendants(pid: int) -> set[int]:
+    """Every living process below ``pid`` (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                children.setdefault(parent_of(int(entry)), []).append(int(entry))
+            except (FileNotFoundError, ProcessLookupError, IndexError):
+                continue
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+@pytest.fixture
+def sample_job(tmp_path):
+    """A real ``cmrsynth sample`` GUI job (tiny starter, 64 images) and its output folder."""
+    import numpy as np
+
+    from CMRSynthLib.data.volume import Volume, write_volume
+
+    models = [m for m in catalogue.list_models(tmp_path / "none") if m.starter and m.family == "flow"]
+    if not models:
+        pytest.skip("no flow starter model is bundled")
+    model = min(models, key=lambda m: (not m.name.startswith("tiny"), m.name))
+    labels = np.zeros((2, 32, 32), np.uint8)
+    yy, xx = np.mgrid[:32, :32]
+    labels[:, np.hypot(yy - 16, xx - 12) < 8] = 2
+    labels[:, np.hypot(yy - 16, xx - 12) < 5] = 1
+    labels[:, (np.hypot(yy - 16, xx - 22) < 5) & (labels[0] == 0)] = 3
+    mask = write_volume(Volume(labels, np.diag([1.5, 1.5, 8.0, 1.0])), tmp_path / "mask.nii.gz")
+    out = tmp_path / "out"
+    settings = SampleSettings(model=model.name, mask=str(mask), out=str(out), count=64, steps=50, device="cpu")
+    return job_command(settings), out
+
+
+def test_cancel_through_a_launcher_ends_the_real_job_and_leaves_no_partial_output(tmp_path, sample_job):
+    argv, out = sample_job
+    runner = JobRunner(grace_seconds=60.0)  # SIGTERM alone must do it: the kill after grace never comes into play
+    reports = []
+    runner.on("start", lambda status, event: reports.append(event))
+    runner.start(launcher(tmp_path) + argv, environment=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    wait_until(lambda: runner.status.step >= 1, seconds=240)  # the model is loaded and sampling
+    launcher_pid = int(runner._process.processId())
+    job_pid = reports[0]["pid"]
+    assert parent_of(job_pid) == launcher_pid and reports[0]["pgid"] == job_pid  # the job runs behind the launcher
+    tree = descendants(launcher_pid) | {launcher_pid}
+    assert job_pid in tree
+    runner.cancel()
+    status = runner.wait()
+    assert status.state is JobState.CANCELLED
+    # the launcher ended only because its child did: when the runner reports the end, the whole tree is gone
+    assert [pid for pid in tree if alive(pid)] == []
+    assert not out.exists() or list(out.rglob("*")) == []  # no image, no partial file
+
+
+def test_a_cancel_before_the_job_reports_reaches_it_when_it_does(tmp_path, sample_job):
+    argv, out = sample_job
+    runner = JobRunner(grace_seconds=60.0)
+    reports = []
+    runner.on("start", lambda status, event: reports.append(event))
+    runner.start(launcher(tmp_path) + argv, environment=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    runner.cancel()  # at once: the real interpreter has not started yet, let alone reported its group
+    status = runner.wait()
+    assert status.state is JobState.CANCELLED
+    assert reports and not alive(reports[0]["pid"])
+    assert not out.exists() or list(out.rglob("*")) == []
+
+
+STUBBORN = """
+    import json, signal, subprocess, sys, time
+    from CMRSynthLib.gui.child import lead_process_group
+    from CMRSynthLib.jobs.progress import Progress
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a job that does not stop on SIGTERM
+    Progress("jsonl").start("stubborn", **lead_process_group())  # reports like CMRSynthLib.gui.child
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    print(json.dumps({"event": "progress", "step": 1, "total": 10, "worker": worker.pid}), flush=True)
+    time.sleep(120)
+"""
+
+
+def test_a_job_behind_a_launcher_that_ignores_sigterm_is_killed_with_its_workers(tmp_path):
+    runner = JobRunner(grace_seconds=0.5)
+    events = []
+    runner.on("start", lambda status, event: events.append(event))
+    runner.on("progress", lambda status, event: events.append(event))
+    runner.start(launcher(tmp_path) + script(tmp_path, STUBBORN),
+                 environment=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    wait_until(lambda: runner.status.step >= 1)
+    job_pid, worker_pid = events[0]["pid"], events[1]["worker"]
+    runner.cancel()
+    assert runner.wait().state is JobState.CANCELLED
+    wait_until(lambda: not alive(job_pid) and not alive(worker_pid))  # SIGKILL to the group after the grace
+
+
+def test_stop_cancels_and_returns_once_the_tree_is_gone(tmp_path, sample_job):
+    argv, out = sample_job
+    runner = JobRunner()
+    reports = []
+    runner.on("start", lambda status, event: reports.append(event))
+    runner.start(launcher(tmp_path) + argv, environment=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    wait_until(lambda: bool(reports))
+    assert runner.stop().state is JobState.CANCELLED and not runner.running
+    assert not alive(reports[0]["pid"])
