@@ -16,6 +16,12 @@ the sampler's state and updates in float32): 1.5–1.9× faster on CPUs with bf1
 AVX-512-bf16). It is a choice, never automatic: the image stays within ``BF16_TOLERANCE`` of the fp32 one
 (images in [-1, 1]; measured on the starter models: max |Δ| ≈ 0.01–0.07, mean ≈ 0.001–0.004, mask Dice
 unchanged — the benchmarks' optimisation and solver tables), and the header records it.
+
+Privacy filter: with ``privacy_filter`` (:class:`~CMRSynthLib.reid.filter.PrivacyFilter`) every drawn slice
+is checked against the training patients and a slice that re-identifies one is drawn again with a derived
+seed (:mod:`CMRSynthLib.reid.filter`); an image still re-identifying after the last redraw is refused
+(:class:`~CMRSynthLib.reid.filter.PrivacyFilterRefusal`). The header records the threshold, its false-match
+rate and the rejected draws (``cmrsynth_privacy_*``; NIfTI's ``descrip`` ends in "filtered" when it fits).
 """
 
 from __future__ import annotations
@@ -108,6 +114,8 @@ def marker(card: dict, *, seed: int, vendor: str | None, **extra) -> dict[str, s
     """Header fields that mark a volume as synthetic and say how it was made."""
     family, model = card["family"], card.get("model_id", "unknown")
     descrip = f"SYNTHETIC CMRSynth {family} seed={seed} vendor={vendor or ANY_VENDOR} model={model}"
+    if extra.get("privacy_filter") is not None and len(descrip) + len(" filtered") <= 80:
+        descrip += " filtered"
     fields = {"synthetic": "true", "family": family, "model": model, "seed": str(seed),
               "vendor": vendor or ANY_VENDOR, **{k: str(v) for k, v in extra.items() if v is not None}}
     return {"descrip": descrip[:80], **{f"cmrsynth_{k}": v for k, v in fields.items()}}
@@ -117,13 +125,14 @@ def marker(card: dict, *, seed: int, vendor: str | None, **extra) -> dict[str, s
 def synthesize(generator, card: dict, mask: Volume, *, vendor: str | None, phase: str | None = None,
                group: str | None = None, seed: int = 0, steps: int | None = None, sampler: str | None = None,
                guidance: float = 1.0, count: int = 1, callback: Callable[[int, int], None] | None = None,
-               precision: str = "fp32", path=None) -> list[Volume]:
+               precision: str = "fp32", privacy_filter=None, path=None) -> list[Volume]:
     """``count`` synthetic images for ``mask``, each a float32 :class:`Volume` on the mask's exact geometry.
 
     ``vendor``/``phase``/``group`` None means unconditional (the null token). ``callback(done, total)``
     counts network steps (as the generator reports them) over all ``count`` images. ``precision`` is
-    ``"fp32"`` or ``"bf16"`` (see the module notes). Raises :class:`InputError` for a bad mask (naming
-    ``path``), an unknown vendor/phase/group, or bad sampling options.
+    ``"fp32"`` or ``"bf16"`` (see the module notes). ``privacy_filter`` screens every draw (module notes).
+    Raises :class:`InputError` for a bad mask (naming ``path``), an unknown vendor/phase/group, or bad
+    sampling options; :class:`~CMRSynthLib.reid.filter.PrivacyFilterRefusal` for a refused image.
     """
     if int(count) != count or count < 1:
         raise InputError(f"--count must be a positive whole number, got {count}")
@@ -143,12 +152,46 @@ def synthesize(generator, card: dict, mask: Volume, *, vendor: str | None, phase
             images = generator.sample(cond, sampler=sampler, steps=steps, guidance=guidance, generator=rng,
                                       callback=relay)
         stack = _to_stack(images, generator, labels.shape[0], start)
+        screened = {}
+        if privacy_filter is not None:
+            stack, screened = _screen(privacy_filter, generator, cond, labels, start, stack, seed + index,
+                                      dict(sampler=sampler, steps=steps, guidance=guidance), precision, path)
         restored = transform.restore(stack, order=1, fill=-1.0).array
         scaled = (lo + (restored.astype(np.float64) + 1.0) * 0.5 * (hi - lo)).astype(np.float32)
         volumes.append(Volume(scaled, mask.ijk_to_ras, marker(
             card, seed=seed + index, vendor=vendor, phase=phase, group=group, sampler=sampler, steps=steps,
-            guidance=guidance, precision=precision)))
+            guidance=guidance, precision=precision, **screened)))
     return volumes
+
+
+def _screen(privacy_filter, generator, cond: Conditions, labels: np.ndarray, start: int, stack: np.ndarray,
+            seed: int, options: dict, precision: str, path) -> tuple[np.ndarray, dict]:
+    """The privacy filter on one drawn stack → the kept stack and its header fields; refuses a lost cause."""
+    from CMRSynthLib.reid.filter import PrivacyFilterRefusal
+
+    device = cond.mask.device
+    whole = generator.config.spatial_dims == 3
+
+    def redraw(which: np.ndarray, new_seed: int) -> np.ndarray:
+        rng = torch.Generator(device=device).manual_seed(new_seed)
+        with precision_context(precision, device):
+            images = generator.sample(cond if whole else cond[torch.as_tensor(which)], generator=rng, **options)
+        drawn = _to_stack(images, generator, labels.shape[0], start)
+        return drawn[which] if whole else drawn
+
+    stack, screening = privacy_filter.screen(stack, labels, seed, redraw, whole=whole)
+    if screening.refused:
+        first, more = screening.refused[0], len(screening.refused) - 1
+        raise PrivacyFilterRefusal(
+            f"seed {seed}: slice {first}{f' (and {more} more)' if more else ''} still re-identifies a training "
+            f"patient after {privacy_filter.retries} redraws (embedding distance below the threshold "
+            f"{privacy_filter.threshold:.3g}); this model reproduces a training patient's scan for this mask, so "
+            "the image is withheld: use a model trained with DP, another mask, or more --privacy-retries",
+            path=path)
+    redrawn = sum(s != seed for s in screening.seeds)
+    return stack, {"privacy_filter": f"{privacy_filter.threshold:.6g}",
+                   "privacy_false_match_rate": f"{privacy_filter.false_match_rate:.4g}",
+                   "privacy_rejected": screening.rejected, "privacy_redrawn_slices": redrawn}
 
 
 @torch.no_grad()
@@ -174,7 +217,7 @@ def restyle(generator, card: dict, image: Volume, mask: Volume, *, vendor: str, 
     source = tokens(card, vendor=source_vendor, phase=phase, group=group)
     record = CaseRecord(patient="restyle", phase=phase or "", image_path=str(image_path or "image"),
                         label_path=str(mask_path or "mask"))
-    prepared = prepare_case(Case(record, image, mask), preprocessing(card))
+    prepared = prepare_case(Case(record, image, mask), preprocessing(card), whole=True)
     if not prepared.mask.any():
         raise InputError("mask is empty (no LV, MYO or RV voxel)", path=mask_path)
     cond_target, start = conditions(generator, prepared.mask, target, path=mask_path)

@@ -8,6 +8,7 @@ layout     files                                                                
 =========  ==========================================================================  ===========
 cmrsynth   ``cohort.csv`` with columns patient, image, label (the phantom cohort)      canonical
 acdc       ``patientXXX/patientXXX_frameYY[_gt].nii.gz`` + ``Info.cfg``                acdc
+acdc-h5    ``patientXXX_frameYY[_slice_K].h5`` (SSL4MIS HDF5, :mod:`.ssl4mis`)            acdc
 mnms2      ``NNN/NNN_SA_{ED,ES}[_gt].nii.gz`` + ``dataset_information.csv``            mnms
 mnms1      ``<code>/<code>_sa[_gt].nii.gz`` (4D) + a CSV with "External code", ED, ES  mnms
 generic    ``name.ext`` + ``name_gt.ext`` (or _label, _seg, _mask), nested or not      chosen
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from CMRSynthLib.data.case import CaseRecord
 from CMRSynthLib.data.conventions import MNMS_VENDORS, PHASES, UNKNOWN, canonical_group
+from CMRSynthLib.data.ssl4mis import is_ssl4mis_name
 from CMRSynthLib.data.volume import IMAGE_SUFFIXES, is_image_file
 
 LABEL_SUFFIXES = ("_gt", "_label", "_seg", "_mask")
@@ -103,6 +105,8 @@ def detect_layout(root: Path) -> str | None:
     """The layout of the folder ``root`` (see the module table), or None when nothing is recognised."""
     if (root / COHORT_CSV).is_file() and {"patient", "image", "label"} <= _csv_columns(root / COHORT_CSV):
         return "cmrsynth"
+    if any(is_ssl4mis_name(p.name) for p in root.iterdir()):
+        return "acdc-h5"
     names = [p.name for p in _find(root, "*") if p.is_file()]
     if any(ACDC_FRAME.match(n) for n in names):
         return "acdc"

@@ -18,15 +18,16 @@ from typing import Iterator
 import numpy as np
 
 from CMRSynthLib.data import cohort_layouts as layouts
+from CMRSynthLib.data import ssl4mis
 from CMRSynthLib.data.case import Case, CaseRecord
 from CMRSynthLib.data.conventions import LABEL_CONVENTIONS, UNKNOWN, to_canonical
 from CMRSynthLib.data.dicom import is_dicom_folder, read_dicom_series
 from CMRSynthLib.data.volume import Volume, check_finite, check_same_geometry, read_frames, read_volume
 from CMRSynthLib.errors import InputError
 
-LAYOUTS = ("cmrsynth", "acdc", "mnms1", "mnms2", "generic", "file", "dicom")
+LAYOUTS = ("cmrsynth", "acdc", "acdc-h5", "mnms1", "mnms2", "generic", "file", "dicom")
 # Layouts whose label numbering is fixed by the source; a different --label-convention is a contradiction.
-FIXED_CONVENTIONS = {"acdc": "acdc", "mnms1": "mnms", "mnms2": "mnms"}
+FIXED_CONVENTIONS = {"acdc": "acdc", "acdc-h5": "acdc", "mnms1": "mnms", "mnms2": "mnms"}
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,8 @@ def open_cohort(path: str | os.PathLike, *, label_convention: str | None = None,
         records, problems = layouts.list_cmrsynth(root, convention)
     elif layout == "generic":
         records, problems = layouts.list_generic(root, convention)
+    elif layout == "acdc-h5":
+        records, problems = ssl4mis.list_ssl4mis(root)
     else:
         records, problems = getattr(layouts, f"list_{layout}")(root)
     if not records:
@@ -105,6 +108,8 @@ def _single_file(path: Path, convention: str) -> Cohort:
 
 # -- loading --------------------------------------------------------------------------------------------
 def _read(path: str, frame: int | None) -> Volume:
+    if path.endswith((".h5", ssl4mis.LABEL_KEY)):
+        return ssl4mis.read_ssl4mis(path)
     if Path(path).is_dir():
         return read_dicom_series(path, frame=frame)
     if frame is None:

@@ -73,11 +73,11 @@ def collate(items: Sequence[dict]) -> tuple[torch.Tensor, Conditions, list[str]]
 class _PreparedDataset(Dataset):
     """Shared bookkeeping: the cases, their tokens, and which items belong to which patient."""
 
-    def __init__(self, prepared_cases: Sequence[PreparedCase], vocabulary: Vocabulary):
+    def __init__(self, prepared_cases: Sequence[PreparedCase], vocabulary: Vocabulary, *, any_size: bool = False):
         self.cases = list(prepared_cases)
         self.vocabulary = vocabulary
         sizes = {case.image.shape[1:] for case in self.cases}
-        if len(sizes) > 1:
+        if len(sizes) > 1 and not any_size:
             raise ValueError(f"prepared cases must share one in-plane size, got {sorted(sizes)}")
         self._tokens = [{key: torch.tensor(lenient_token(vocabulary, kind, getattr(case.record, key)))
                          for key, kind in KINDS.items()} for case in self.cases]
@@ -100,10 +100,18 @@ class _PreparedDataset(Dataset):
 
 
 class SliceDataset(_PreparedDataset):
-    """One item per slice of every prepared case; ``skip_empty`` drops slices whose mask is all background."""
+    """One item per slice of every prepared case; ``skip_empty`` drops slices whose mask is all background.
 
-    def __init__(self, prepared_cases: Sequence[PreparedCase], vocabulary: Vocabulary, *, skip_empty: bool = True):
-        super().__init__(prepared_cases, vocabulary)
+    ``tile`` ``(H, W)``: the cases are whole fields of view of any size, and every item is a tile of that size
+    at a random place in its slice (padded with image -1 / mask 0 where the slice is smaller), so a model
+    learns every part of the field of view. The place is drawn from ``(seed, epoch, index)``: the same run
+    sees the same tiles, a resumed one included (the trainer's sampler sets :attr:`epoch`).
+    """
+
+    def __init__(self, prepared_cases: Sequence[PreparedCase], vocabulary: Vocabulary, *, skip_empty: bool = True,
+                 tile: tuple[int, int] | None = None, seed: int = 0):
+        super().__init__(prepared_cases, vocabulary, any_size=tile is not None)
+        self.tile, self.seed, self.epoch = tile, seed, 0
         for case_index, case in enumerate(self.cases):
             keep = case.mask.reshape(len(case.mask), -1).any(axis=1) if skip_empty else np.ones(len(case.mask), bool)
             self._items += [(case_index, int(k)) for k in np.flatnonzero(keep)]
@@ -111,7 +119,20 @@ class SliceDataset(_PreparedDataset):
     def __getitem__(self, index: int) -> dict:
         case_index, k = self._items[index]
         case = self.cases[case_index]
-        return self._item(case_index, k, case.image[k], case.mask[k])
+        if self.tile is None:
+            return self._item(case_index, k, case.image[k], case.mask[k])
+        image, mask = random_tile(case.image[k], case.mask[k], self.tile,
+                                  np.random.default_rng([self.seed, self.epoch, index]))
+        return self._item(case_index, k, image, mask)
+
+
+def random_tile(image: np.ndarray, mask: np.ndarray, tile, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A ``tile`` ``(H, W)`` of a slice at a uniformly random place (padded evenly where the slice is smaller)."""
+    pads = [(max(0, t - n) // 2, max(0, t - n) - max(0, t - n) // 2) for t, n in zip(tile, image.shape)]
+    image = np.pad(image, pads, constant_values=-1.0)
+    mask = np.pad(mask, pads, constant_values=0)
+    y, x = (int(rng.integers(0, n - t + 1)) for n, t in zip(image.shape, tile))
+    return image[y:y + tile[0], x:x + tile[1]], mask[y:y + tile[0], x:x + tile[1]]
 
 
 class StackDataset(_PreparedDataset):

@@ -8,6 +8,13 @@ Every case goes through the same recorded steps (DESIGN §2.3), in this order:
 4. crop/pad to a fixed in-plane size around the heart: the centroid of ``label > 0`` over the whole stack,
    so every slice shares one crop (an empty label centres on the image, and the transform records it).
 
+Field of view (``PreprocessConfig.field_of_view``): ``"heart"`` models see and make only that heart-centred
+crop, and a generated volume is the background outside it. ``"whole"`` models learn from the same fixed-size
+crop (the *tile*, the training and audit view), but pushed inside the image wherever the image is larger, so
+they never learn a frame that real images do not have; they generate on the *whole* field of view of the
+reference: :func:`prepare_mask` then covers the entire image at the target spacing, its size rounded up to
+a multiple of :data:`FOV_MULTIPLE` (the networks are fully convolutional), centred on the image.
+
 Orientation: the in-plane axes are I (columns) and J (rows) of the volume *as stored*; K (the slice axis)
 is kept as it is, slice for slice. Short-axis stacks are acquired that way, and their plane is oblique to
 every patient axis, so reorienting to a patient axis would resample across slices and break the
@@ -32,7 +39,9 @@ from CMRSynthLib.data.volume import Volume, check_finite, check_same_geometry, t
 from CMRSynthLib.errors import InputError
 from CMRSynthLib.models.config import strict_from_dict
 
-INTERPOLATIONS = {"linear": 1, "bspline": 3}  # image interpolation name → spline order
+INTERPOLATIONS = {"linear": 1, "bspline": 3}
+FIELDS_OF_VIEW = ("heart", "whole")
+FOV_MULTIPLE = 32  # a whole-field grid's sides: what a 4× autoencoder under a 3-level UNet (8×) can halve  # image interpolation name → spline order
 _SITK_INTERPOLATORS = {0: "sitkNearestNeighbor", 1: "sitkLinear", 3: "sitkBSpline"}
 
 
@@ -56,6 +65,7 @@ class PreprocessConfig:
         clip_percentiles: ``(lo, hi)`` percentiles of the whole volume mapped to -1 and 1.
         n4: run N4 bias-field correction first.
         interpolation: image interpolation, ``"linear"`` or ``"bspline"`` (labels are always nearest).
+        field_of_view: ``"heart"`` or ``"whole"`` (see the module notes).
     """
 
     spacing: tuple[float, float] = (1.5, 1.5)
@@ -63,6 +73,7 @@ class PreprocessConfig:
     clip_percentiles: tuple[float, float] = (0.5, 99.5)
     n4: bool = False
     interpolation: str = "linear"
+    field_of_view: str = "heart"
 
     def __post_init__(self):
         spacing = _pair("spacing", self.spacing, float)
@@ -80,6 +91,9 @@ class PreprocessConfig:
         if self.interpolation not in INTERPOLATIONS:
             raise InputError(f"preprocessing interpolation {self.interpolation!r} is not one of "
                              f"{', '.join(INTERPOLATIONS)}")
+        if self.field_of_view not in FIELDS_OF_VIEW:
+            raise InputError(f"preprocessing field_of_view {self.field_of_view!r} is not one of "
+                             f"{', '.join(FIELDS_OF_VIEW)}")
         object.__setattr__(self, "spacing", spacing)
         object.__setattr__(self, "size", size)
         object.__setattr__(self, "clip_percentiles", percentiles)
@@ -195,22 +209,32 @@ def _resample(array, *, spacing, origin, out_shape, out_spacing, out_origin, ord
     return sitk.GetArrayFromImage(resampler.Execute(image))
 
 
-def _crop_transform(volume: Volume, mask: np.ndarray, config: PreprocessConfig, intensity) -> SliceTransform:
-    """The in-plane map onto a ``config.size`` grid of ``config.spacing`` centred on the heart."""
+def _crop_transform(volume: Volume, mask: np.ndarray, config: PreprocessConfig, intensity, *,
+                    whole: bool = False) -> SliceTransform:
+    """The in-plane map onto a ``config.size`` grid of ``config.spacing`` centred on the heart or, with
+    ``whole``, onto a grid covering the whole field of view (module notes)."""
     in_plane = volume.spacing[[1, 0]]  # original (row, column) spacing: along J, I
     step = np.asarray(config.spacing) / in_plane
-    if mask.any():
-        centre = np.argwhere(mask > 0)[:, 1:].mean(axis=0)  # (j, i) over the whole stack
-        centred_on = "heart"
+    extent = np.asarray(mask.shape[1:], dtype=np.float64)  # original (rows, columns)
+    covering = extent / step  # prepared pixels that span the field of view
+    if whole:
+        size = (np.ceil(covering / FOV_MULTIPLE) * FOV_MULTIPLE).astype(int)
+        centre, centred_on = (extent - 1) / 2.0, "field of view"
     else:
-        centre = (np.asarray(mask.shape[1:]) - 1) / 2.0
-        centred_on = "image"
+        size = np.asarray(config.size)
+        if mask.any():
+            centre, centred_on = np.argwhere(mask > 0)[:, 1:].mean(axis=0), "heart"  # (j, i) over the stack
+        else:
+            centre, centred_on = (extent - 1) / 2.0, "image"
     # the resampled field of view starts at index -0.5 + step/2; shift it by whole prepared pixels
     first = -0.5 + step / 2.0
-    shift = np.rint((centre - first) / step - (np.asarray(config.size) - 1) / 2.0)
+    shift = np.rint((centre - first) / step - (size - 1) / 2.0)
+    if config.field_of_view == "whole" and not whole:  # the tile stays inside the image where it fits
+        room = np.floor(covering) - size
+        shift = np.where(room >= 0, np.clip(shift, 0, np.maximum(room, 0)), np.rint(room / 2.0))
     offset = first + shift * step
     return SliceTransform(shape=volume.shape, ijk_to_ras=volume.ijk_to_ras, step=tuple(step.tolist()),
-                          offset=tuple(offset.tolist()), size=config.size, intensity=intensity,
+                          offset=tuple(offset.tolist()), size=tuple(int(v) for v in size), intensity=intensity,
                           centred_on=centred_on)
 
 
@@ -255,7 +279,8 @@ def _canonical_mask(mask: Volume, *, path) -> np.ndarray:
 
 
 def prepare_mask(mask: Volume, config: PreprocessConfig, *, path=None) -> tuple[np.ndarray, SliceTransform]:
-    """A user's canonical mask on the prepared grid: ``((K, H, W) uint8, SliceTransform)``.
+    """A user's canonical mask on the prepared grid: ``((K, H, W) uint8, SliceTransform)``; the whole field
+    of view for a ``"whole"`` configuration (module notes).
 
     Raises :class:`InputError` naming ``path`` for non-integer or non-canonical values or an empty mask.
     """
@@ -263,12 +288,13 @@ def prepare_mask(mask: Volume, config: PreprocessConfig, *, path=None) -> tuple[
     labels = _canonical_mask(mask, path=name)
     if not labels.any():
         raise InputError("mask is empty (no LV, MYO or RV voxel); nothing to generate from", path=name)
-    transform = _crop_transform(mask, labels, config, intensity=None)
+    transform = _crop_transform(mask, labels, config, intensity=None, whole=config.field_of_view == "whole")
     return transform.forward(labels, order=0, fill=0), transform
 
 
-def prepare_case(case: Case, config: PreprocessConfig) -> PreparedCase:
-    """A case's image and label on the prepared grid (see the module docstring for the steps)."""
+def prepare_case(case: Case, config: PreprocessConfig, *, whole: bool = False) -> PreparedCase:
+    """A case's image and label on the prepared grid (see the module docstring for the steps): the tile, or
+    with ``whole`` (a ``"whole"`` configuration only) the grid :func:`prepare_mask` gives."""
     record = case.record
     if case.label is None:
         raise InputError("case has no label; preprocessing needs the mask", path=record.image_path)
@@ -277,7 +303,7 @@ def prepare_case(case: Case, config: PreprocessConfig) -> PreparedCase:
     labels = _canonical_mask(case.label, path=record.label_path)
     image = n4_correct(case.image) if config.n4 else case.image
     normalised, intensity = normalise_intensity(image.array, config.clip_percentiles, path=record.image_path)
-    transform = _crop_transform(case.image, labels, config, intensity)
+    transform = _crop_transform(case.image, labels, config, intensity, whole=whole and config.field_of_view == "whole")
     prepared = transform.forward(normalised, order=INTERPOLATIONS[config.interpolation], fill=-1.0)
     return PreparedCase(record=record, image=np.clip(prepared, -1.0, 1.0, out=prepared),
                         mask=transform.forward(labels, order=0, fill=0), transform=transform)

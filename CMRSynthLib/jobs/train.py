@@ -32,8 +32,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--spatial-dims", type=int, choices=(2, 3), default=None, help="2D slices (default) or 3D stacks")
     model.add_argument("--depth", type=int, default=None,
                        help="3D only: slices per stack (default: the deepest stack, rounded up to a multiple of 8)")
+    model.add_argument("--vendors", type=lambda text: tuple(v.strip() for v in text.split(",")), default=None,
+                       help="comma-separated vendor names a new model knows (default: the training patients' vendors; "
+                            "with --dp: Siemens, Philips, GE, Canon, as the card must not reveal the patients' vendors)")
     model.add_argument("--spacing", type=float, default=None,
                        help="prepared in-plane pixel size in mm (default: a 192 mm field of view)")
+    model.add_argument("--field-of-view", choices=("heart", "whole"), default="heart",
+                       help="heart: learn and generate a heart-centred crop; whole: learn from tiles of the whole "
+                            "field of view (--image-size) and generate the reference's entire field of view")
+    model.add_argument("--autoencoder-patch", type=int, default=None,
+                       help="LDM: train the autoencoder on random squares of this many pixels (default 96 with "
+                            "--field-of-view whole, else whole images)")
     model.add_argument("--init", default=None, help="checkpoint (or starter name) to fine-tune from")
     run = parser.add_argument_group("optimisation")
     run.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
@@ -66,10 +75,11 @@ def run(args, progress) -> int:
 
     config = TrainConfig(
         data=args.data, family=args.generator, out=args.out, preset=args.preset, image_size=args.image_size,
-        spatial_dims=args.spatial_dims, depth=args.depth, spacing=args.spacing, max_steps=args.max_steps, epochs=args.epochs,
+        spatial_dims=args.spatial_dims, depth=args.depth, vendors=args.vendors, spacing=args.spacing, max_steps=args.max_steps, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule, warmup=args.warmup,
         weight_decay=args.weight_decay, grad_clip=args.grad_clip, ema_decay=args.ema_decay,
-        autoencoder_fraction=args.autoencoder_fraction, seed=args.seed,
+        autoencoder_fraction=args.autoencoder_fraction, field_of_view=args.field_of_view,
+        autoencoder_patch=args.autoencoder_patch, seed=args.seed,
         train_patients=args.train_patients, init=args.init, device=args.device, precision=args.precision,
         save_every=args.save_every, force=args.force)
     result = Trainer(config, progress=progress, privacy=privacy.from_args(args)).run()

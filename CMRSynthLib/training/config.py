@@ -26,11 +26,18 @@ class TrainConfig:
         data: cohort folder. family: generator family. out: checkpoint folder.
         max_steps / epochs: the run stops at whichever comes first (epochs default 100 when neither is set).
         spacing: in-plane mm per pixel (None: a 192 mm field of view at ``image_size``).
-        depth: 3D only, slices per stack (None: the deepest stack, rounded up to a multiple of 8).
+        depth: 3D only, slices per stack (None: the deepest stack, rounded up to a multiple of 8; a DP run
+        without ``init`` must give it, the deepest stack being a fact of the private data).
+        vendors: the vendor names a new model knows (None: the members' vendors; under DP, whose card may
+        not reveal the members' vendors, :data:`~CMRSynthLib.training.loop.PUBLIC_VENDORS`). A fine-tune keeps
+        its ``init``'s vocabulary.
         warmup: linear LR warm-up steps. grad_clip: max global gradient norm (0 = off; Opacus clips
         per sample instead when DP is on). ema_decay: EMA decay (warmed up). save_every: steps between
         checkpoints (0: only at the end). autoencoder_fraction: LDM only, the share of the steps spent on
         the autoencoder stage before the latent diffusion stage (default 0.3).
+        field_of_view: ``"heart"`` (a heart-centred crop) or ``"whole"`` (the whole field of view; see
+        :mod:`CMRSynthLib.data.preprocess`). autoencoder_patch: LDM only, the autoencoder trains on random
+        squares of this many pixels (None: 96 for a whole field of view, else whole images).
     """
 
     data: str
@@ -40,6 +47,7 @@ class TrainConfig:
     image_size: int | None = None
     spatial_dims: int | None = None
     depth: int | None = None
+    vendors: tuple[str, ...] | None = None
     spacing: float | None = None
     max_steps: int | None = None
     epochs: int | None = None
@@ -51,6 +59,8 @@ class TrainConfig:
     grad_clip: float = 1.0
     ema_decay: float = 0.999
     autoencoder_fraction: float | None = None
+    field_of_view: str = "heart"
+    autoencoder_patch: int | None = None
     seed: int = 0
     train_patients: int | None = None
     init: str | None = None
@@ -80,6 +90,11 @@ class TrainConfig:
                 raise InputError(f"--autoencoder-fraction applies to --generator ldm only, not {self.family}")
             if not 0 < self.autoencoder_fraction < 1:
                 raise InputError(f"--autoencoder-fraction must be in (0, 1), got {self.autoencoder_fraction}")
+        _choice("--field-of-view", self.field_of_view, ("heart", "whole"))
+        if self.autoencoder_patch is not None:
+            if self.family != "ldm":
+                raise InputError(f"--autoencoder-patch applies to --generator ldm only, not {self.family}")
+            _positive("--autoencoder-patch", self.autoencoder_patch)
         if self.spacing is not None and not self.spacing > 0:
             raise InputError(f"--spacing must be > 0 mm, got {self.spacing}")
         _choice("--lr-schedule", self.lr_schedule, LR_SCHEDULES)
@@ -89,12 +104,18 @@ class TrainConfig:
             _choice("--preset", self.preset, PRESETS)
         if self.spatial_dims is not None:
             _choice("--spatial-dims", self.spatial_dims, (2, 3))
+        if self.vendors is not None:
+            object.__setattr__(self, "vendors", tuple(str(v) for v in self.vendors))
+            if not self.vendors or any(not v.strip() for v in self.vendors) or len(set(self.vendors)) < len(self.vendors):
+                raise InputError(f"--vendors must name distinct, non-empty vendors, got {','.join(self.vendors)!r}")
+            if self.init is not None:
+                raise InputError("--vendors names the vendors of a NEW model; a fine-tune keeps its --init model's")
         if self.depth is not None and self.spatial_dims != 3:
             raise InputError("--depth applies to 3D training only (--spatial-dims 3)")
 
     def identity(self) -> dict:
         """The fields that define the run (see the module docstring)."""
-        return {k: v for k, v in asdict(self).items() if k not in OPERATIONAL}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items() if k not in OPERATIONAL}
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -91,22 +91,25 @@ def load_training_data(data: str | os.PathLike, *, preprocessing, spatial_dims: 
     if not records:
         raise InputError("the cohort has no case with a label map; training needs image/label pairs", path=data)
     strata = {r.patient: f"{r.vendor}/{r.group}" for r in records}
-    split = split_patients(sorted(strata), fractions=fractions, seed=seed, strata=strata)
+    split = published_split(records) or split_patients(sorted(strata), fractions=fractions, seed=seed, strata=strata)
     members, unused = choose_members(tuple(split.train), train_patients, seed=seed)
     if not members:
         raise InputError(f"the training split is empty ({len(strata)} patients); add patients", path=data)
     chosen = set(members)
-    prepared = [prepare_case(load_case(r), preprocessing) for r in records if r.patient in chosen]
+    whole = preprocessing.field_of_view == "whole"
+    if whole and spatial_dims != 2:
+        raise InputError("whole-field-of-view models are 2D (slice-wise); use --field-of-view heart for 3D")
+    prepared = [prepare_case(load_case(r), preprocessing, whole=whole) for r in records if r.patient in chosen]
     vendors = sorted({p.record.vendor for p in prepared if p.record.vendor != UNKNOWN})
     if vocabulary is None:
         vocabulary = Vocabulary(vendors=tuple(vendors))
     else:
         unknown = sorted(set(vendors) - set(vocabulary.vendors))
         if unknown:
-            raise InputError(f"vendors {unknown} are not in the --init model's vocabulary "
+            raise InputError(f"vendors {unknown} are not in the model's vocabulary (--init or --vendors) "
                              f"({', '.join(vocabulary.vendors)})", path=data)
     if spatial_dims == 2:
-        dataset, depth = SliceDataset(prepared, vocabulary), None
+        dataset, depth = SliceDataset(prepared, vocabulary, tile=preprocessing.size if whole else None, seed=seed), None
     else:
         deepest = max(len(p.image) for p in prepared)
         depth = depth or DEPTH_MULTIPLE * math.ceil(deepest / DEPTH_MULTIPLE)
@@ -114,6 +117,22 @@ def load_training_data(data: str | os.PathLike, *, preprocessing, spatial_dims: 
     return TrainingData(dataset=dataset, vocabulary=vocabulary, preprocessing=preprocessing, members=members,
                         validation=tuple(split.validation), holdout=tuple(split.holdout), unused=unused,
                         fingerprint=fingerprint(cohort), intensity=typical_intensity(prepared), depth=depth)
+
+
+def published_split(records):
+    """The cohort's own split when its records carry one (ACDC's train/val lists: ``attributes["split"]``):
+    train → members, val → holdout (the patients audits compare with and choices are made on). None when
+    the records carry none."""
+    from CMRSynthLib.data.splits import Split
+
+    parts = {r.patient: r.attributes.get("split") for r in records}
+    if not any(parts.values()):
+        return None
+    unlisted = sorted(p for p, part in parts.items() if part not in ("train", "val"))
+    if unlisted:
+        raise InputError(f"patients {unlisted[:5]} are in no train/val list of the cohort; list them or remove them")
+    return Split(train=tuple(p for p, part in parts.items() if part == "train"), validation=(),
+                 holdout=tuple(p for p, part in parts.items() if part == "val"))
 
 
 def typical_intensity(prepared) -> dict:

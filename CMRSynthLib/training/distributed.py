@@ -97,6 +97,8 @@ class ResumableSampler(DistributedSampler):
     def start_epoch(self, epoch: int, *, skip: int = 0) -> None:
         self.set_epoch(epoch)
         self.skip = skip
+        if hasattr(self.dataset, "epoch"):  # datasets that draw per epoch (random tiles) follow along
+            self.dataset.epoch = epoch
 
     def __iter__(self) -> Iterator[int]:
         indices = list(super().__iter__())

@@ -39,14 +39,15 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from CMRSynthLib.data.conventions import MNMS_VENDORS
 from CMRSynthLib.errors import InputError
-from CMRSynthLib.generators.base import Conditions
+from CMRSynthLib.generators.base import Conditions, Vocabulary
 from CMRSynthLib.training import checkpoint as ckpt
 from CMRSynthLib.training import distributed
 from CMRSynthLib.training.config import TrainConfig
@@ -56,6 +57,8 @@ from CMRSynthLib.training.membership import SPLITS, membership_path, read_member
 DEFAULT_EPOCHS = 100
 DEFAULT_PRESET, DEFAULT_IMAGE_SIZE, DEFAULT_SPATIAL_DIMS = "small", 64, 2
 DEFAULT_AUTOENCODER_FRACTION = 0.3
+PUBLIC_VENDORS = tuple(MNMS_VENDORS.values())  # a DP model's vocabulary unless --vendors or --init says otherwise
+WHOLE_FIELD_AUTOENCODER_PATCH = 96
 FIELD_OF_VIEW_MM = 192.0  # default in-plane field of view: spacing = FIELD_OF_VIEW_MM / image_size
 
 
@@ -147,7 +150,19 @@ class Trainer:
             return generator
         config = preset_config(c.family, c.preset or DEFAULT_PRESET, vocabulary=vocabulary,
                                image_size=image_size, spatial_dims=c.spatial_dims or DEFAULT_SPATIAL_DIMS)
-        return build_generator(c.family, config)
+        return build_generator(c.family, self._with_autoencoder_patch(config))
+
+    def _with_autoencoder_patch(self, config):
+        """An LDM config whose autoencoder trains on ``--autoencoder-patch`` squares (default: 96 pixels for a
+        whole field of view, where whole slices would cost it several times more per step)."""
+        c = self.config
+        patch = c.autoencoder_patch or (WHOLE_FIELD_AUTOENCODER_PATCH if c.field_of_view == "whole" else 0)
+        if c.family != "ldm" or not patch:
+            return config
+        try:
+            return replace(config, autoencoder=replace(config.autoencoder, train_patch=patch))
+        except ValueError as error:
+            raise InputError(f"--autoencoder-patch {patch}: {error}") from None
 
     def make_model(self, generator: nn.Module) -> nn.Module:
         model = LossModel(generator).to(self.device)
@@ -190,14 +205,13 @@ class Trainer:
         torch.manual_seed(c.seed)
         from CMRSynthLib.training.data import load_training_data
 
-        vocabulary = None
         preprocessing = self._preprocessing(init)
-        if init is not None:
-            from CMRSynthLib.generators.base import Vocabulary
-
-            vocabulary = Vocabulary.from_dict(init.card["vocabulary"])
+        vocabulary = self._vocabulary(init)
         depth = int(init.card["config"]["image_size"][0]) if init is not None and self._spatial_dims(init) == 3 \
             else c.depth
+        if depth is None and self.privacy is not None and self._spatial_dims(init) == 3:
+            raise InputError("--dp with --spatial-dims 3 needs --depth (or a 3D --init model): the default, the "
+                             "deepest stack of the patients, would publish a fact of the private data in the card")
         data = load_training_data(c.data, preprocessing=preprocessing, spatial_dims=self._spatial_dims(init),
                                   seed=c.seed, train_patients=c.train_patients, vocabulary=vocabulary, depth=depth)
         torch.manual_seed(c.seed)
@@ -437,13 +451,30 @@ class Trainer:
     # -- small decisions -----------------------------------------------------------------------------
     def _precision(self) -> torch.dtype:
         name, device = self.config.precision, self.device
+        # fp16 needs GradScaler, whose decision to skip a step depends on the (private) gradients and is not
+        # accounted by DP-SGD; bf16 and fp32 need no scaler
+        if name == "fp16" and self.privacy is not None:
+            raise InputError("--precision fp16 cannot be used with --dp: the loss scaler skips steps depending on the "
+                             "private gradients, outside the DP mechanism; use --precision bf16 or fp32")
         if name in ("fp16", "bf16") and device.type != "cuda":
             raise InputError(f"--precision {name} needs --device cuda (mixed precision is CUDA-only here)")
         if name == "auto":
             if device.type != "cuda":
                 return torch.float32
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            if torch.cuda.is_bf16_supported():
+                return torch.bfloat16
+            return torch.float16 if self.privacy is None else torch.float32
         return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
+
+    def _vocabulary(self, init) -> Vocabulary | None:
+        """The vendors the model knows: ``init``'s, ``--vendors``, or (None) the members' own. Under DP the card
+        must not reveal which vendors the private patients come from (a rare vendor outs its patient), so the
+        members' own are never used: :data:`PUBLIC_VENDORS` instead."""
+        if init is not None:
+            return Vocabulary.from_dict(init.card["vocabulary"])
+        if self.config.vendors is not None:
+            return Vocabulary(vendors=self.config.vendors)
+        return Vocabulary(vendors=PUBLIC_VENDORS) if self.privacy is not None else None
 
     def _spatial_dims(self, init) -> int:
         if init is not None and self.config.spatial_dims is None:
@@ -457,7 +488,7 @@ class Trainer:
             return PreprocessConfig.from_dict(init.card["preprocessing"])
         size = self.config.image_size or DEFAULT_IMAGE_SIZE
         spacing = self.config.spacing or round(FIELD_OF_VIEW_MM / size, 4)
-        return PreprocessConfig(spacing=(spacing, spacing), size=(size, size))
+        return PreprocessConfig(spacing=(spacing, spacing), size=(size, size), field_of_view=self.config.field_of_view)
 
     def _total_steps(self, steps_per_epoch: int) -> int:
         c = self.config
