@@ -98,7 +98,7 @@ def _train(data: Path, out: Path, *, steps: int, batch: int, settings: Settings,
                          init=None if init is None else str(init), **shape)
     privacy = None
     if not math.isinf(epsilon):
-        privacy = DPTraining(DPConfig(delta=DELTA, max_grad_norm=MAX_GRAD_NORM, target_epsilon=epsilon, seed=0),
+        privacy = DPTraining(DPConfig(delta=DELTA, max_grad_norm=MAX_GRAD_NORM, target_epsilon=epsilon),
                              init_checkpoint=None if init is None else str(init))
     Trainer(config, privacy=privacy).run()
     return out

@@ -40,8 +40,10 @@ _POSTERIOR = np.array([0.0, -1.0, -0.25])  # roughly where the image rows point 
 _HEART_RAS = np.array([10.0, 5.0, 20.0])  # RAS of the ED base-plane centre, mm
 
 
-def patient_id(index: int) -> str:
-    return f"phantom{index:03d}"
+def patient_id(index: int, seed: int = 0) -> str:
+    """``phantom007`` for seed 0, ``phantom007-seed5`` otherwise: another seed makes other people, and patient
+    ids are how privacy decisions tell people apart (a DP fine-tune's "same patients" check)."""
+    return f"phantom{index:03d}" if seed == 0 else f"phantom{index:03d}-seed{seed}"
 
 
 def check_shape(shape: Sequence[int]) -> tuple[int, int, int]:
@@ -103,7 +105,7 @@ def make_phantom_patient(index: int, *, seed: int = 0, shape=DEFAULT_SHAPE, vend
     texture = 1.0 + 0.05 * smooth_field(rng, (k, h, w), 8)  # gentle tissue and flow inhomogeneity
     bias = bias_field((k, h, w), style, rng)
     matrix = _ijk_to_ras(direction, pixel, z, h, w)
-    pid = patient_id(index)
+    pid = patient_id(index, seed)
     rendered = {phase: renderer.heart(phase, thorax, values) for phase in ("ED", "ES")}
     lv_voxels = {phase: np.count_nonzero(label == LV) for phase, (_, label) in rendered.items()}
     ef = round(100.0 * (1.0 - lv_voxels["ES"] / max(lv_voxels["ED"], 1)), 1)
@@ -122,7 +124,8 @@ def make_phantom_patient(index: int, *, seed: int = 0, shape=DEFAULT_SHAPE, vend
 
 def make_phantom_cohort(patients: int, *, seed: int = 0, shape=DEFAULT_SHAPE,
                         vendors: Sequence[str] = VENDORS) -> list[Case]:
-    """``2 * patients`` cases (ED then ES per patient), patients ``phantom000 ...`` in order.
+    """``2 * patients`` cases (ED then ES per patient), patients ``phantom000 ...`` in order
+    (``phantom000-seed<s> ...`` for a seed other than 0: :func:`patient_id`).
 
     ``vendors`` go round-robin over the patients (any subset of Siemens, Philips, GE, Canon); the groups
     NOR, DCM, HCM, MINF, ARV too. Record image/label paths are where :func:`write_phantom_cohort` puts the

@@ -2,7 +2,8 @@
 
 The ledger keeps Opacus's accountant history, a list of ``(noise_multiplier, sample_rate, steps)``, so ε can be
 recomputed by anyone with Opacus (:func:`recompute_epsilon`). Resuming a run, or fine-tuning with DP a model
-that was itself DP-trained on the same data, continues that history: ε is never reset.
+that was itself DP-trained on some of the same patients, continues that history: ε is never reset. Histories of
+different units (slice, patient) are never mixed (:func:`~CMRSynthLib.training.privacy.init_privacy`).
 
 Slice-level DP (only with ``--slice-level``) records unit ``"slice"`` and the patient-level guarantee implied by
 group privacy for the largest number ``m`` of slices any patient has. The bound used is the standard one for
@@ -35,7 +36,8 @@ class Ledger(FrozenConfig):
         max_slices_per_patient: m, the most slices any patient has (group privacy of slice-level runs).
         group_epsilon, group_delta: the patient-level guarantee of a slice-level run (None for unit "patient").
         init_checkpoint: the checkpoint the run started from (``--init``), if any.
-        composed_from: the DP checkpoint (same data) whose history this one continues, if any.
+        composed_from: the DP checkpoint (some of the same patients) whose history this one continues, if any.
+        init_guarantee: the own (ε, δ, unit) of a DP ``init_checkpoint`` trained on other patients, if any.
     """
 
     accountant: str
@@ -56,6 +58,7 @@ class Ledger(FrozenConfig):
     group_delta: float | None = None
     init_checkpoint: str | None = None
     composed_from: str | None = None
+    init_guarantee: dict | None = None
     mechanism: str = MECHANISM
 
     def __post_init__(self):

@@ -2,15 +2,17 @@
 
 A DP guarantee covers what DP-SGD released (the weights and the ledger) and nothing else. So the folder of a
 DP checkpoint holds nothing computed from the private data outside the mechanism: no patient ids, no data
-fingerprint or counts, no loss curve, no intensity statistics. What the hospital still needs goes to ONE file
-beside the folder, ``<folder>.PRIVATE-membership.json`` (mode 0600, written atomically): the patient lists
-(the audit needs members and held-out patients), the data fingerprint (a DP fine-tune of this model on the same
-data must compose the budgets) and the loss curve (a resumed run continues it). Loading a model never reads it;
-sharing the folder shares none of it. Copying only the folder loses it: then give the audit ``--members`` and
+fingerprint, no loss curve, no intensity statistics, no vendor list or stack depth of the patients. The one count
+it keeps, the number of training patients (in the ledger's sampling rate, which ε needs), is declared public (README,
+"Privacy, honestly"). What the hospital still needs goes to ONE file beside the folder,
+``<folder>.PRIVATE-membership.json`` (mode 0600, written atomically): the patient lists (the audit needs members
+and held-out patients; a DP fine-tune of this model on any of its patients must compose the budgets), the data
+fingerprint and the loss curve (a resumed run continues it). Loading a model never reads it; sharing the folder
+shares none of it. Copying only the folder loses it: then give the audit ``--members`` and
 ``--holdout``, and a DP fine-tune of the copy composes its budget with the new one (the safe side).
 
 Cards of runs without DP, and DP cards written before this file existed, hold the lists inline;
-:func:`patient_splits` and :func:`data_fingerprint` read either.
+:func:`patient_splits` reads either.
 """
 
 from __future__ import annotations
@@ -65,10 +67,3 @@ def patient_splits(card: dict, checkpoint: str | os.PathLike) -> dict[str, list[
     source = card if any(name in card for name in SPLITS) else read_membership(checkpoint)
     return {name: [str(p) for p in source.get(name) or []] for name in SPLITS}
 
-
-def data_fingerprint(card: dict, checkpoint: str | os.PathLike) -> dict | None:
-    """The training data's fingerprint (with ``sha256``) from the card or the membership file; None if neither."""
-    for source in (card.get("data") or {}, read_membership(checkpoint).get("data") or {}):
-        if "sha256" in source:
-            return source
-    return None

@@ -8,7 +8,8 @@ carry the unit's group number, and :class:`~CMRSynthLib.training.dp_optimizer.Pa
 into ONE gradient before clipping, so one unit's influence on a step is bounded by the clipping norm C — the
 sensitivity the accountant assumes.
 
-Several processes (torchrun): every process draws the same full sample (same seed), then keeps the units whose
+Several processes (torchrun): every process draws the same full sample (the same secret generator state, sent
+by rank 0), then keeps the units whose
 number is its rank modulo the world size (:func:`shard`). The shares are disjoint and their union is exactly the
 single-process draw, so the accountant's q (over all patients) is unchanged.
 """
@@ -92,7 +93,8 @@ class UnitLoader:
     """Iterates collated batches of :class:`PoissonUnitSampler` draws over a map-style dataset; one pass
     (an "epoch", each unit drawn once on average) hands out ``steps_per_epoch`` batches.
 
-    Each draw uses ``next_generator()`` (the caller seeds it from its step count). Before yielding a batch it
+    Each draw uses ``next_generator()`` (under DP a secret generator: :func:`~.privacy.secret_generator`). Before
+    yielding a batch it
     calls ``on_draw(draw)`` (the optimizer needs the rows' groups), so the groups always belong to the batch
     just handed out. An empty draw is not yielded: ``on_empty()`` is called instead (DP-SGD must still take a
     noise-only step, or skipping would reveal that nobody was drawn). Iteration ends early once ``stop()``;

@@ -20,18 +20,27 @@ other; hooks is Opacus's default, attaches without wrapping the model, and is ke
 materialises per-sample gradients, so it cannot aggregate a patient's rows before clipping: it is not used.
 
 The noise is calibrated (Opacus's ``get_noise_multiplier``) for the run's planned steps and the target ε; the
-run stops cleanly before any step that would exceed the target. Sampling and noise are reseeded from
-``(seed, step)`` at every step, so a resumed run draws exactly what an uninterrupted one would.
-Several processes (``torchrun``): every process draws the same Poisson sample and trains on its disjoint share
-of the patients (:func:`~.patient_sampling.shard`); Opacus's DPDDP starts them from the same weights and
-:class:`~.dp_optimizer.DistributedPatientDPOptimizer` adds the noise once (rank 0) and sums the shares, so one
-step is the single-process mechanism with the same (σ, q) and the same accountant history. The noise of rank 0
-is the noise a single process would draw at that step.
-Not done: Opacus's ``secure_mode`` (cryptographically secure noise).
+run stops cleanly before any step that would exceed the target.
+
+Secret randomness. The guarantee assumes the adversary cannot reproduce the noise or the Poisson draw: with a
+known seed and a public ``--init`` the mechanism would be deterministic given the data. So the noise and the
+patient sampling come from generators whose whole state is drawn from the operating system's CSPRNG
+(:func:`secret_generator`, via :mod:`secrets`) when a run (or a resumed run) attaches; it is never stored and
+never derived from ``--seed``. ``--seed`` still decides what is not privacy-relevant: the initial weights and
+the diffusion noise/timesteps of the training loss. Opacus's ``secure_mode`` is on: its noise is a sum of
+Gaussians, robust to the floating-point attacks on a single sample. (Opacus's own secure generator,
+torchcsprng, is unmaintained and not built for current torch, hence :func:`secret_generator`.) A resumed run
+therefore continues the accountant history exactly (ε is never reset) but draws fresh noise.
+Several processes (``torchrun``): rank 0's secret sampling state is broadcast once, so every process draws the
+same Poisson sample and trains on its disjoint share of the patients (:func:`~.patient_sampling.shard`); Opacus's
+DPDDP starts them from the same weights and :class:`~.dp_optimizer.DistributedPatientDPOptimizer` adds the noise
+once (rank 0) and sums the shares, so one step is the single-process mechanism with the same (σ, q) and the
+same accountant history.
 """
 
 from __future__ import annotations
 
+import secrets
 import warnings
 from dataclasses import dataclass
 
@@ -55,7 +64,6 @@ class DPConfig(FrozenConfig):
         accountant: "rdp" or "prv" (Opacus). slice_level: make the slice the unit (reports group privacy).
         slices_per_patient: k, slices of one patient per step, averaged before clipping.
         noise_multiplicity: K noise draws per slice, averaged before clipping.
-        seed: seeds the patient sampling and the DP noise.
     """
 
     delta: float
@@ -66,7 +74,6 @@ class DPConfig(FrozenConfig):
     slice_level: bool = False
     slices_per_patient: int = 1
     noise_multiplicity: int = 1
-    seed: int = 0
 
     def __post_init__(self):
         if self.target_epsilon is None and self.noise_multiplier is None:
@@ -96,18 +103,21 @@ class DPTraining:
     Args:
         config: the DP arguments.
         init_checkpoint: the checkpoint the run starts from (``--init``), recorded in the ledger.
-        composed: the ledger of a DP checkpoint trained on the SAME data that this run continues: its
-            accountant history is spent budget, and the ledger's ε is the total (``composed_from`` names it).
+        composed: the ledger of a DP checkpoint trained on some of the SAME patients that this run continues:
+            its accountant history is spent budget, and the ledger's ε is the total (``composed_from`` names it).
+        init_guarantee: the guarantee of a DP ``--init`` trained on OTHER patients (:func:`init_privacy`),
+            stated on the new card.
     """
 
     def __init__(self, config: DPConfig, *, init_checkpoint: str | None = None, composed: Ledger | None = None,
-                 composed_from: str | None = None):
+                 composed_from: str | None = None, init_guarantee: dict | None = None):
         from opacus.accountants import create_accountant
 
         self.config = config
         self.init_checkpoint = init_checkpoint
         self.composed_from = composed_from if composed is not None else None
         self.spent = tuple(composed.history) if composed is not None else ()
+        self.init_guarantee = init_guarantee
         self.accountant = create_accountant(mechanism=config.accountant)
         self.accountant.history = list(self.spent)
         self.run_steps = 0  # steps of this run (noise-only steps included)
@@ -162,15 +172,18 @@ class DPTraining:
             model = DifferentiallyPrivateDistributedDataParallel(model)  # every process starts from rank 0's weights
         hooks = GradSampleHooks(model, batch_first=True, loss_reduction="mean", strict=False)
         hooks.forbid_grad_accumulation()
-        self._noise = torch.Generator()
+        # Opacus draws the noise with ``device=param.device``: the generator must live there too (CUDA, MPS)
+        noise = secret_generator(next(p for p in model.parameters() if p.requires_grad).device)
         kind = DistributedPatientDPOptimizer if world > 1 else PatientDPOptimizer
         self.optimizer = kind(optimizer, noise_multiplier=self.noise_multiplier, max_grad_norm=c.max_grad_norm,
-                              expected_batch_size=batch_size / world, loss_reduction="mean", generator=self._noise)
+                              expected_batch_size=batch_size / world, loss_reduction="mean", generator=noise,
+                              secure_mode=True)
         self.optimizer.attach_step_hook(self._on_step)
         sampler = PoissonUnitSampler(units, sample_rate=self.sample_rate, slices_per_unit=c.slices_per_patient,
                                      multiplicity=c.noise_multiplicity)
+        sampling = _shared_secret_generator(world)
         dp_loader = UnitLoader(dataset, sampler, loader.collate_fn, steps_per_epoch=max(1, round(1 / self.sample_rate)),
-                               next_generator=self._next_step_generator, on_draw=self._on_draw,
+                               next_generator=lambda: sampling, on_draw=self._on_draw,
                                on_empty=self.optimizer.noise_only_step, stop=self.exhausted, rank=rank,
                                world=world)
         return model, self.optimizer, dp_loader
@@ -201,7 +214,8 @@ class DPTraining:
             noise_multiplier=self.noise_multiplier, max_grad_norm=c.max_grad_norm, sample_rate=self.sample_rate,
             patients=self.patients, slices_per_patient=c.slices_per_patient,
             noise_multiplicity=c.noise_multiplicity, target_epsilon=c.target_epsilon,
-            init_checkpoint=self.init_checkpoint, composed_from=self.composed_from).to_dict()
+            init_checkpoint=self.init_checkpoint, composed_from=self.composed_from,
+            init_guarantee=self.init_guarantee).to_dict()
 
     def state_dict(self) -> dict:
         return {"history": [list(h) for h in self.accountant.history], "run_steps": self.run_steps,
@@ -231,14 +245,6 @@ class DPTraining:
                                        target_epsilon=c.target_epsilon, delta=c.delta, accountant=c.accountant,
                                        spent=self.spent, limit=max(self.planned_steps, self.run_steps))
 
-    def _next_step_generator(self):
-        """Seeds the sampling and the noise of the coming step from ``(seed, step)``: resume-exact."""
-        import torch
-
-        base = (self.config.seed * 1_000_003 + self.run_steps) * 4 + 0x5EED
-        self._noise.manual_seed((base + 1) % 2**63)
-        return torch.Generator().manual_seed(base % 2**63)
-
     def _on_draw(self, draw) -> None:
         import torch
 
@@ -247,6 +253,50 @@ class DPTraining:
     def _on_step(self, optimizer) -> None:
         self.accountant.step(noise_multiplier=optimizer.noise_multiplier, sample_rate=self.sample_rate)
         self.run_steps += 1
+
+
+# Byte layout of torch's CPU generator state (CPUGeneratorImplState): a uint64 seed, int left, int seeded, a
+# uint64 "next", then the 624 words of the mt19937 state, each stored in a uint64; 5056 bytes in all.
+_CPU_STATE_BYTES, _MT_OFFSET, _MT_WORDS = 5056, 24, 624
+
+
+def secret_generator(device) -> "torch.Generator":
+    """A torch generator on ``device`` whose whole state comes from the OS's CSPRNG (:mod:`secrets`).
+
+    Nobody, the user included, can reproduce what it draws, and nothing of it is stored. On CUDA and MPS
+    (Philox) the 64-bit seed is the generator's whole key. On the CPU, torch seeds its mt19937 with only 32 bits
+    of ``manual_seed``, which an adversary could enumerate; so all 624 state words are filled with secret bytes.
+    """
+    import numpy as np
+    import torch
+
+    device = torch.device(device)
+    generator = torch.Generator(device=device)
+    if device.type != "cpu":
+        generator.manual_seed(secrets.randbits(64))
+        return generator
+    generator.manual_seed(0)  # a valid state (normal caches cleared, the next draw twists the words below)
+    state = generator.get_state()
+    if state.numel() != _CPU_STATE_BYTES:
+        raise RuntimeError(f"torch's CPU generator state has {state.numel()} bytes, not {_CPU_STATE_BYTES}: "
+                           "its layout changed, so secret_generator cannot fill it")
+    words = np.frombuffer(secrets.token_bytes(4 * _MT_WORDS), dtype="<u4").astype("<u8")
+    state[_MT_OFFSET:_MT_OFFSET + 8 * _MT_WORDS] = torch.frombuffer(bytearray(words.tobytes()), dtype=torch.uint8)
+    generator.set_state(state)
+    return generator
+
+
+def _shared_secret_generator(world: int) -> "torch.Generator":
+    """A CPU :func:`secret_generator`; with several processes, rank 0's state is sent to all of them (never
+    written anywhere), so that every process draws the same Poisson sample."""
+    import torch.distributed as dist
+
+    generator = secret_generator("cpu")
+    if world > 1:
+        state = [generator.get_state()]
+        dist.broadcast_object_list(state, src=0)
+        generator.set_state(state[0])
+    return generator
 
 
 def _check_stage(generator) -> None:
@@ -313,8 +363,7 @@ _DP_ONLY = {"--epsilon": ("epsilon", None), "--delta": ("delta", None), "--max-g
 def from_args(args) -> DPTraining | None:
     """The privacy object for ``cmrsynth train`` arguments, or None without ``--dp`` (refuses DP flags then).
 
-    With ``--init``: a checkpoint DP-trained on the same data (same data fingerprint) is composed with (its
-    history is spent budget); one trained WITHOUT DP on the same data is refused (no guarantee could hold).
+    With ``--init``, :func:`init_privacy` decides by patient identity what the init's history means here.
     """
     if not args.dp:
         given = [flag for flag, (dest, default) in _DP_ONLY.items() if getattr(args, dest) != default]
@@ -327,36 +376,57 @@ def from_args(args) -> DPTraining | None:
     config = DPConfig(delta=args.delta, max_grad_norm=args.max_grad_norm, target_epsilon=args.epsilon,
                       noise_multiplier=args.noise_multiplier, accountant=args.accountant,
                       slice_level=args.slice_level, slices_per_patient=args.slices_per_patient,
-                      noise_multiplicity=args.noise_multiplicity, seed=args.seed)
+                      noise_multiplicity=args.noise_multiplicity)
     if args.generator == "ldm" and not args.init:
         raise InputError("--dp with --generator ldm needs --init: an LDM whose autoencoder was trained on public "
                          "data (DP then fine-tunes its latent diffusion only)")
     if not args.init:
         return DPTraining(config)
-    composed = _earlier_dp_run(args.init, args.data)
+    composed, guarantee = init_privacy(args.init, args.data, unit="slice" if config.slice_level else "patient")
     return DPTraining(config, init_checkpoint=str(args.init), composed=composed,
-                      composed_from=str(args.init) if composed is not None else None)
+                      composed_from=str(args.init) if composed is not None else None, init_guarantee=guarantee)
 
 
-def _earlier_dp_run(init: str, data: str) -> Ledger | None:
-    """The ledger of ``init`` when it was DP-trained on ``data``; None when it never saw ``data``."""
+def init_privacy(init: str, data: str, *, unit: str) -> tuple[Ledger | None, dict | None]:
+    """What ``init`` means for a DP run on ``data``: ``(ledger to compose, init's own guarantee)``.
+
+    "Same data" is decided by patient identity: the init's members (its card, or the PRIVATE membership file
+    beside it) against the patients of ``data``. Any overlap:
+
+    - init DP-trained → its history is spent budget on those patients: ``(its ledger, None)``; its unit must be
+      this run's ``unit`` (ε of a slice-level history is not a patient-level ε);
+    - init trained WITHOUT DP → refused: no guarantee could hold for the overlapping patients.
+
+    No overlap: ``(None, None)`` for a public init, ``(None, its guarantee)`` for a DP init (that guarantee,
+    for ITS patients, still holds and the new card states it). A DP init whose members are unknown (a shared
+    copy without its membership file) is composed: the safe side. A non-DP init that lists no members is public.
+    """
     from CMRSynthLib.data.cohorts import open_cohort
     from CMRSynthLib.training.checkpoint import read_card, resolve_model
-    from CMRSynthLib.training.data import fingerprint
-    from CMRSynthLib.training.membership import data_fingerprint
+    from CMRSynthLib.training.membership import patient_splits
 
     path = resolve_model(init)
     card = read_card(path)
-    recorded = data_fingerprint(card, path)
-    # a DP model whose fingerprint was not shared with it may have seen this data: compose (the safe side)
-    if (recorded is None and not card.get("privacy")) or (
-            recorded is not None and recorded["sha256"] != fingerprint(open_cohort(data))["sha256"]):
-        return None
+    members = set(patient_splits(card, path)["members"])
+    overlap = members & set(open_cohort(data).patients())
     if not card.get("privacy"):
-        raise InputError("--init was trained WITHOUT differential privacy on this same data (same data "
-                         "fingerprint), so no DP guarantee can hold for a fine-tune of it; start from a checkpoint "
-                         "trained on public data", path=path)
+        if overlap:
+            raise InputError(f"--init was trained WITHOUT differential privacy on {len(overlap)} of the patients in "
+                             "--data, so no DP guarantee can hold for them in a fine-tune of it; start from a "
+                             "checkpoint trained on other (public) patients", path=path)
+        return None, None
     try:
-        return Ledger.from_dict(card["privacy"])
+        ledger = Ledger.from_dict(card["privacy"])
     except (TypeError, ValueError) as exc:
         raise InputError(f"card has an invalid privacy ledger ({exc})", path=path) from None
+    if members and not overlap:
+        return None, {"epsilon": ledger.epsilon, "delta": ledger.delta, "unit": ledger.unit,
+                      "group_epsilon": ledger.group_epsilon, "group_delta": ledger.group_delta,
+                      "note": "the --init model's own guarantee, for its own patients (disjoint from this run's)"}
+    if ledger.unit != unit:
+        seen = f"{len(overlap)} of the patients in --data" if overlap else "these patients (its members are unknown)"
+        raise InputError(f"--init was DP-trained with a {ledger.unit}-level ledger on {seen}; this run is "
+                         f"{unit}-level, and budgets of different privacy units cannot be composed "
+                         f"(use {'--slice-level' if ledger.unit == 'slice' else 'patient-level DP'} to match it)",
+                         path=path)
+    return ledger, None

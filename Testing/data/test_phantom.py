@@ -62,7 +62,9 @@ def test_same_seed_gives_identical_bytes_and_patients_do_not_depend_on_cohort_si
 
 
 def test_records_labels_and_images(cohort):
-    assert [c.patient for c in cohort[:4]] == ["phantom000", "phantom000", "phantom001", "phantom001"]
+    assert [c.patient for c in cohort[:4]] == ["phantom000-seed3", "phantom000-seed3", "phantom001-seed3",
+                                               "phantom001-seed3"]
+    assert [c.patient for c in make_phantom_cohort(1, seed=0, shape=(4, 32, 32))] == ["phantom000"] * 2
     assert [c.phase for c in cohort[:2]] == ["ED", "ES"]
     assert [c.vendor for c in cohort[0:8:2]] == list(VENDORS)
     groups = [c.group for c in cohort[::2]]

@@ -129,12 +129,13 @@ def test_dp_training_on_two_processes_accounts_exactly_like_one(phantom, tmp_pat
     assert card["training"]["world_size"] == 2 and card["training"]["steps"] == 4
     multi = Ledger.from_dict(card["privacy"])
 
-    privacy = DPTraining(DPConfig(delta=1e-2, max_grad_norm=1.0, noise_multiplier=1.0, seed=3))
+    privacy = DPTraining(DPConfig(delta=1e-2, max_grad_norm=1.0, noise_multiplier=1.0))
     Trainer(train_config(phantom, tmp_path / "dp1", max_steps=4, batch_size=2), privacy=privacy).run()
     single = Ledger.from_dict(load_checkpoint(tmp_path / "dp1")[1]["privacy"])
-    assert multi.history == single.history and multi.sample_rate == 2 / multi.patients  # q over ALL patients
-    assert multi.epsilon == single.epsilon == epsilon_of([(1.0, multi.sample_rate, multi.steps)], delta=1e-2,
-                                                         accountant="rdp")
+    # the (secret) Poisson draws decide how many noise-only steps each run took; (σ, q) are the same
+    assert multi.history == ((1.0, single.sample_rate, multi.steps),) and multi.steps >= 4
+    assert multi.sample_rate == 2 / multi.patients  # q over ALL patients
+    assert multi.epsilon == epsilon_of([(1.0, multi.sample_rate, multi.steps)], delta=1e-2, accountant="rdp")
     assert len(read_membership(out)["members"]) == multi.patients
 
 

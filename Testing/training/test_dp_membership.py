@@ -9,17 +9,17 @@ import pytest
 
 from CMRSynthLib.audit.run import resolve_patients
 from CMRSynthLib.data.cohorts import open_cohort
+from CMRSynthLib.errors import InputError
 from CMRSynthLib.training.loop import Trainer
-from CMRSynthLib.training.membership import (SPLITS, data_fingerprint, membership_path, patient_splits,
-                                             read_membership)
-from CMRSynthLib.training.privacy import DPConfig, DPTraining, _earlier_dp_run
+from CMRSynthLib.training.membership import SPLITS, membership_path, patient_splits, read_membership
+from CMRSynthLib.training.privacy import DPConfig, DPTraining, init_privacy
 from training_fixtures import PATIENTS, SHAPE, phantom, train_config  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.filterwarnings("ignore:Full backward hook is firing")
 
 
 def dp_run(data, out, **overrides):
-    privacy = DPTraining(DPConfig(delta=1e-2, max_grad_norm=1.0, noise_multiplier=1.0, seed=3))
+    privacy = DPTraining(DPConfig(delta=1e-2, max_grad_norm=1.0, noise_multiplier=1.0))
     Trainer(train_config(data, out, max_steps=3, batch_size=2, **overrides), privacy=privacy).run()
     return json.loads((out / "card.json").read_text(encoding="utf-8"))
 
@@ -55,7 +55,6 @@ def test_the_membership_file_beside_the_folder_gives_the_audit_its_patients(dp_m
     warnings = []
     members, holdout = resolve_patients(splits, open_cohort(phantom), warnings=warnings)
     assert members == sorted(record["members"]) and holdout == sorted(record["holdout"]) and not warnings
-    assert data_fingerprint(card, out) == record["data"]
 
 
 def test_a_copy_without_its_membership_file_still_loads_and_composes_on_the_safe_side(dp_model, phantom,  # noqa: F811
@@ -67,9 +66,9 @@ def test_a_copy_without_its_membership_file_still_loads_and_composes_on_the_safe
     shutil.copytree(out, copy)
     generator, loaded = load_checkpoint(copy)
     assert loaded["model_id"] == card["model_id"] and patient_splits(loaded, copy)["members"] == []
-    assert data_fingerprint(loaded, copy) is None
-    assert _earlier_dp_run(str(copy), str(phantom)).history == tuple(map(tuple, card["privacy"]["history"]))
-    assert _earlier_dp_run(str(out), str(phantom)) is not None  # the original: same data, composed
+    composed, _ = init_privacy(str(copy), str(phantom), unit="patient")
+    assert composed.history == tuple(map(tuple, card["privacy"]["history"]))
+    assert init_privacy(str(out), str(phantom), unit="patient")[0] is not None  # the original: same data, composed
 
 
 def test_a_dp_fine_tune_keeps_its_public_models_intensity_record(phantom, tmp_path):  # noqa: F811
@@ -86,5 +85,30 @@ def test_old_and_non_dp_cards_keep_their_inline_lists(tmp_path):
     card = {"members": ["a", "b"], "holdout": ["c"], "data": {"sha256": "x", "patients": 3}}
     assert patient_splits(card, tmp_path / "m") == {"members": ["a", "b"], "validation": [], "holdout": ["c"],
                                                    "unused": []}
-    assert data_fingerprint(card, tmp_path / "m") == card["data"]
     assert patient_splits({}, tmp_path / "m") == {name: [] for name in SPLITS}
+
+
+def test_a_dp_folder_holds_no_value_derived_from_the_private_data(dp_model, phantom):  # noqa: F811
+    """Issue 12 item 5: every value computed from the private patients outside DP-SGD is looked for in every file
+    of the folder: ids, fingerprint, loss curve, and the vendor vocabulary (before: the members' own vendors,
+    so a rare vendor outed its patient). The patient count (in the ledger's sampling rate) is declared public."""
+    from CMRSynthLib.training.loop import PUBLIC_VENDORS
+
+    out, card = dp_model
+    record = read_membership(out)
+    member_vendors = sorted({r.vendor for r in open_cohort(phantom).records if r.patient in record["members"]})
+    assert card["vocabulary"]["vendors"] == list(PUBLIC_VENDORS) != member_vendors
+    secrets = [*open_cohort(phantom).patients(), record["data"]["sha256"],
+               *(repr(loss) for _, loss in record["loss_curve"])]
+    for path in out.iterdir():
+        text = path.read_bytes().decode("latin-1")
+        assert not [value for value in secrets if value in text], path.name
+
+
+def test_a_dp_run_takes_its_vocabulary_and_depth_from_arguments(phantom, tmp_path):  # noqa: F811
+    """Issue 12 item 5: --vendors decides a DP model's vendors; a 3D DP run from scratch must give --depth (the
+    deepest stack of the private patients would otherwise be published)."""
+    card = dp_run(phantom, tmp_path / "named", vendors=("GE", "Siemens", "Philips", "Canon", "Hitachi"))
+    assert card["vocabulary"]["vendors"] == ["GE", "Siemens", "Philips", "Canon", "Hitachi"]
+    with pytest.raises(InputError, match="--depth"):
+        dp_run(phantom, tmp_path / "3d", spatial_dims=3)

@@ -1,5 +1,5 @@
-"""Patient-level DP-SGD with Opacus on a tiny MONAI DiffusionModelUNet: per-patient clipping, noise, accounting,
-exact resume, the budget stop, and refusals."""
+"""Patient-level DP-SGD with Opacus on a tiny MONAI DiffusionModelUNet: per-patient clipping, secret noise on the
+parameters' device, accounting, resume exact for ε, the budget stop, and refusals."""
 
 import pytest
 import torch
@@ -178,11 +178,11 @@ def test_a_noise_only_step_after_a_patient_step_is_only_noise():
     assert torch.allclose(updates[0], updates[1], atol=1e-6)
 
 
-def run_dp(steps, *, state=None, target=None, noise=1.0, slice_level=False, seed=0, model_seed=0):
+def run_dp(steps, *, state=None, target=None, noise=1.0, slice_level=False, model_seed=0):
     """``steps`` trainer-like steps of DPTraining over PatientSlices; returns (privacy, model, taken)."""
     model = make_model(model_seed)
     privacy = DPTraining(DPConfig(delta=1e-3, max_grad_norm=1.0, target_epsilon=target,
-                                  noise_multiplier=noise, slice_level=slice_level, noise_multiplicity=2, seed=seed))
+                                  noise_multiplier=noise, slice_level=slice_level, noise_multiplicity=2))
     data = PatientSlices(patients=6, slices=3)
     loader = torch.utils.data.DataLoader(data, batch_size=2, collate_fn=collate)
     model, optimizer, loader = privacy.attach(model, torch.optim.SGD(model.parameters(), lr=0.1), loader,
@@ -215,15 +215,72 @@ def test_accounting_follows_the_steps_and_the_ledger_reproduces_epsilon():
     assert recompute_epsilon(ledger) == ledger.epsilon == privacy.epsilon()
 
 
-def test_resume_keeps_epsilon_and_weights_exact():
+def test_resume_continues_the_ledger_exactly_but_draws_fresh_secret_noise():
+    """Issue 12 item 1: the same run twice (same seeds, same weights, same data) must not draw the same noise or
+    the same patients (before: both were reseeded from (seed, step), so the runs were identical); a resumed run
+    continues the accountant history (ε is never reset)."""
     whole, whole_model, _ = run_dp(6)
+    again, again_model, _ = run_dp(6)
+    assert any(not torch.equal(a, b) for a, b in zip(whole_model.state_dict().values(),
+                                                      again_model.state_dict().values()))
     first, first_model, _ = run_dp(3)
     state = ({k: v.clone() for k, v in first_model.state_dict().items()}, first.state_dict())
     resumed, resumed_model, _ = run_dp(3, state=state, model_seed=1)
-    assert resumed.accountant.history == whole.accountant.history
-    assert resumed.epsilon() == whole.epsilon()
-    for (name, a), b in zip(whole_model.state_dict().items(), resumed_model.state_dict().values()):
-        assert torch.equal(a, b), name
+    assert resumed.run_steps >= first.run_steps + 3
+    assert resumed.accountant.history == [(1.0, 2 / 6, resumed.run_steps)]
+    assert resumed.epsilon() == epsilon_of(resumed.accountant.history, delta=1e-3, accountant="rdp") > first.epsilon()
+
+
+def test_secret_generators_are_unpredictable_and_full_state():
+    """A secret generator's draws are not those of any 32-bit seed's (torch's CPU manual_seed keeps 32 bits) and
+    differ between generators; every mt19937 word of its state is set."""
+    from CMRSynthLib.training.privacy import secret_generator
+
+    a, b = secret_generator("cpu"), secret_generator("cpu")
+    state = a.get_state()
+    words = state[24:24 + 8 * 624].view(torch.int64)
+    assert len(set(words.tolist())) > 600 and (words < 2**32).all() and (words >= 0).all()
+    draw = torch.randn(64, generator=a)
+    assert not torch.equal(draw, torch.randn(64, generator=b))
+    a.set_state(state)
+    assert torch.equal(torch.randn(64, generator=a), draw)  # the state is what draws (kept nowhere else)
+
+
+def test_the_noise_generator_lives_on_the_parameters_device(monkeypatch):
+    """Issue 12 item 2: Opacus draws noise with ``device=param.device`` and the given generator, which must be on
+    that device (before: always a CPU generator, so CUDA/MPS DP training crashed). CPU-only machines check the
+    construction with parameters on the 'meta' device."""
+    from CMRSynthLib.training import privacy as privacy_module
+
+    asked = []
+    real = privacy_module.secret_generator
+
+    def recording(device):
+        asked.append(torch.device(device))
+        return real("cpu")
+
+    monkeypatch.setattr(privacy_module, "secret_generator", recording)
+    model = make_model().to("meta")
+    privacy = DPTraining(DPConfig(delta=1e-3, max_grad_norm=1.0, noise_multiplier=1.0))
+    loader = torch.utils.data.DataLoader(PatientSlices(patients=6), batch_size=2, collate_fn=collate)
+    privacy.attach(model, torch.optim.SGD(model.parameters(), lr=0.1), loader, steps=3)
+    assert torch.device("meta") in asked  # the noise generator
+    assert privacy.optimizer.secure_mode
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_dp_steps_on_cuda():
+    from CMRSynthLib.training.privacy import secret_generator
+
+    generator = secret_generator("cuda")
+    assert generator.device.type == "cuda"
+    model = make_model().cuda()
+    attach_hooks(model)
+    optimizer = PatientDPOptimizer(torch.optim.SGD(model.parameters(), lr=1.0), noise_multiplier=1.0,
+                                   max_grad_norm=1.0, expected_batch_size=2, generator=generator, secure_mode=True)
+    before = torch.cat([p.detach().flatten() for p in optimizer.params])
+    optimizer.noise_only_step()  # Opacus draws on the parameters' device with this generator
+    assert not torch.equal(before, torch.cat([p.detach().flatten() for p in optimizer.params]))
 
 
 def test_stops_before_exceeding_the_target():

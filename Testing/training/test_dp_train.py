@@ -7,6 +7,7 @@ from dataclasses import fields
 import pytest
 import torch
 
+from CMRSynthLib.errors import InputError
 from CMRSynthLib.training import checkpoint as ckpt
 from CMRSynthLib.training.ledger import Ledger, recompute_epsilon
 from CMRSynthLib.training.loop import Trainer
@@ -31,7 +32,7 @@ def public_model(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("public")
     data = write_phantom_cohort(root / "cohort", PATIENTS, seed=101, shape=SHAPE)
-    Trainer(train_config(data, root / "model", max_steps=4)).run()
+    Trainer(train_config(data, root / "model", max_steps=4, vendors=("Siemens", "Philips", "GE", "Canon"))).run()
     return root / "model"
 
 
@@ -95,6 +96,58 @@ def test_a_dp_fine_tune_of_a_dp_model_on_the_same_data_composes(dp_model, phanto
     assert first.epsilon < second.epsilon == recompute_epsilon(second) <= first.epsilon + 10
 
 
+def _cohort(tmp_path, patients, seed):
+    from CMRSynthLib.data.phantom import write_phantom_cohort
+
+    return write_phantom_cohort(tmp_path / f"cohort-{patients}-{seed}", patients, seed=seed, shape=SHAPE)
+
+
+def test_a_non_dp_init_that_saw_some_of_the_patients_is_refused(tiny_flow, tmp_path, run_cli):  # noqa: F811
+    """Issue 12 item 3: one added patient made the cohort's hash differ, and a model trained WITHOUT DP on the
+    other patients passed as public (before: exit 0)."""
+    superset = _cohort(tmp_path, PATIENTS + 1, 0)
+    members = len(card_of(tiny_flow)["members"])
+    code, _, err = run_cli("train", "--data", superset, "--out", tmp_path / "m", "--init", tiny_flow, *COMMON,
+                           "--max-steps", "1", *DP, "--noise-multiplier", "1.0")
+    assert code == 2 and f"on {members} of the patients in --data" in err
+    assert not (tmp_path / "m").exists()
+
+
+def test_a_dp_init_composes_on_overlapping_patients_and_states_its_guarantee_on_disjoint_ones(
+        dp_model, tmp_path, run_cli):
+    """Issue 12 item 3: overlap decides, not a hash of the cohort (before: a superset dropped the spent budget,
+    and a disjoint fine-tune did not state the init's own guarantee)."""
+    first = Ledger.from_dict(card_of(dp_model)["privacy"])
+    for name, data in (("superset", _cohort(tmp_path, PATIENTS + 1, 0)), ("disjoint", _cohort(tmp_path, 4, 5))):
+        code, _, err = run_cli("train", "--data", data, "--out", tmp_path / name, "--init", dp_model, *COMMON,
+                               "--max-steps", "1", *DP, "--noise-multiplier", "1.0", "--progress", "none")
+        assert code == 0, err
+    superset = Ledger.from_dict(card_of(tmp_path / "superset")["privacy"])
+    assert superset.composed_from == str(dp_model) and superset.history[0] == first.history[0]
+    assert superset.epsilon > first.epsilon and superset.init_guarantee is None
+    disjoint = Ledger.from_dict(card_of(tmp_path / "disjoint")["privacy"])
+    assert disjoint.composed_from is None and disjoint.history[0][0] == 1.0 and len(disjoint.history) == 1
+    assert disjoint.init_guarantee["epsilon"] == first.epsilon and disjoint.init_guarantee["unit"] == "patient"
+
+
+def test_a_slice_level_history_is_not_composed_into_a_patient_level_ledger(dp_model, phantom, tmp_path,  # noqa: F811
+                                                                          run_cli):
+    """Issue 12 item 4 (before: the slice-level history was composed as if it were patient-level: exit 0)."""
+    import shutil
+
+    from CMRSynthLib.training.membership import membership_path
+
+    slice_level = tmp_path / "slice-model"
+    shutil.copytree(dp_model, slice_level)
+    shutil.copy(membership_path(dp_model), membership_path(slice_level))
+    card = card_of(slice_level)
+    card["privacy"].update(unit="slice", max_slices_per_patient=4, group_epsilon=1.0, group_delta=0.5)
+    (slice_level / "card.json").write_text(json.dumps(card), encoding="utf-8")
+    code, _, err = run_cli("train", "--data", phantom, "--out", tmp_path / "m", "--init", slice_level, *COMMON,
+                           "--max-steps", "1", *DP, "--noise-multiplier", "1.0")
+    assert code == 2 and "slice-level ledger" in err and "cannot be composed" in err
+
+
 def test_training_stops_cleanly_at_the_budget(public_model, phantom, tmp_path, run_cli):  # noqa: F811
     members = len(card_of(public_model)["members"])  # same split sizes: same number of member patients
     target = epsilon_of([(1.0, 2 / members, 3)], delta=1e-2, accountant="rdp") + 1e-9
@@ -107,12 +160,12 @@ def test_training_stops_cleanly_at_the_budget(public_model, phantom, tmp_path, r
     assert card["privacy"]["epsilon"] <= target
 
 
-def test_resumed_dp_run_spends_exactly_what_an_uninterrupted_one_does(phantom, tmp_path):  # noqa: F811
+def test_a_resumed_dp_run_continues_its_ledger(phantom, tmp_path):  # noqa: F811
+    """ε is exact across a resume: the resumed run's history continues the saved one (its noise is fresh)."""
     def run(out, **overrides):
-        privacy = DPTraining(DPConfig(delta=1e-2, max_grad_norm=1.0, noise_multiplier=1.2, seed=3))
+        privacy = DPTraining(DPConfig(delta=1e-2, max_grad_norm=1.0, noise_multiplier=1.2))
         return Trainer(train_config(phantom, out, max_steps=4, batch_size=2, **overrides), privacy=privacy)
 
-    run(tmp_path / "whole").run()
     interrupted, calls = run(tmp_path / "parts", save_every=2), []
     original = interrupted._train_step
 
@@ -125,13 +178,34 @@ def test_resumed_dp_run_spends_exactly_what_an_uninterrupted_one_does(phantom, t
     interrupted._train_step = killed_at_the_third_step
     with pytest.raises(KeyboardInterrupt):
         interrupted.run()
-    assert card_of(tmp_path / "parts")["training"]["steps"] == 2
+    saved = Ledger.from_dict(card_of(tmp_path / "parts")["privacy"])
+    assert card_of(tmp_path / "parts")["training"]["steps"] == 2 and saved.steps >= 2
     assert run(tmp_path / "parts", save_every=2).run().resumed_from == 2
-    whole, parts = ckpt.read_checkpoint(tmp_path / "whole"), ckpt.read_checkpoint(tmp_path / "parts")
-    assert whole.card["privacy"] == parts.card["privacy"]  # same history, same ε
-    assert read_membership(tmp_path / "whole")["loss_curve"] == read_membership(tmp_path / "parts")["loss_curve"]
-    for name in whole.weights:
-        assert torch.equal(whole.weights[name], parts.weights[name]), name
+    final = Ledger.from_dict(card_of(tmp_path / "parts")["privacy"])
+    assert final.history == ((1.2, saved.sample_rate, final.steps),) and final.steps >= saved.steps + 2
+    assert final.epsilon == recompute_epsilon(final) > saved.epsilon
+    assert len(read_membership(tmp_path / "parts")["loss_curve"]) >= 2  # the private loss curve is continued too
+
+
+def test_two_dp_runs_with_the_same_seed_draw_different_noise(public_model, phantom, tmp_path, run_cli):  # noqa: F811
+    """Issue 12 item 1: --seed, written in the card, must not reproduce the DP noise or the patient sampling
+    (before: two runs with the same arguments gave the same weights, bit for bit)."""
+    for name in ("a", "b"):
+        code, _, err = run_cli("train", "--data", phantom, "--out", tmp_path / name, "--init", public_model,
+                               "--max-steps", "2", *COMMON, *DP, "--noise-multiplier", "1.0", "--progress", "none")
+        assert code == 0, err
+    a, b = ckpt.read_checkpoint(tmp_path / "a"), ckpt.read_checkpoint(tmp_path / "b")
+    assert a.card["training"]["seed"] == b.card["training"]["seed"] == 3
+    assert any(not torch.equal(a.weights[k], b.weights[k]) for k in a.weights)
+    state = json.loads((tmp_path / "a" / "trainer_state.json").read_text(encoding="utf-8"))
+    assert set(state["privacy"]) == {"history", "run_steps", "noise_multiplier"}  # no generator state is kept
+
+
+def test_fp16_is_refused_with_dp(phantom, tmp_path):  # noqa: F811
+    """Issue 12 item 6: GradScaler's data-dependent skips are not accounted (before: the CUDA check came first)."""
+    privacy = DPTraining(DPConfig(delta=1e-2, max_grad_norm=1.0, noise_multiplier=1.0))
+    with pytest.raises(InputError, match="fp16 cannot be used with --dp"):
+        Trainer(train_config(phantom, tmp_path / "m", precision="fp16"), privacy=privacy).run()
 
 
 @pytest.mark.parametrize("arguments, message", [
@@ -151,9 +225,10 @@ def test_bad_dp_arguments_exit_2(phantom, tmp_path, run_cli, arguments, message)
 
 
 def test_refusals_that_protect_the_guarantee(phantom, tiny_flow, tmp_path, run_cli):  # noqa: F811
+    members = len(card_of(tiny_flow)["members"])
     code, _, err = run_cli("train", "--data", phantom, "--out", tmp_path / "a", "--init", tiny_flow, *COMMON,
                            "--max-steps", "2", *DP, "--epsilon", "8")
-    assert code == 2 and "WITHOUT differential privacy on this same data" in err
+    assert code == 2 and f"WITHOUT differential privacy on {members} of the patients" in err
     code, _, err = run_cli("train", "--data", phantom, "--out", tmp_path / "b", "--generator", "ldm", "--max-steps",
                            "2", *DP, "--epsilon", "8")
     assert code == 2 and "--init" in err and "autoencoder" in err
