@@ -9,6 +9,7 @@ classes: Module, Widget, Logic (works from the Python console; never touches a w
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Annotated
 import qt
 import slicer
 import vtk
+from packaging.requirements import Requirement
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.i18n import tr as _
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
@@ -27,15 +29,32 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleWidget,
 )
 
-from CMRSynthLib.data.conventions import GROUPS, LV, MYO, RV
-from CMRSynthLib.data.volume import Volume, read_volume, write_volume
-from CMRSynthLib.gui import catalogue, controller, dependencies, scene
-from CMRSynthLib.gui.controller import JobState
-from CMRSynthLib.gui.jobs import JobRunner
+MINIMUM_PYTHON = (3, 10)  # CMRSynthLib's annotations (X | None) need it; Slicer 5.10 ships 3.12, Slicer 5.8 ships 3.9
+
+
+def unsupportedPythonMessage(versionInfo=sys.version_info) -> str:
+    """Why this Slicer cannot run CMRSynth (its Python is too old), or "" when it can."""
+    if tuple(versionInfo[:2]) >= MINIMUM_PYTHON:
+        return ""
+    return (f"CMRSynth needs 3D Slicer 5.10 or later (Python {MINIMUM_PYTHON[0]}.{MINIMUM_PYTHON[1]} or later); "
+            f"this Slicer runs Python {versionInfo[0]}.{versionInfo[1]}. Install a current 3D Slicer from "
+            "https://download.slicer.org and CMRSynth from its Extensions Manager.")
+
+
+if unsupportedPythonMessage():  # refuse here, in words, before the library fails to import in its own way
+    raise ImportError(unsupportedPythonMessage())
+
+from CMRSynthLib.data.conventions import LV, MYO, RV  # noqa: E402 (after the version check)
+from CMRSynthLib.data.volume import Volume, read_volume, write_volume  # noqa: E402
+from CMRSynthLib.gui import catalogue, controller, dependencies, scene  # noqa: E402
+from CMRSynthLib.gui.controller import JobState  # noqa: E402
+from CMRSynthLib.gui.jobs import JobRunner  # noqa: E402
 
 STRUCTURES = (LV, MYO, RV)
 SEGMENT_FIELDS = {LV: "lvSegment", MYO: "myoSegment", RV: "rvSegment"}
 ATTRIBUTE_PREFIX = "CMRSynth."
+CONTRIBUTORS = ["CMRSynth maintainers (CMRSynth project)"]
+REQUIREMENTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "Resources", "requirements.txt")
 
 
 #
@@ -47,14 +66,14 @@ class CMRSynth(ScriptedLoadableModule):
         self.parent.title = _("CMRSynth")
         self.parent.categories = ["Cardiac"]
         self.parent.dependencies = []
-        self.parent.contributors = ["CMRSynth developers"]
+        self.parent.contributors = CONTRIBUTORS
         self.parent.helpText = _(
             "Synthetic cardiac MRI from a heart segmentation, in the style of a chosen scanner vendor "
             "(DDPM, latent diffusion, flow matching), trained with differential privacy and audited for "
             "fidelity, utility and privacy. Every long task runs as a separate <code>cmrsynth</code> process.")
         self.parent.acknowledgementText = _(
             "Synthetic images are labelled as synthetic in their node attributes and file headers. "
-            "The bundled starter models were trained on a simulated phantom cohort, not on patients.")
+            "Each model's card names the data it learned from and that data's license; the panel shows them.")
 
 
 #
@@ -76,7 +95,7 @@ class CMRSynthParameterNode:
     guidance: Annotated[float, WithinRange(0.0, 20.0)] = 1.0
     device: Annotated[str, Choice(list(controller.DEVICES))] = "auto"
     newAnatomy: Annotated[int, WithinRange(0, 64)] = 0
-    group: Annotated[str, Choice(["", *GROUPS])] = ""
+    group: str = ""  # the pathology group of new anatomy, among those the model knows
     modelFolder: Path = catalogue.default_model_folder()
 
 
@@ -93,6 +112,8 @@ class CMRSynthWidget(ScriptedLoadableModuleWidget):
         self._sceneObserverTags = []
         self._job = None
         self._updatingGUI = False
+        self._observedSegmentation = None
+        self._segmentationObserverTags = []
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -112,15 +133,15 @@ class CMRSynthWidget(ScriptedLoadableModuleWidget):
         self.ui.modelBrowseButton.connect("clicked(bool)", self.onModelBrowse)
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChosen)
         self.ui.vendorComboBox.connect("currentIndexChanged(int)", self.onVendorChosen)
+        self.ui.groupComboBox.connect("currentIndexChanged(int)", self.onGroupChosen)
         for label, combo in self._segmentCombos().items():
             combo.connect("currentIndexChanged(int)", lambda index, label=label: self.onSegmentChosen(label))
 
         # The tabs that work on files are the standalone panel's own, shared as they are.
-        from CMRSynthLib.gui.panel import AuditTab, JobContext, ReaderStudyTab, TrainTab
+        from CMRSynthLib.gui.panel import AuditTab, ReaderStudyTab, TrainTab
 
-        context = JobContext(python=self.logic.python, environment=self.logic.environment(),
-                             model_folder=lambda: str(self.logic.modelFolder))
-        self.trainTab = TrainTab(context, on_model=lambda info: self.refreshModels())
+        context = self.logic.jobContext(interactive=True)  # every tab installs what jobs need on first use
+        self.trainTab = TrainTab(context, on_model=lambda info: self.onModelsChanged())
         self.auditTab = AuditTab(context)
         self.readerTab = ReaderStudyTab(show_slice=self.logic.showReaderSlice)
         self.ui.tabs.addTab(self.trainTab, _("Train && DP"))
@@ -129,11 +150,15 @@ class CMRSynthWidget(ScriptedLoadableModuleWidget):
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
+        """Slicer quits or the module reloads: end every job (its whole process tree) and every observation."""
         for tag in self._sceneObserverTags:
             slicer.mrmlScene.RemoveObserver(tag)
         self.setParameterNode(None)
+        self._observeSegmentation(None)
         if self._job is not None:
-            self._job.cancel()
+            self._job.runner.stop()
+        for tab in (self.trainTab, self.auditTab):
+            tab.stop_jobs()
 
     def enter(self) -> None:
         self.initializeParameterNode()
@@ -181,12 +206,20 @@ class CMRSynthWidget(ScriptedLoadableModuleWidget):
             self._updatingGUI = False
 
     def _updateGUIFromParameterNode(self, node) -> None:
-        self.logic.modelFolder = Path(node.modelFolder)
+        if Path(node.modelFolder) != self.logic.modelFolder:
+            self.logic.modelFolder = Path(node.modelFolder)
+            self.onModelsChanged()
+        self._observeSegmentation(node.segmentation)
         self._fillSegmentCombos(node)
         info = self._chosenModel()
         self.ui.modelCardLabel.text = info.describe() if info else _("No model found: train one or add a folder.")
-        vendors = ["", *info.vendors] if info else [""]  # "": no vendor style (unconditional)
-        _setItems(self.ui.vendorComboBox, vendors, node.vendor)
+        self.ui.modelCardLabel.toolTip = info.details() if info else ""
+        # only the conditions the model knows ("": no vendor style / any group)
+        for field, combo, known in (("vendor", self.ui.vendorComboBox, info.vendors if info else ()),
+                                    ("group", self.ui.groupComboBox, info.groups if info else ())):
+            chosen = _setItems(combo, ["", *known], getattr(node, field))
+            if chosen != getattr(node, field):  # a vendor or group this model does not know is not kept
+                setattr(node, field, chosen)
         anatomy = bool(node.segmentation and node.referenceVolume)
         idle = bool(info and self._job is None)
         self.ui.generateButton.enabled = idle and (anatomy or node.newAnatomy > 0)
@@ -196,8 +229,25 @@ class CMRSynthWidget(ScriptedLoadableModuleWidget):
     def _segmentCombos(self):
         return {LV: self.ui.lvSegmentComboBox, MYO: self.ui.myoSegmentComboBox, RV: self.ui.rvSegmentComboBox}
 
+    def _observeSegmentation(self, segmentationNode) -> None:
+        """Follow the chosen segmentation: segments added, removed or renamed refill the segment lists."""
+        segmentation = segmentationNode.GetSegmentation() if segmentationNode else None
+        if segmentation is self._observedSegmentation:
+            return
+        for tag in self._segmentationObserverTags:
+            self._observedSegmentation.RemoveObserver(tag)
+        self._observedSegmentation, self._segmentationObserverTags = segmentation, []
+        if segmentation is not None:
+            self._segmentationObserverTags = [
+                segmentation.AddObserver(event, self.onParameterNodeModified)
+                for event in (slicer.vtkSegmentation.SegmentAdded, slicer.vtkSegmentation.SegmentRemoved,
+                              slicer.vtkSegmentation.SegmentModified)]
+
     def _fillSegmentCombos(self, node) -> None:
         segments = self.logic.segments(node.segmentation) if node.segmentation else {}
+        for field in SEGMENT_FIELDS.values():  # a mapped segment that was removed is no longer mapped
+            if getattr(node, field) and getattr(node, field) not in segments:
+                setattr(node, field, "")
         if segments and not any(getattr(node, field) in segments for field in SEGMENT_FIELDS.values()):
             for label, segmentId in scene.guess_mapping(segments).items():
                 setattr(node, SEGMENT_FIELDS[label], segmentId)
@@ -213,6 +263,11 @@ class CMRSynthWidget(ScriptedLoadableModuleWidget):
     def onSegmentChosen(self, label) -> None:
         if self._parameterNode:
             setattr(self._parameterNode, SEGMENT_FIELDS[label], self._segmentCombos()[label].currentData or "")
+
+    def onModelsChanged(self) -> None:
+        """The model folder changed or a model was trained: every model list reads it again."""
+        self.refreshModels()
+        self.auditTab.refresh_models()
 
     def refreshModels(self) -> None:
         node = self._parameterNode
@@ -245,6 +300,10 @@ class CMRSynthWidget(ScriptedLoadableModuleWidget):
     def onVendorChosen(self, index) -> None:
         if self._parameterNode and index >= 0:
             self._parameterNode.vendor = self.ui.vendorComboBox.itemText(index)
+
+    def onGroupChosen(self, index) -> None:
+        if self._parameterNode and index >= 0:
+            self._parameterNode.group = self.ui.groupComboBox.itemText(index)
 
     def onModelBrowse(self) -> None:
         folder = qt.QFileDialog.getExistingDirectory(self.parent, _("Choose a CMRSynth checkpoint folder"))
@@ -441,6 +500,19 @@ class CMRSynthLogic(ScriptedLoadableModuleLogic):
         env["PYTHONPATH"] = os.pathsep.join(p for p in (moduleDir, env.get("PYTHONPATH", "")) if p)
         return env
 
+    def jobContext(self, interactive=None):
+        """How the panel's tabs start jobs: Slicer's Python and environment, the model folder, and first the
+        dependency check (:meth:`ensureDependencies`, asking when ``interactive``)."""
+        from CMRSynthLib.gui.widgets import JobContext
+
+        return JobContext(python=self.python, environment=self.environment(),
+                          model_folder=lambda: str(self.modelFolder),
+                          prepare=lambda: self.ensureDependencies(interactive=interactive))
+
+    def missingDependencies(self):
+        """The Python packages CMRSynth jobs need and this Slicer lacks, as requirements (torch first)."""
+        return dependencies.unmet(["torch", *dependencies.read_requirements(REQUIREMENTS)])
+
     def ensureDependencies(self, interactive=None) -> None:
         """Install what CMRSynth jobs need on first use, after the user agrees (when interactive).
 
@@ -450,29 +522,32 @@ class CMRSynthLogic(ScriptedLoadableModuleLogic):
         """
         interactive = self.interactive if interactive is None else interactive
         self._ensureTorch(interactive)
-        moduleDir = os.path.dirname(os.path.abspath(__file__))
-        requirementsPath = os.path.join(moduleDir, "Resources", "requirements.txt")
-        missing = dependencies.unmet(dependencies.read_requirements(requirementsPath))
+        missing = dependencies.unmet(dependencies.read_requirements(REQUIREMENTS))
         if not missing:
             return
         if not interactive:  # never install without asking: say what is missing and how to install it
             raise RuntimeError("CMRSynth needs these Python packages: " + ", ".join(missing)
                                + ". Call logic.ensureDependencies(interactive=True) to install them after a "
                                "confirmation.")
-        constraintsPath = os.path.join(slicer.util.tempDirectory(), "cmrsynth-constraints.txt")
-        Path(constraintsPath).write_text(dependencies.constraints(), encoding="utf-8")
         try:
             import slicer.packaging as packaging  # Slicer 5.11 and later: asks, installs, offers a restart
         except ImportError:
             packaging = None
-        if packaging is not None:
-            packaging.pip_ensure(missing, constraints=constraintsPath, prompt_install=True, requester="CMRSynth")
-            return
-        if not slicer.util.confirmOkCancelDisplay(
+        if packaging is None and not slicer.util.confirmOkCancelDisplay(
                 _("CMRSynth needs these Python packages, which will be downloaded and installed now:\n")
                 + "\n".join(missing), windowTitle=_("CMRSynth")):
             raise RuntimeError("CMRSynth cannot run without its Python packages (installation declined).")
-        slicer.util.pip_install(missing + ["-c", constraintsPath])
+        fd, constraintsPath = tempfile.mkstemp(prefix="constraints-", suffix=".txt", dir=self.temporaryFolder())
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(dependencies.constraints())
+            if packaging is not None:  # pip_ensure takes Requirement objects (it reads .name, .marker, .specifier)
+                packaging.pip_ensure([Requirement(text) for text in missing], constraints=constraintsPath,
+                                     prompt_install=True, requester="CMRSynth")
+            else:
+                slicer.util.pip_install(missing + ["-c", constraintsPath])
+        finally:
+            os.remove(constraintsPath)
 
     def _ensureTorch(self, interactive) -> None:
         try:
@@ -519,8 +594,15 @@ class CMRSynthLogic(ScriptedLoadableModuleLogic):
                      name=settings.command)
         return job
 
+    def temporaryFolder(self):
+        """Where jobs keep their files while they run: Slicer's temporary folder (each job removes its own).
+
+        Not ``slicer.util.tempDirectory()``: that makes a new, never removed folder at every call.
+        """
+        return slicer.app.temporaryPath
+
     def _workDir(self):
-        return tempfile.mkdtemp(prefix="CMRSynth-", dir=slicer.util.tempDirectory())
+        return tempfile.mkdtemp(prefix="CMRSynth-", dir=self.temporaryFolder())
 
     def generate(self, segmentationNode, referenceVolumeNode, model="flow", vendor="", count=1, seed=0,
                  steps=None, sampler="", guidance=1.0, device="auto", structures=None, newAnatomy=0, group="",
@@ -639,13 +721,15 @@ class CMRSynthLogic(ScriptedLoadableModuleLogic):
         slicer.util.setSliceViewerLayers(background=node, fit=True)
 
 
-def _setItems(combo, items, current) -> None:
+def _setItems(combo, items, current) -> str:
+    """Fill ``combo`` with ``items`` and choose ``current`` if it is one of them → the text chosen."""
     combo.blockSignals(True)
     combo.clear()
     for item in items:
         combo.addItem(item)
     combo.currentIndex = max(combo.findText(current), 0)
     combo.blockSignals(False)
+    return combo.currentText
 
 
 #
@@ -653,6 +737,12 @@ def _setItems(combo, items, current) -> None:
 #
 class CMRSynthTest(ScriptedLoadableModuleTest):
     def setUp(self):
+        """Skip, naming what is missing, where CMRSynth's packages are not installed (an extension build's ctest)."""
+        missing = CMRSynthLogic().missingDependencies()
+        if missing:
+            self.skipTest("CMRSynth's Python packages are not installed in this Slicer: " + ", ".join(missing)
+                          + ". Install them with CMRSynthLogic().ensureDependencies(interactive=True) "
+                          "(or by generating once from the module), then run the test again.")
         slicer.mrmlScene.Clear()
 
     def runTest(self):

@@ -34,7 +34,12 @@ def starter_folder() -> Path:
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What the panel shows about one checkpoint folder."""
+    """What the panel shows about one checkpoint folder.
+
+    ``vendors``, ``groups`` and ``phases`` are the card's vocabulary: the conditions the model knows, and the only
+    ones the panel offers. A card names its training data under ``dataset`` (name, license, citation, url,
+    spacing assumption, patients); a phantom model's card says ``data.simulated`` instead.
+    """
 
     name: str
     path: Path
@@ -43,6 +48,8 @@ class ModelInfo:
     epsilon: float | None = None
     delta: float | None = None
     vendors: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+    phases: tuple[str, ...] = ()
     patients: int | None = None
     model_id: str = ""
     card: dict = field(default_factory=dict, repr=False, compare=False)
@@ -52,15 +59,53 @@ class ModelInfo:
         """What ``--model`` gets: the starter's name, or the folder."""
         return self.name if self.starter else str(self.path)
 
+    @property
+    def dataset(self) -> dict:
+        """The card's ``dataset`` record (empty when the card names none)."""
+        dataset = self.card.get("dataset")
+        return dataset if isinstance(dataset, dict) else {}
+
+    @property
+    def simulated(self) -> bool:
+        return bool((self.card.get("data") or {}).get("simulated"))
+
+    def data_source(self) -> str:
+        """Which data the model learned from, with its license: "ACDC (CC BY-NC-SA 4.0)", "a simulated phantom"."""
+        if self.simulated:
+            return "a simulated phantom"
+        name = self.dataset.get("name")
+        if not name:
+            return ""
+        license_ = self.dataset.get("license")
+        return f"{name} ({license_})" if license_ else f"{name} (license not stated)"
+
     def describe(self) -> str:
-        """One line: generator, training data and privacy."""
+        """One line: generator, training data and its license, privacy."""
         origin = "starter model" if self.starter else str(self.path)
-        simulated = "simulated " if (self.card.get("data") or {}).get("simulated") else ""
-        noun = "patient" if self.patients == 1 else "patients"
-        data = f"trained on {self.patients} {simulated}{noun}" if self.patients is not None else "training data unknown"
+        patients = self.patients if self.patients is not None else self.dataset.get("patients")
+        counted = f"{patients} {'patient' if patients == 1 else 'patients'}" if patients is not None else ""
+        source = self.data_source()
+        if source:
+            data = f"trained on {source}" + (f", {counted}" if counted else "")
+        else:
+            data = f"trained on {counted}" if counted else "training data unknown"
         privacy = (f"DP ε = {self.epsilon:.3g}" + (f", δ = {self.delta:.1e}" if self.delta else "")
                    if self.epsilon is not None else "no differential privacy")
         return f"{self.family} · {data} · {privacy} · {origin}"
+
+    def details(self) -> str:
+        """Several lines for a tooltip: the data's citation, link and spacing assumption, and what the model knows."""
+        lines = []
+        if self.simulated:
+            lines.append("Data: the built-in simulated phantom cohort (no real patient)")
+        elif self.dataset:
+            lines.append(f"Data: {self.data_source()}")
+            for key, label in (("citation", "Cite"), ("url", "Source"), ("spacing_assumption", "Spacing")):
+                if self.dataset.get(key):
+                    lines.append(f"{label}: {self.dataset[key]}")
+        for label, values in (("Vendors", self.vendors), ("Pathology groups", self.groups), ("Phases", self.phases)):
+            lines.append(f"{label}: {', '.join(values) if values else 'none (unconditional)'}")
+        return "\n".join(lines)
 
 
 def read_model(path: str | os.PathLike, *, starter: bool = False) -> ModelInfo:
@@ -77,9 +122,11 @@ def read_model(path: str | os.PathLike, *, starter: bool = False) -> ModelInfo:
         raise InputError("has no generator family; is this a CMRSynth checkpoint card?", path=card_path)
     privacy = card.get("privacy") or {}
     members = card.get("members")
+    vocabulary = card.get("vocabulary") or {}
     return ModelInfo(name=path.name, path=path, family=str(card["family"]), starter=starter,
                      epsilon=privacy.get("epsilon"), delta=privacy.get("delta"),
-                     vendors=tuple((card.get("vocabulary") or {}).get("vendors", ())),
+                     vendors=tuple(vocabulary.get("vendors", ())), groups=tuple(vocabulary.get("groups", ())),
+                     phases=tuple(vocabulary.get("phases", ())),
                      # a DP card lists no patient (they live beside the folder); its ledger counts them
                      patients=len(members) if isinstance(members, list) else privacy.get("patients"),
                      model_id=str(card.get("model_id", "")), card=card)

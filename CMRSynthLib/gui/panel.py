@@ -13,7 +13,6 @@ import os
 import time
 from pathlib import Path
 
-from CMRSynthLib.data.conventions import GROUPS
 from CMRSynthLib.errors import InputError
 from CMRSynthLib.gui import catalogue, controller, reader_study
 from CMRSynthLib.gui.controller import JobState
@@ -75,8 +74,13 @@ class ModelChooser(QtWidgets.QWidget):
         self.card.setStyleSheet("color: #4a5561")
         layout.addWidget(self.card)
         self.models: list[catalogue.ModelInfo] = []
+        self._listeners: list = []
         self.combo.currentIndexChanged.connect(self._show_card)
         self.refresh()
+
+    def on_change(self, callback) -> None:
+        """Call ``callback()`` whenever the chosen model may have changed (a choice, or the list read again)."""
+        self._listeners.append(callback)
 
     def refresh(self, select: str = "") -> None:
         current = select or self.argument()
@@ -115,6 +119,9 @@ class ModelChooser(QtWidgets.QWidget):
     def _show_card(self, *args) -> None:
         info = self.info()
         self.card.setText(info.describe() if info else "No model found yet: train one (Train & DP) or browse.")
+        self.card.setToolTip(info.details() if info else "")
+        for callback in self._listeners:
+            callback()
 
 
 class GenerateTab(QtWidgets.QWidget):
@@ -148,7 +155,7 @@ class GenerateTab(QtWidgets.QWidget):
         self.guidance = _double(0.0, 20.0, 1.0, step=0.5)
         self.device = _combo(controller.DEVICES)
         self.new_anatomy = _spin(0, 64, 0, special="off (use the mask)")
-        self.group = _combo(("", *GROUPS))
+        self.group = QtWidgets.QComboBox()
         self.image = PathField(folder=False, placeholder="a real image to restyle (with the mask above)",
                                filter=IMAGE_FILTER)
         self.model_folder = PathField(folder=True, placeholder="where trained models are kept")
@@ -182,21 +189,27 @@ class GenerateTab(QtWidgets.QWidget):
         layout.addWidget(self.job)
         layout.addWidget(self.results)
         layout.addWidget(self.preview, 1)
-        self.model.combo.currentIndexChanged.connect(self._fill_vendors)
+        self.model.on_change(self._fill_conditions)
         self.generate_button.clicked.connect(self.generate)
         self.restyle_button.clicked.connect(self.restyle)
         self.runner.on("artefact", self._artefact)
         self.runner.on("finished", self._finished)
-        self._fill_vendors()
+        self._fill_conditions()
 
-    def _fill_vendors(self, *args) -> None:
+    def stop_jobs(self) -> None:
+        self.runner.stop()
+
+    def _fill_conditions(self) -> None:
+        """Offer the vendors and pathology groups the chosen model knows (its card's vocabulary), nothing else."""
         info = self.model.info()
-        current = read(self.vendor, "currentText")
-        self.vendor.clear()
-        self.vendor.addItem("")  # unconditional
-        for vendor in info.vendors if info else ():
-            self.vendor.addItem(vendor)
-        self.vendor.setCurrentIndex(max(self.vendor.findText(current), 1 if read(self.vendor, "count") > 1 else 0))
+        vendors, groups = (info.vendors, info.groups) if info else ((), ())
+        for box, known, first in ((self.vendor, vendors, 1), (self.group, groups, 0)):
+            current = read(box, "currentText")
+            box.clear()
+            box.addItem("")  # vendor: unconditional; group: any
+            for item in known:
+                box.addItem(item)
+            box.setCurrentIndex(max(box.findText(current), first if read(box, "count") > 1 else 0))
 
     def settings(self) -> controller.SampleSettings:
         steps = read(self.steps, "value")
@@ -317,6 +330,11 @@ class TrainTab(QtWidgets.QWidget):
         self.runner.on("progress", lambda status, event: self.loss.set_values(status.losses))
         self.runner.on("finished", self._finished)
 
+    def stop_jobs(self) -> None:
+        """Cancel the training and the planner; return once their processes are gone."""
+        self.runner.stop()
+        self.planner.stop()
+
     # -- planner -------------------------------------------------------------------------------------
     def delta_value(self) -> float:
         text = str(read(self.delta, "currentText")).strip()
@@ -340,7 +358,7 @@ class TrainTab(QtWidgets.QWidget):
         try:
             self.context.start(self.planner, self.budget())
             self.plan.setText("planner: computing…")
-        except InputError as exc:
+        except (InputError, RuntimeError) as exc:
             self.plan.setText(f"planner: {exc}")
 
     def _plan_line(self, status, line) -> None:
@@ -460,6 +478,14 @@ class AuditTab(QtWidgets.QWidget):
         self.model.combo.currentIndexChanged.connect(self.fill_compare)
         self.fill_compare()
 
+    def stop_jobs(self) -> None:
+        self.runner.stop()
+
+    def refresh_models(self) -> None:
+        """List the model folder again (it changed, or a model was trained)."""
+        self.model.refresh()
+        self.fill_compare()
+
     def fill_compare(self, *args) -> None:
         """Every other model of the chooser, unticked unless it was ticked before."""
         ticked = set(self.compared())
@@ -547,15 +573,19 @@ class CMRSynthPanel(QtWidgets.QTabWidget):
         self.addTab(self.reader, "Reader study")
         self.generate.model_folder.edit.textChanged.connect(self.set_model_folder)
 
+    def stop_jobs(self) -> None:
+        """Cancel every running job and return once their processes are gone (the window is closing)."""
+        for tab in (self.generate, self.train, self.audit):
+            tab.stop_jobs()
+
     def set_model_folder(self, folder: str) -> None:
         """Use ``folder`` for trained models from now on (new trainings go there; the model lists show it)."""
         folder = str(folder).strip()
         if not folder:
             return
         self.context.model_folder = lambda: folder
-        for chooser in (self.generate.model, self.audit.model):
-            chooser.refresh()
-        self.audit.fill_compare()
+        self.generate.model.refresh()
+        self.audit.refresh_models()
 
     def _model_added(self, info: catalogue.ModelInfo) -> None:
         for chooser in (self.generate.model, self.audit.model):

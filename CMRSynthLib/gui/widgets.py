@@ -20,15 +20,23 @@ from CMRSynthLib.gui.qt import QtCore, QtGui, QtWidgets, read
 
 @dataclass
 class JobContext:
-    """How the panel starts jobs: which Python, which environment, and where models live."""
+    """How the panel starts jobs: which Python, which environment, where models live, and what to do first.
+
+    ``prepare`` runs before every job; in Slicer it installs the Python packages jobs need on first use, after
+    the user agrees, and raises RuntimeError (shown in the tab) when they are declined.
+    """
 
     python: str = field(default_factory=lambda: sys.executable)
     environment: dict | None = None
     model_folder: Callable[[], str] = field(default_factory=lambda: (lambda: str(default_model_folder())))
+    prepare: Callable[[], None] | None = None
 
     def start(self, runner: JobRunner, settings) -> None:
         """Check ``settings`` and start its command in ``runner`` (raises InputError on bad settings)."""
-        runner.start(job_command(settings, python=self.python), environment=self.environment, name=settings.command)
+        argv = job_command(settings, python=self.python)
+        if self.prepare is not None:
+            self.prepare()
+        runner.start(argv, environment=self.environment, name=settings.command)
 
 
 class PathField(QtWidgets.QWidget):

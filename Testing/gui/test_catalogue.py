@@ -30,13 +30,47 @@ def test_starters_come_first_then_the_model_folder(tmp_path, monkeypatch):
     assert [(m.name, m.starter, m.argument) for m in models] == [
         ("tiny-flow", True, "tiny-flow"), ("dp-run", False, str(tmp_path / "mine" / "dp-run"))]
     flow, ddpm = models
-    assert flow.describe() == "flow · trained on 3 simulated patients · no differential privacy · starter model"
-    assert ddpm.describe().startswith("ddpm · trained on 3 simulated patients · DP ε = 3.2, δ = 1.0e-05 · /")
+    assert flow.describe() == "flow · trained on a simulated phantom, 3 patients · no differential privacy · starter model"
+    assert ddpm.describe().startswith("ddpm · trained on a simulated phantom, 3 patients · DP ε = 3.2, δ = 1.0e-05 · /")
     assert flow.vendors == ("Siemens", "GE") and ddpm.epsilon == 3.2
     assert catalogue.find_model("tiny-flow", tmp_path / "mine") == flow
     assert catalogue.find_model(str(tmp_path / "mine" / "dp-run"), tmp_path / "mine") == ddpm
     with pytest.raises(InputError, match="no model named 'nope' \\(known: tiny-flow, dp-run\\)"):
         catalogue.find_model("nope", tmp_path / "mine")
+
+
+ACDC = {"name": "ACDC", "license": "CC BY-NC-SA 4.0", "citation": "Bernard et al., IEEE TMI 37(11), 2018",
+        "url": "https://www.creatis.insa-lyon.fr/Challenge/acdc/", "patients": 100,
+        "spacing_assumption": "1.5625 mm in-plane, 10 mm between slices (the snapshot has no spacing)"}
+
+
+def test_a_real_data_model_names_its_data_license_and_what_it_knows(tmp_path):
+    folder = checkpoint(tmp_path / "acdc-flow", vendors=("Siemens",), simulated=False)
+    card = json.loads((folder / "card.json").read_text())
+    card["dataset"] = ACDC
+    card["vocabulary"].update(groups=["NOR", "DCM", "HCM", "MINF", "ARV"], phases=["ED", "ES"])
+    del card["members"]  # as a card without a member list: the dataset's count is shown
+    (folder / "card.json").write_text(json.dumps(card))
+    info = catalogue.read_model(folder)
+    assert info.describe() == (f"flow · trained on ACDC (CC BY-NC-SA 4.0), 100 patients · no differential privacy · "
+                               f"{folder}")
+    assert info.vendors == ("Siemens",) and info.groups == ("NOR", "DCM", "HCM", "MINF", "ARV")
+    assert info.details().splitlines() == [
+        "Data: ACDC (CC BY-NC-SA 4.0)", f"Cite: {ACDC['citation']}", f"Source: {ACDC['url']}",
+        f"Spacing: {ACDC['spacing_assumption']}", "Vendors: Siemens", "Pathology groups: NOR, DCM, HCM, MINF, ARV",
+        "Phases: ED, ES"]
+
+
+def test_data_without_a_license_and_unknown_data_say_so(tmp_path):
+    named = checkpoint(tmp_path / "named", simulated=False)
+    card = json.loads((named / "card.json").read_text())
+    card["dataset"] = {"name": "Hospital cohort"}
+    (named / "card.json").write_text(json.dumps(card))
+    assert "trained on Hospital cohort (license not stated), 3 patients" in catalogue.read_model(named).describe()
+    mine = catalogue.read_model(checkpoint(tmp_path / "mine", simulated=False))
+    assert "· trained on 3 patients ·" in mine.describe() and "simulated" not in mine.describe()
+    phantom = catalogue.read_model(checkpoint(tmp_path / "phantom"))
+    assert phantom.details().splitlines()[0] == "Data: the built-in simulated phantom cohort (no real patient)"
 
 
 def test_image_choosers_can_leave_out_the_anatomy_model(tmp_path, monkeypatch):

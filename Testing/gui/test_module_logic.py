@@ -60,9 +60,15 @@ class Segment:
         return self.name
 
 
+SEGMENT_ADDED, SEGMENT_REMOVED, SEGMENT_MODIFIED = "SegmentAdded", "SegmentRemoved", "SegmentModified"
+
+
 class Segmentation:
+    """vtkSegmentation as far as the module uses it, with its SegmentAdded/Removed/Modified events."""
+
     def __init__(self, segments):
         self.segments = segments  # id → (name, binary KJI array on the reference grid)
+        self.observers = {}  # tag → (event, callback)
 
     def GetNumberOfSegments(self):
         return len(self.segments)
@@ -72,6 +78,31 @@ class Segmentation:
 
     def GetNthSegment(self, index):
         return Segment(self.segments[self.GetNthSegmentID(index)][0])
+
+    def AddObserver(self, event, callback):
+        tag = len(self.observers) + 1 + max(self.observers, default=0)
+        self.observers[tag] = (event, callback)
+        return tag
+
+    def RemoveObserver(self, tag):
+        del self.observers[tag]
+
+    def invoke(self, event):
+        for observed, callback in list(self.observers.values()):
+            if observed == event:
+                callback(self, event)
+
+    def add(self, segment_id, name, array):
+        self.segments[segment_id] = (name, array)
+        self.invoke(SEGMENT_ADDED)
+
+    def rename(self, segment_id, name):
+        self.segments[segment_id] = (name, self.segments[segment_id][1])
+        self.invoke(SEGMENT_MODIFIED)
+
+    def remove(self, segment_id):
+        del self.segments[segment_id]
+        self.invoke(SEGMENT_REMOVED)
 
 
 class SegmentationNode:
@@ -112,8 +143,15 @@ def stub_slicer(tmp_path, monkeypatch):
         scene.append(SegmentationNode({}))
         return scene[-1]
 
+    def temp_directory(key="__SlicerTemp__", tempDir=None, includeDateTime=True):  # Slicer's: a new folder each call
+        folder = Path(tempDir or temporary) / (key + (f"{len(list(Path(temporary).iterdir()))}" if includeDateTime
+                                                      else ""))
+        folder.mkdir(parents=True, exist_ok=True)
+        return str(folder)
+
+    temporary = str(tmp_path / "slicer-temp")
     util.addVolumeFromArray = add_volume
-    util.tempDirectory = lambda: str(tmp_path / "slicer-temp")
+    util.tempDirectory = temp_directory
     util.startupEnvironment = lambda: dict(os.environ)
     util.loadSegmentation = lambda path: scene.append(("segmentation", path)) or scene[-1]
     util.pip_install = lambda *a, **k: pytest.fail("pip_install must not be called here")
@@ -129,7 +167,10 @@ def stub_slicer(tmp_path, monkeypatch):
     scripted.ScriptedLoadableModuleTest = type("ScriptedLoadableModuleTest", (unittest.TestCase,),
                                                {"delayDisplay": lambda self, message: None})
     slicer.util, slicer.i18n, slicer.parameterNodeWrapper, slicer.ScriptedLoadableModule = util, i18n, wrapper, scripted
-    slicer.mrmlScene = types.SimpleNamespace(Clear=scene.clear, AddNewNodeByClass=add_node)
+    slicer.mrmlScene = types.SimpleNamespace(Clear=scene.clear, AddNewNodeByClass=add_node, RemoveObserver=None)
+    slicer.app = types.SimpleNamespace(temporaryPath=temporary)
+    slicer.vtkSegmentation = types.SimpleNamespace(SegmentAdded=SEGMENT_ADDED, SegmentRemoved=SEGMENT_REMOVED,
+                                                   SegmentModified=SEGMENT_MODIFIED)
     segmentations_logic = types.SimpleNamespace(ImportLabelmapToSegmentationNode=import_labelmap)
     slicer.modules = types.SimpleNamespace(segmentations=types.SimpleNamespace(logic=lambda: segmentations_logic))
     slicer.vtkMRMLScalarVolumeNode, slicer.vtkMRMLSegmentationNode = VolumeNode, SegmentationNode
@@ -240,18 +281,24 @@ def test_dependencies_are_checked_and_installed_only_as_allowed(stub_slicer, mon
         logic.ensureDependencies(interactive=True)  # Slicer < 5.11: our own question, answered No
     assert "foo>=1" in asked[0]
     calls = []
+
+    def pip_ensure(requirements, **options):  # Slicer's reads .name, .specifier and .marker of Requirement objects
+        calls.append(([(r.name, str(r.specifier), r.marker) for r in requirements], options,
+                      Path(options["constraints"]).read_text(encoding="utf-8")))
+
     packaging = types.ModuleType("slicer.packaging")
-    packaging.pip_ensure = lambda requirements, **options: calls.append((requirements, options))
+    packaging.pip_ensure = pip_ensure
     monkeypatch.setitem(sys.modules, "slicer.packaging", packaging)
     slicer.packaging = packaging
     with pytest.raises(RuntimeError, match="needs these Python packages"):
         logic.ensureDependencies(interactive=False)  # 5.11+ too: never installs without asking
     assert calls == []
     logic.ensureDependencies(interactive=True)
-    (requirements, options), = calls
-    assert requirements == ["foo>=1"] and options["prompt_install"] is True and options["requester"] == "CMRSynth"
-    pins = Path(options["constraints"]).read_text(encoding="utf-8")
+    (requirements, options, pins), = calls
+    assert requirements == [("foo", ">=1", None)]
+    assert options["prompt_install"] is True and options["requester"] == "CMRSynth"
     assert "numpy==" in pins and "SimpleITK==" in pins and "torch==" in pins
+    assert list((tmp_path / "slicer-temp").iterdir()) == []  # the constraints file is gone, no folder was left
 
 
 def test_jobs_find_the_bundled_library(stub_slicer, tmp_path):

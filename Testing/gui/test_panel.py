@@ -151,6 +151,54 @@ def test_settings_errors_show_before_any_job_starts(panel):
     assert "mask is empty" in tab.job.status.text() or "model is empty" in tab.job.status.text()
 
 
+def test_generate_offers_only_what_the_model_knows_and_names_its_data(panel, tmp_path):
+    folder = tmp_path / "models" / "acdc-flow"
+    folder.mkdir(parents=True)
+    dataset = {"name": "ACDC", "license": "CC BY-NC-SA 4.0", "citation": "Bernard et al. 2018", "patients": 100,
+               "url": "https://www.creatis.insa-lyon.fr/Challenge/acdc/", "spacing_assumption": "1.5625 mm"}
+    (folder / "card.json").write_text(json.dumps({
+        "family": "flow", "dataset": dataset, "data": {"simulated": False},
+        "vocabulary": {"vendors": ["Siemens"], "groups": ["NOR", "DCM"], "phases": ["ED", "ES"]}}))
+    tab = panel.generate
+    tab.model.refresh(select=str(folder))
+    assert [tab.vendor.itemText(i) for i in range(tab.vendor.count())] == ["", "Siemens"]
+    assert [tab.group.itemText(i) for i in range(tab.group.count())] == ["", "NOR", "DCM"]
+    assert "trained on ACDC (CC BY-NC-SA 4.0), 100 patients" in tab.model.card.text()
+    assert "Cite: Bernard et al. 2018" in tab.model.card.toolTip()
+    phantom = next(info for info in tab.model.models if info.starter)
+    tab.model.refresh(select=phantom.argument)
+    assert "trained on a simulated phantom" in tab.model.card.text()
+    assert [tab.vendor.itemText(i) for i in range(tab.vendor.count())] == ["", *phantom.vendors]
+
+
+def test_every_job_tab_prepares_before_its_first_job_and_shows_a_refusal(panel, tmp_path):
+    """In Slicer, ``prepare`` installs the missing packages after asking; declined, no job starts."""
+    asked = []
+
+    def decline():
+        asked.append(True)
+        raise RuntimeError("CMRSynth cannot run without its Python packages (installation declined).")
+
+    panel.context.prepare = decline
+    train, audit = panel.train, panel.audit
+    train.data.set_path(str(tmp_path))
+    train.train_button.click()
+    assert asked and not train.runner.running and "installation declined" in train.job.status.text()
+    train.phantom_button.click()
+    assert len(asked) == 2 and not train.runner.running
+    train.dp.setChecked(True)
+    train.update_plan()
+    assert len(asked) == 3 and not train.planner.running and "installation declined" in train.plan.text()
+    audit.data.set_path(str(tmp_path))
+    audit.run_button.click()
+    assert len(asked) == 4 and not audit.runner.running and "installation declined" in audit.job.status.text()
+    panel.context.prepare = lambda: asked.append("installed")
+    train.phantom_button.click()
+    assert asked[-1] == "installed" and train.runner.running
+    panel.stop_jobs()  # what closing the window does
+    assert not train.runner.running and train.runner.status.state is JobState.CANCELLED
+
+
 def test_train_tab_makes_a_cohort_plans_the_budget_and_cancels_training(panel, tmp_path, monkeypatch):
     tab = panel.train
     panel.setCurrentIndex(1)

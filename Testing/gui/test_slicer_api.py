@@ -188,7 +188,7 @@ CONNECTORS = {"int": {"QSpinBox", "QSlider"}, "float": {"QDoubleSpinBox", "ctkSl
               "bool": {"QCheckBox", "QPushButton"}, "str": {"QLineEdit", "QTextEdit"},
               "Path": {"ctkPathLineEdit", "ctkDirectoryButton"},
               "vtkMRMLSegmentationNode": {"qMRMLNodeComboBox"}, "vtkMRMLScalarVolumeNode": {"qMRMLNodeComboBox"}}
-FILLED_BY_HAND = {"lvSegment", "myoSegment", "rvSegment", "model", "vendor"}  # lists depend on scene or model
+FILLED_BY_HAND = {"lvSegment", "myoSegment", "rvSegment", "model", "vendor", "group"}  # lists depend on scene or model
 
 
 def parameter_fields() -> dict[str, tuple[str, bool]]:
