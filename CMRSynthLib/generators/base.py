@@ -38,7 +38,8 @@ class Vocabulary:
             return NULL
         names = getattr(self, kind)
         if name not in names:
-            raise InputError(f"unknown {kind[:-1]} {name!r}; this model knows {', '.join(names)}")
+            raise InputError(f"unknown {kind[:-1]} {name!r}; this model knows {', '.join(names) or 'none'} (the "
+                             f"{kind} of its training data: it cannot render others)")
         return names.index(name) + 1
 
     def to_dict(self) -> dict:

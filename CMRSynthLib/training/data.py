@@ -39,6 +39,7 @@ class TrainingData:
     fingerprint: dict
     intensity: dict  # vendor → [lo, hi] median original intensities mapped to -1 and 1 ("*" = all)
     depth: int | None  # slices per stack (3D), None for slices (2D)
+    source: dict | None = None  # the card's "dataset": name, license, citation, spacing assumption (known sources)
 
 
 def fingerprint(cohort) -> dict:
@@ -116,7 +117,23 @@ def load_training_data(data: str | os.PathLike, *, preprocessing, spatial_dims: 
         dataset = StackDataset(prepared, vocabulary, depth=depth)
     return TrainingData(dataset=dataset, vocabulary=vocabulary, preprocessing=preprocessing, members=members,
                         validation=tuple(split.validation), holdout=tuple(split.holdout), unused=unused,
-                        fingerprint=fingerprint(cohort), intensity=typical_intensity(prepared), depth=depth)
+                        fingerprint=fingerprint(cohort), intensity=typical_intensity(prepared), depth=depth,
+                        source=describe_source(cohort))
+
+
+def describe_source(cohort) -> dict | None:
+    """What a model card says about where its data came from: name, license and citation of a known public
+    dataset (ACDC), with the spacing assumption where the files had none; None for a user's own cohort."""
+    from CMRSynthLib.data import ssl4mis
+
+    if cohort.layout == "cmrsynth" and all(r.simulated for r in cohort.records):
+        return {"name": "CMRSynth phantom (simulated, no patient data)", "license": "Apache-2.0 (generated)"}
+    if cohort.layout not in ("acdc", "acdc-h5"):
+        return None
+    assumed = sum(r.attributes.get("spacing_source") == "assumed" for r in cohort.records)
+    spacing = (f"{ssl4mis.spacing_note()} ({assumed} of {len(cohort.records)} cases assumed)" if assumed
+               else "from the image headers" if cohort.layout == "acdc" else "from spacing.csv")
+    return {**ssl4mis.DATASET, "layout": cohort.layout, "spacing": spacing}
 
 
 def published_split(records):

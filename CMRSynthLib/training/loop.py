@@ -257,7 +257,8 @@ class Trainer:
         history = [list(h) for h in info["history"]]
         window = max(1, total // 100)  # the loss curve keeps the mean loss of every window of steps
         self.window_sum, self.window_n = info.get("window", (0.0, 0))
-        t0, wall0 = time.monotonic(), float(info.get("wall_seconds", 0.0))
+        self._clock = (time.monotonic(), time.process_time(), float(info.get("wall_seconds", 0.0)),
+                       float(info.get("cpu_seconds", 0.0)))
         noise = torch.Generator(device=self.device)
         self.progress.start("train", total=total, family=c.family, resumed_from=start)
         parts.generator.train()
@@ -280,9 +281,7 @@ class Trainer:
                     epsilon = self.privacy.epsilon() if self.privacy is not None else None
                     self.progress.update(step, loss=mean, epsilon=epsilon)
                 if step == total or (c.save_every and step % c.save_every == 0):
-                    wall = wall0 + time.monotonic() - t0
-                    self._save(parts, step=step, total=total, steps_per_epoch=steps_per_epoch,
-                               history=history, wall=wall)
+                    self._save(parts, step=step, total=total, steps_per_epoch=steps_per_epoch, history=history)
                 if step == total:
                     break
             if not drawn:  # the loader has stopped for good (a DP loader does once the budget is spent)
@@ -291,8 +290,7 @@ class Trainer:
             self.progress.warning(f"training stopped at step {step} of {total}: the data loader gave no more "
                                   "batches (the privacy budget is spent)")
             total = step
-            self._save(parts, step=step, total=total, steps_per_epoch=steps_per_epoch, history=history,
-                       wall=wall0 + time.monotonic() - t0)
+            self._save(parts, step=step, total=total, steps_per_epoch=steps_per_epoch, history=history)
         final = history[-1][1] if history else None
         self.progress.done(out=str(self.out), steps=step, final_loss=final)
         return TrainResult(self.out, step, total, final, start)
@@ -361,19 +359,23 @@ class Trainer:
         info["scaler"] = ckpt.unpack_state(info.get("scaler", {}), state.tensors)
         return info
 
-    def _save(self, parts: "_Parts", *, step: int, total: int, steps_per_epoch: int, history: list,
-              wall: float) -> None:
+    def _elapsed(self) -> dict:
+        """Wall and CPU seconds of the whole run so far (a resumed run adds its earlier processes')."""
+        t0, cpu0, wall_before, cpu_before = self._clock
+        return {"wall_seconds": round(wall_before + time.monotonic() - t0, 1),
+                "cpu_seconds": round(cpu_before + time.process_time() - cpu0, 1)}
+
+    def _save(self, parts: "_Parts", *, step: int, total: int, steps_per_epoch: int, history: list) -> None:
         if self.world.is_main:
             tensors: dict[str, torch.Tensor] = {}
             finished = step == total
             info = {"step": step, "total_steps": total, "finished": finished, "history": history,
                     "switch_step": self.switch_step, "window": [self.window_sum, self.window_n],
-                    "wall_seconds": wall, "final_loss": history[-1][1] if history else None,
+                    **self._elapsed(), "final_loss": history[-1][1] if history else None,
                     "arguments": self._identity(), "ema_updates": parts.ema.updates,
                     "optimizer": ckpt.pack_state(parts.optimizer.state_dict(), tensors, "optimizer"),
                     "scaler": ckpt.pack_state(parts.scaler.state_dict(), tensors, "scaler")}
-            card = self._card(parts, step=step, total=total, steps_per_epoch=steps_per_epoch,
-                              history=history, wall=wall)
+            card = self._card(parts, step=step, total=total, steps_per_epoch=steps_per_epoch, history=history)
             if self.privacy is not None:
                 info["privacy"] = self.privacy.state_dict()
                 self._save_private(parts, info, card)
@@ -394,7 +396,7 @@ class Trainer:
         card["membership"] = f"kept beside this folder, not in it: {membership_path(self.out).name}"
         write_membership(self.out, private)
 
-    def _card(self, parts: "_Parts", *, step, total, steps_per_epoch, history, wall) -> dict:
+    def _card(self, parts: "_Parts", *, step, total, steps_per_epoch, history) -> dict:
         import monai
 
         from CMRSynthLib import __version__
@@ -402,6 +404,7 @@ class Trainer:
         data, c = parts.data, self.config
         return {
             "vocabulary": data.vocabulary.to_dict(), "preprocessing": data.preprocessing.to_dict(),
+            "dataset": self._dataset(parts),
             "data": data.fingerprint, "members": list(data.members), "validation": list(data.validation),
             "holdout": list(data.holdout), "unused": list(data.unused), "intensity": self._intensity(parts),
             "privacy": self.privacy.ledger() if self.privacy is not None else None,
@@ -412,11 +415,18 @@ class Trainer:
                 "world_size": self.world.size, "device": self.device.type, "precision": str(parts.precision),
                 "arguments": c.identity(), "init": parts.init.card["model_id"] if parts.init else None,
                 "loss_curve": history, "final_loss": history[-1][1] if history else None,
-                "wall_seconds": round(wall, 1), "command": list(sys.argv),
+                **self._elapsed(), "command": list(sys.argv),
                 "versions": {"cmrsynth": __version__, "torch": torch.__version__, "monai": monai.__version__,
                              "python": sys.version.split()[0]},
             },
         }
+
+    def _dataset(self, parts: "_Parts") -> dict | None:
+        """The card's "dataset": the training data's source; a fine-tune also names its --init model's."""
+        source = parts.data.source
+        if parts.init is not None and parts.init.card.get("dataset"):
+            return {**(source or {"name": "a user's cohort"}), "pretrained_on": parts.init.card["dataset"]}
+        return source
 
     def _intensity(self, parts: "_Parts") -> dict | None:
         """The intensities samples are de-normalised to. Under DP the private data's statistics are not
