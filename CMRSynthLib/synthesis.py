@@ -242,14 +242,23 @@ def restyle(generator, card: dict, image: Volume, mask: Volume, *, vendor: str, 
                                                    ANY_VENDOR, steps=steps))
 
 
+def _pad_to_field(stack: np.ndarray, field_mm, spacing) -> np.ndarray:
+    """``stack`` ``(K, H, W)`` padded evenly with background to cover ``field_mm`` at ``spacing`` (rows, columns)."""
+    sizes = [max(n, int(np.ceil(mm / sp))) for n, mm, sp in zip(stack.shape[1:], field_mm, spacing)]
+    pads = [(0, 0)] + [((s - n) // 2, s - n - (s - n) // 2) for s, n in zip(sizes, stack.shape[1:])]
+    return np.pad(stack, pads)
+
+
 @torch.no_grad()
 def sample_anatomy(anatomy, card: dict, *, count: int, group: str | None = None, phase: str | None = None,
-                   seed: int = 0, steps: int | None = None) -> list[Volume]:
+                   seed: int = 0, steps: int | None = None,
+                   field_mm: tuple[float, float] | None = None) -> list[Volume]:
     """``count`` new masks from the stage-1 anatomy generator: canonical uint8 :class:`Volume` s.
 
     A 2D anatomy model draws single slices, a 3D one whole stacks (empty end slices dropped). The grid is
     the model's prepared grid: its in-plane spacing, ``NEW_ANATOMY_SLICE_MM`` between slices, axes along
-    RAS and the centre at the origin. Mask ``i`` uses seed ``seed + i``.
+    RAS and the centre at the origin. Mask ``i`` uses seed ``seed + i``. ``field_mm`` ``(rows, columns)``
+    pads the grid with background to at least that field of view (for whole-field-of-view image models).
     """
     if int(count) != count or count < 1:
         raise InputError(f"--new-anatomy must be a positive whole number, got {count}")
@@ -270,6 +279,8 @@ def sample_anatomy(anatomy, card: dict, *, count: int, group: str | None = None,
         else:
             filled = np.flatnonzero(stack.reshape(len(stack), -1).any(1))
             stack = stack[filled[0]:filled[-1] + 1]
+        if field_mm is not None:
+            stack = _pad_to_field(stack, field_mm, spacing)
         matrix = np.diag([spacing[1], spacing[0], NEW_ANATOMY_SLICE_MM, 1.0])
         matrix[:3, 3] = -matrix[:3, :3] @ ((np.asarray(stack.shape[::-1]) - 1) / 2.0)
         masks.append(Volume(stack.astype(np.uint8), matrix, {

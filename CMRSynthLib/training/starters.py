@@ -44,19 +44,40 @@ STARTERS: dict[str, dict] = {
     "tiny-flow": dict(family="flow", preset="tiny", image_size=32, spacing=5.0, batch_size=8, lr=2e-3, warmup=10,
                       lr_schedule="cosine", ema_decay=0.99, seed=0, max_steps=300),
 }
+# Real starters: trained on the ACDC training patients (train.list; val.list held out, test.list never read)
+# of the SSL4MIS HDF5 snapshot given with --data. Whole field of view at ACDC's usual 1.5625 mm pixels.
+_WHOLE = dict(preset="small", spacing=1.5625, field_of_view="whole", batch_size=8, lr=2e-4, warmup=100,
+              lr_schedule="cosine", ema_decay=0.999, seed=0)
+REAL_STARTERS: dict[str, dict] = {
+    "acdc-ldm": dict(family="ldm", image_size=192, max_steps=3500, autoencoder_fraction=0.4, **_WHOLE),
+    "acdc-anatomy": dict(family="anatomy", preset="small", image_size=96, spacing=2.0, max_steps=1000, batch_size=8,
+                         lr=4e-4, warmup=50, lr_schedule="cosine", ema_decay=0.999, seed=0),
+}
+DEFAULT_MODEL = "acdc-ldm"  # what `cmrsynth sample` and the panel use when no model is named
 COMMAND = "python -m CMRSynthLib.training.starters --out Resources/models"
 STORAGE = torch.int8  # parameters_dtype of the shipped weights (save_checkpoint)
 STORAGE_NOTE = "int8 kernels/matrices with a float32 scale per output channel, other parameters float16"
 
 
-def export_starter(run: Path, out: Path, *, name: str) -> dict:
-    """Ship a finished run: EMA weights (stored as :data:`STORAGE`) and its card, no trainer state."""
+def export_starter(run: Path, out: Path, *, name: str, data: Path | None = None) -> dict:
+    """Ship a finished run: EMA weights (stored as :data:`STORAGE`) and its card, no trainer state. A real
+    starter (``data``: its cohort) names the data, its license and the spacing assumption in ``dataset``."""
+    from CMRSynthLib.data.cohorts import open_cohort
+    from CMRSynthLib.training.data import describe_source
+
     contents = ckpt.read_checkpoint(run)
     generator = ckpt.build_from_card(contents.card, path=run)
     ckpt.load_weights(generator, contents.ema or contents.weights, path=run / ckpt.WEIGHTS)
     card = {k: v for k, v in contents.card.items() if k not in ("model_id", "created")}
-    card["starter"] = {"name": name, "reproduce": f"{COMMAND} --only {name}", "phantom": {
-        **PHANTOM, "shape": list(PHANTOM["shape"])}, "storage": STORAGE_NOTE}
+    if data is None:
+        card["starter"] = {"name": name, "reproduce": f"{COMMAND} --only {name}", "phantom": {
+            **PHANTOM, "shape": list(PHANTOM["shape"])}, "storage": STORAGE_NOTE}
+    else:
+        card["dataset"] = card.get("dataset") or describe_source(open_cohort(data))
+        card["starter"] = {"name": name, "reproduce": f"{COMMAND} --data ACDC_H5_FOLDER --only {name}",
+                           "real": True, "storage": STORAGE_NOTE}
+        card["training"] = {**card["training"], "arguments": {**card["training"]["arguments"], "data": "ACDC_H5_FOLDER"},
+                            "command": None}  # the path of the data on the machine that trained it is not shipped
     return ckpt.save_checkpoint(out, generator, card, parameters_dtype=STORAGE)
 
 
@@ -64,30 +85,52 @@ def train_starter(name: str, *, data: Path, work: Path, out: Path, progress) -> 
     from CMRSynthLib.training.config import TrainConfig
     from CMRSynthLib.training.loop import Trainer
 
-    config = TrainConfig(data=str(data), out=str(work / name), device="cpu", save_every=100, **STARTERS[name])
+    real = name in REAL_STARTERS
+    arguments = REAL_STARTERS[name] if real else STARTERS[name]
+    config = TrainConfig(data=str(data), out=str(work / name), device="cpu", save_every=100 if not real else 250,
+                         **arguments)
     Trainer(config, progress=progress).run()
-    return export_starter(work / name, out / name, name=name)
+    return export_starter(work / name, out / name, name=name, data=data if real else None)
+
+
+def _row(name: str, folder: Path) -> str:
+    card = json.loads((folder / ckpt.CARD).read_text(encoding="utf-8"))
+    t = card["training"]
+    size = sum(p.stat().st_size for p in folder.iterdir()) / 1e6
+    cpu = f"{t['cpu_seconds'] / 60:.1f}" if t.get("cpu_seconds") else "–"
+    return (f"| {name} | {card['family']} | {t['arguments']['preset']} | "
+            f"{'×'.join(map(str, card['preprocessing']['size']))} | {t['steps']} | "
+            f"{t['wall_seconds'] / 60:.1f} | {cpu} | {t['final_loss']:.4f} | "
+            f"{card['config']['sampler']} {card['config']['steps']} | {size:.1f} |")
+
+
+HEADER = ["| model | family | preset | image | steps | minutes (wall) | CPU minutes | final loss | default sampler | MB |",
+          "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
 
 
 def summary(out: Path) -> str:
-    """``STARTERS.md``: one row per shipped starter, from its card."""
-    rows = ["| model | family | preset | image | steps | minutes | final loss | default sampler | MB |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for name in STARTERS:
-        folder = out / name
-        if not (folder / ckpt.CARD).is_file():
-            continue
-        card = json.loads((folder / ckpt.CARD).read_text(encoding="utf-8"))
-        t = card["training"]
-        size = sum(p.stat().st_size for p in folder.iterdir()) / 1e6
-        rows.append(f"| {name} | {card['family']} | {t['arguments']['preset']} | "
-                    f"{'×'.join(map(str, card['preprocessing']['size']))} | {t['steps']} | "
-                    f"{t['wall_seconds'] / 60:.1f} | {t['final_loss']:.4f} | "
-                    f"{card['config']['sampler']} {card['config']['steps']} | {size:.1f} |")
-    return ("# Starter models\n\nTrained on the simulated phantom cohort (never real patients) by\n"
-            f"`{COMMAND}` (one starter: add `--only NAME`); see `CMRSynthLib/training/starters.py`.\n\n"
-            + "\n".join(rows) + f"\n\nWeights: the EMA weights, stored as {STORAGE_NOTE}; loading rebuilds "
-            "float32 weights.\n")
+    """``STARTERS.md``: one row per shipped starter, from its card; real and phantom starters apart."""
+    real = [_row(n, out / n) for n in REAL_STARTERS if (out / n / ckpt.CARD).is_file()]
+    phantom = [_row(n, out / n) for n in STARTERS if (out / n / ckpt.CARD).is_file()]
+    text = "# Starter models\n\n"
+    if real:
+        text += ("## Real: trained on ACDC (CC BY-NC-SA 4.0)\n\n"
+                 "Trained on the 70 ACDC training patients (`train.list`; the 10 `val.list` patients held out, the 20 "
+                 "`test.list` patients never read) of the SSL4MIS HDF5 snapshot, which holds no spacing: "
+                 f"{_spacing_note()}. License CC BY-NC-SA 4.0: research and non-commercial use, share alike; "
+                 "cite Bernard et al., IEEE TMI 2018. Reproduce: "
+                 f"`{COMMAND} --data ACDC_H5_FOLDER --only NAME`.\n\n" + "\n".join(HEADER + real) + "\n\n")
+    text += ("## Phantom: simulated, for tests and `demo --quick`\n\nTrained on the simulated phantom cohort (never "
+             f"real patients) by `{COMMAND}` (one starter: add `--only NAME`); see "
+             "`CMRSynthLib/training/starters.py`.\n\n" + "\n".join(HEADER + phantom))
+    return (text + f"\n\nWeights: the EMA weights, stored as {STORAGE_NOTE}; loading rebuilds float32 weights. "
+            "CPU minutes: the training process's CPU time (– where the run predates that record).\n")
+
+
+def _spacing_note() -> str:
+    from CMRSynthLib.data.ssl4mis import spacing_note
+
+    return spacing_note()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,16 +140,25 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m CMRSynthLib.training.starters", description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, type=Path, help="where the starter folders go (Resources/models)")
-    parser.add_argument("--only", nargs="+", choices=tuple(STARTERS), default=list(STARTERS))
+    parser.add_argument("--only", nargs="+", choices=(*STARTERS, *REAL_STARTERS), default=list(STARTERS))
+    parser.add_argument("--data", type=Path, default=None,
+                        help="the ACDC folder (SSL4MIS HDF5) for the real starters (acdc-*)")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "cmrsynth-starters",
                         help="phantom cohort and resumable training runs")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--progress", choices=("bar", "jsonl", "none"), default="bar")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    data = write_phantom_cohort(args.work / "phantom", PHANTOM["patients"], seed=PHANTOM["seed"],
-                                shape=PHANTOM["shape"])
+    if any(name in REAL_STARTERS for name in args.only) and args.data is None:
+        parser.error("the real starters (acdc-*) are trained on ACDC: give its folder with --data")
+    phantom = None
     for name in args.only:
+        if name in REAL_STARTERS:
+            data = args.data
+        else:
+            phantom = phantom or write_phantom_cohort(args.work / "phantom", PHANTOM["patients"], seed=PHANTOM["seed"],
+                                                      shape=PHANTOM["shape"])
+            data = phantom
         train_starter(name, data=data, work=args.work, out=args.out, progress=Progress(args.progress))
     atomic_write_text(args.out / "STARTERS.md", summary(args.out))
     return 0
