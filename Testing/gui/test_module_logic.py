@@ -7,7 +7,9 @@ sample`` job with the starter model, node names and attributes, cleanup, cancel,
 nothing about Slicer itself; that is what the module's self-test is for (run inside Slicer).
 """
 
+import ast
 import importlib.util
+import json
 import os
 import shutil
 import sys
@@ -177,10 +179,15 @@ def stub_slicer(tmp_path, monkeypatch):
     for name, module in (("qt", qt), ("slicer", slicer), ("slicer.util", util), ("slicer.i18n", i18n),
                          ("slicer.parameterNodeWrapper", wrapper), ("slicer.ScriptedLoadableModule", scripted)):
         monkeypatch.setitem(sys.modules, name, module)
+    return load_module(), scene, slicer
+
+
+def load_module():
+    """Execute CMRSynth.py as Slicer does when it loads the module (over the stand-in)."""
     spec = importlib.util.spec_from_file_location("CMRSynth", ROOT / "CMRSynth" / "CMRSynth.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module, scene, slicer
+    return module
 
 
 @pytest.fixture
@@ -338,8 +345,6 @@ def fake_jobs(logic, make_outputs):
 
 
 def test_console_train_and_audit_return_the_model_and_the_report(stub_slicer, tmp_path):
-    import json
-
     from CMRSynthLib.gui.controller import job_command
 
     module, scene, slicer = stub_slicer
@@ -409,3 +414,219 @@ def test_a_failed_job_raises_and_logs_its_last_words(stub_slicer, tmp_path, capl
     with pytest.raises(RuntimeError, match=r"label values \[7\]"):
         job.wait()
     assert "sample failed: mask.nii.gz: label values [7]" in caplog.text and not work.exists()
+
+
+# -- Slicer version, self-test, first-use installs --------------------------------------------------------------
+def test_an_older_slicer_is_refused_in_words_at_module_load(stub_slicer, monkeypatch):
+    module, scene, slicer = stub_slicer
+    assert module.unsupportedPythonMessage((3, 10, 0)) == "" and module.unsupportedPythonMessage((3, 12, 10)) == ""
+    message = module.unsupportedPythonMessage((3, 9, 18))
+    assert "needs 3D Slicer 5.10 or later" in message and "runs Python 3.9" in message
+    monkeypatch.setattr(sys, "version_info", (3, 9, 18, "final", 0))  # Slicer 5.8's Python
+    with pytest.raises(ImportError, match=r"needs 3D Slicer 5\.10 or later .* runs Python 3\.9"):
+        load_module()
+
+
+def test_python_3_9_can_parse_the_module_and_meets_the_check_before_the_library():
+    tree = ast.parse((ROOT / "CMRSynth" / "CMRSynth.py").read_text(encoding="utf-8"), feature_version=(3, 9))
+    check = next(i for i, node in enumerate(tree.body)
+                 if isinstance(node, ast.If) and "unsupportedPythonMessage" in ast.unparse(node.test))
+    library = [i for i, node in enumerate(tree.body)
+               if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("CMRSynthLib")]
+    assert library and check < min(library)  # nothing of CMRSynthLib (3.10+) runs before the refusal
+
+
+def test_the_self_test_skips_naming_what_is_missing(stub_slicer, monkeypatch):
+    """ctest in an extension build, where CMRSynth's packages are not installed: skipped in words, not failed."""
+    module, scene, slicer = stub_slicer
+    monkeypatch.setattr(dependencies, "unmet",
+                        lambda requirements: [r for r in requirements if r.split(">")[0] in ("torch", "opacus")])
+    suite = unittest.defaultTestLoader.loadTestsFromTestCase(module.CMRSynthTest)  # as slicer.testing.runUnitTest
+    result = unittest.TestResult()
+    suite.run(result)
+    assert result.wasSuccessful() and result.testsRun == 1 and len(result.skipped) == 1
+    reason = result.skipped[0][1]
+    assert "not installed" in reason and "torch" in reason and "opacus>=1.5" in reason and "monai" not in reason
+    assert scene == []  # nothing was attempted
+
+
+def test_train_and_audit_tabs_ask_for_the_packages_before_their_first_job(stub_slicer, monkeypatch, tmp_path):
+    from CMRSynthLib.gui.panel import AuditTab, TrainTab
+
+    module, scene, slicer = stub_slicer
+    logic = module.CMRSynthLogic(modelFolder=tmp_path / "models")
+    monkeypatch.setattr(dependencies, "unmet", lambda requirements: [] if requirements == ["torch"] else ["opacus>=1.5"])
+    asked = []
+    slicer.util.confirmOkCancelDisplay = lambda text, **options: asked.append(text) or False
+    context = logic.jobContext(interactive=True)  # what the widget gives the Train & DP and Audit tabs
+    train, audit = TrainTab(context), AuditTab(context)
+    train.data.set_path(str(tmp_path))
+    train.train()
+    assert "opacus>=1.5" in asked[0] and "installation declined" in train.job.status.text()
+    audit.data.set_path(str(tmp_path))
+    audit.run()
+    assert len(asked) == 2 and "installation declined" in audit.job.status.text()
+    assert not train.runner.running and not audit.runner.running
+    assert context.python == logic.python and context.model_folder() == str(tmp_path / "models")
+
+
+# -- the widget (its Generate tab) over PythonQt-like stand-ins ---------------------------------------------------
+class Combo:
+    """A QComboBox as PythonQt shows it: Qt properties are attributes (currentIndex, currentText, count)."""
+
+    def __init__(self):
+        self.items, self.currentIndex, self.enabled = [], -1, True
+
+    def blockSignals(self, blocked):
+        return False
+
+    def clear(self):
+        self.items, self.currentIndex = [], -1
+
+    def addItem(self, text, data=None):
+        self.items.append((text, data))
+        self.currentIndex = max(self.currentIndex, 0)
+
+    def findData(self, data):
+        return next((i for i, (_, d) in enumerate(self.items) if d == data), -1)
+
+    def findText(self, text):
+        return next((i for i, (t, _) in enumerate(self.items) if t == text), -1)
+
+    def itemData(self, index):
+        return self.items[index][1]
+
+    def itemText(self, index):
+        return self.items[index][0]
+
+    @property
+    def texts(self):
+        return [text for text, _ in self.items]
+
+    @property
+    def count(self):
+        return len(self.items)
+
+    @property
+    def currentData(self):
+        return self.items[self.currentIndex][1] if self.items else None
+
+    @property
+    def currentText(self):
+        return self.items[self.currentIndex][0] if self.items else ""
+
+
+def card(folder, *, vendors, groups=(), dataset=None):
+    folder.mkdir(parents=True)
+    content = {"family": "flow", "vocabulary": {"vendors": list(vendors), "groups": list(groups)},
+               "data": {"simulated": dataset is None}, "members": ["p1", "p2"]}
+    if dataset:
+        content["dataset"] = dataset
+    (folder / "card.json").write_text(json.dumps(content))
+    return folder
+
+
+@pytest.fixture
+def widget(stub_slicer, tmp_path):
+    """CMRSynthWidget with stand-in ui widgets, a real Logic, the real Train & DP and Audit tabs, a parameter node."""
+    from CMRSynthLib.gui.panel import AuditTab, TrainTab
+
+    module, scene, slicer = stub_slicer
+    w = module.CMRSynthWidget()
+    w.ui = types.SimpleNamespace(
+        modelCardLabel=types.SimpleNamespace(text="", toolTip=""), modelComboBox=Combo(), vendorComboBox=Combo(),
+        groupComboBox=Combo(), lvSegmentComboBox=Combo(), myoSegmentComboBox=Combo(), rvSegmentComboBox=Combo(),
+        generateButton=types.SimpleNamespace(enabled=False), restyleButton=types.SimpleNamespace(enabled=False),
+        cancelButton=types.SimpleNamespace(enabled=False))
+    w.logic = module.CMRSynthLogic(modelFolder=tmp_path / "models")
+    w.logic.python = sys.executable
+    context = w.logic.jobContext()
+    w.trainTab, w.auditTab = TrainTab(context), AuditTab(context)
+    node = module.CMRSynthParameterNode()
+    node.segmentation = node.referenceVolume = None
+    node.modelFolder = tmp_path / "models"
+    w._parameterNode = node
+    yield w
+    for tab in (w.trainTab, w.auditTab):
+        tab.stop_jobs()
+
+
+ACDC = {"name": "ACDC", "license": "CC BY-NC-SA 4.0", "citation": "Bernard et al., IEEE TMI 2018",
+        "url": "https://www.creatis.insa-lyon.fr/Challenge/acdc/", "patients": 100,
+        "spacing_assumption": "1.5625 mm in-plane"}
+
+
+def test_generate_shows_the_models_data_and_offers_only_its_vendors_and_groups(widget, tmp_path):
+    acdc = card(tmp_path / "models" / "acdc-flow", vendors=["Siemens"], groups=["NOR", "DCM"], dataset=ACDC)
+    node = widget._parameterNode
+    node.model, node.vendor, node.group = str(acdc), "GE", "HCM"  # chosen for another model
+    widget.onParameterNodeModified()
+    assert widget.ui.modelCardLabel.text.startswith("flow · trained on ACDC (CC BY-NC-SA 4.0), 2 patients")
+    assert "Cite: Bernard et al., IEEE TMI 2018" in widget.ui.modelCardLabel.toolTip
+    assert widget.ui.vendorComboBox.texts == ["", "Siemens"] and widget.ui.groupComboBox.texts == ["", "NOR", "DCM"]
+    assert node.vendor == "" and node.group == ""  # what this model does not know is not kept
+    phantom = next(m for m in widget.logic.models() if m.starter and m.family == "flow")
+    node.model = phantom.argument
+    widget.onParameterNodeModified()
+    assert "trained on a simulated phantom" in widget.ui.modelCardLabel.text
+    assert widget.ui.vendorComboBox.texts == ["", *phantom.vendors]
+
+
+def test_changing_the_model_folder_refreshes_every_model_list(widget, tmp_path):
+    widget.onParameterNodeModified()
+    assert str(tmp_path / "elsewhere" / "mine") not in widget.ui.modelComboBox.texts
+    card(tmp_path / "elsewhere" / "mine", vendors=["GE"])
+    widget._parameterNode.modelFolder = tmp_path / "elsewhere"
+    widget.onParameterNodeModified()
+    assert "mine (flow)" in widget.ui.modelComboBox.texts
+    assert str(tmp_path / "elsewhere" / "mine") in [m.argument for m in widget.auditTab.model.models]
+    assert widget.trainTab.settings().out.startswith(str(tmp_path / "elsewhere"))
+
+
+def test_segment_lists_follow_segments_added_renamed_and_removed(widget, heart):
+    reference, segmentation_node = heart
+    node = widget._parameterNode
+    node.segmentation, node.referenceVolume = segmentation_node, reference
+    widget.onParameterNodeModified()
+    segmentation = segmentation_node.GetSegmentation()
+    lists = widget.ui.lvSegmentComboBox
+    assert lists.texts == ["(none)", "Left ventricle", "Myocardium", "RV"] and node.lvSegment == "Segment_1"
+    segmentation.add("Segment_4", "Scar", segmentation.segments["Segment_2"][1])
+    assert lists.texts[-1] == "Scar"
+    segmentation.rename("Segment_3", "Right ventricle")
+    assert widget.ui.rvSegmentComboBox.texts == ["(none)", "Left ventricle", "Myocardium", "Right ventricle", "Scar"]
+    segmentation.remove("Segment_1")
+    assert node.lvSegment == "" and "Left ventricle" not in lists.texts  # no longer mapped to a missing segment
+    other = SegmentationNode({})
+    node.segmentation = other
+    widget.onParameterNodeModified()
+    assert segmentation.observers == {} and len(other.GetSegmentation().observers) == 3  # follows the new one only
+
+
+def test_cleanup_ends_every_tabs_job_and_the_generate_jobs_files(stub_slicer, widget, tmp_path):
+    from CMRSynthLib.gui.jobs import JobRunner
+    from CMRSynthLib.gui.qt import QtCore
+
+    module, scene, slicer = stub_slicer
+    sleeper = [sys.executable, "-c", "import os, time; os.setpgid(0, 0); print(os.getpid(), flush=True); time.sleep(60)"]
+    pids = []
+    work = tmp_path / "slicer-temp" / "CMRSynth-job"
+    work.mkdir()
+    generate = JobRunner()
+    widget._job = module.CMRSynthJob(generate, str(work), complete=lambda status: None)
+    widget._parameterNode = None  # (the stand-in node has no GUI connection to drop)
+    runners = [generate, widget.trainTab.runner, widget.trainTab.planner, widget.auditTab.runner]
+    for runner in runners:
+        runner.on("log", lambda status, line: pids.append(int(line)))
+        runner.start(sleeper)
+    while len(pids) < len(runners):
+        QtCore.QCoreApplication.processEvents()
+    widget.cleanup()  # Slicer quits
+    assert all(not runner.running for runner in runners)
+    assert [pid for pid in pids if os.path.exists(f"/proc/{pid}") and _running(pid)] == []
+    assert not work.exists()  # the Generate job's temporary folder went with it
+
+
+def _running(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(") ", 1)[1][0] != "Z"

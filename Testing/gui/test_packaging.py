@@ -130,3 +130,41 @@ def test_module_script_compiles_for_slicer_python(name):
     source = (ROOT / "CMRSynth" / name).read_text(encoding="utf-8")
     compile(source, name, "exec")
     assert not re.search(r"^\s*import imp\b", source, re.M)  # gone in Slicer 5.10's Python 3.12
+
+
+def test_the_license_file_is_the_apache_2_text_pyproject_names():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert project["license"] == {"text": "Apache-2.0"}
+    text = (ROOT / "LICENSE").read_text(encoding="utf-8")
+    head = [line.strip() for line in text.splitlines() if line.strip()][:3]
+    assert head == ["Apache License", "Version 2.0, January 2004", "http://www.apache.org/licenses/"]
+    titles = ["Definitions", "Grant of Copyright License", "Grant of Patent License", "Redistribution",
+              "Submission of Contributions", "Trademarks", "Disclaimer of Warranty", "Limitation of Liability",
+              "Accepting Warranty or Additional Liability"]
+    found = re.findall(r"^   (\d)\. ([A-Z][A-Za-z ]+)\.", text, re.M)
+    assert found == [(str(n), title) for n, title in enumerate(titles, 1)]  # the nine sections, in order
+    assert "END OF TERMS AND CONDITIONS" in text and "APPENDIX: How to apply the Apache License" in text
+
+
+def test_the_minimum_slicer_is_stated_everywhere():
+    """Slicer 5.10+ (Python 3.10+): pyproject, the CMake metadata and a configure-time check, README, the module."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert project["requires-python"] == ">=3.10"
+    text = TOP_CMAKE.read_text(encoding="utf-8")
+    check = re.search(r'if\(Slicer_VERSION VERSION_LESS "5\.10"\)\s+message\(FATAL_ERROR "([^"]+)"\)', text)
+    assert check and "5.10 or later" in check.group(1)
+    assert text.index("find_package(Slicer REQUIRED)") < check.start() < text.index("add_subdirectory(CMRSynth)")
+    assert "Needs 3D Slicer 5.10 or later" in extension_metadata()["EXTENSION_DESCRIPTION"]
+    assert "Slicer 5.10 or later" in (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "MINIMUM_PYTHON = (3, 10)" in (ROOT / "CMRSynth" / "CMRSynth.py").read_text(encoding="utf-8")
+
+
+def test_contributors_are_named_with_their_affiliation():
+    import ast
+
+    contributors = [c.strip() for c in extension_metadata()["EXTENSION_CONTRIBUTORS"].split(",")]
+    assert contributors and all(re.fullmatch(r"[^()]+ \([^()]+\)", c) for c in contributors), contributors
+    tree = ast.parse((ROOT / "CMRSynth" / "CMRSynth.py").read_text(encoding="utf-8"))
+    module = next(ast.literal_eval(n.value) for n in tree.body
+                  if isinstance(n, ast.Assign) and ast.unparse(n.targets[0]) == "CONTRIBUTORS")
+    assert module == contributors  # the module's About box says the same
