@@ -41,8 +41,12 @@ class JobRunner:
     """
 
     def __init__(self, *, grace_seconds: float = 5.0):
-        if QtCore.QCoreApplication.instance() is None:
-            self._app = QtCore.QCoreApplication([])  # console use: QProcess needs an application object
+        app = QtCore.QCoreApplication.instance()
+        if app is None:
+            app = self._app = QtCore.QCoreApplication([])  # console use: QProcess needs an application object
+        # Quitting the application (Slicer, the panel's window) with a job running ends the job's whole tree; Qt
+        # alone would kill only the process it started, which may be a launcher.
+        app.aboutToQuit.connect(self._application_quits)
         self.grace_seconds = grace_seconds
         self.status = JobStatus()
         self._listeners: dict[str, list[Callable]] = {kind: [] for kind in KINDS}
@@ -107,6 +111,10 @@ class JobRunner:
         """Cancel the job and return once its process tree is gone (closing a window, Slicer quitting)."""
         self.cancel()
         return self.wait()
+
+    def _application_quits(self) -> None:
+        if self.running:
+            self.stop()
 
     def wait(self, timeout: float | None = None) -> JobStatus:
         """Block until the job ends (events keep flowing to listeners); cancel it after ``timeout`` seconds."""

@@ -573,11 +573,6 @@ class CMRSynthPanel(QtWidgets.QTabWidget):
         self.addTab(self.reader, "Reader study")
         self.generate.model_folder.edit.textChanged.connect(self.set_model_folder)
 
-    def stop_jobs(self) -> None:
-        """Cancel every running job and return once their processes are gone (the window is closing)."""
-        for tab in (self.generate, self.train, self.audit):
-            tab.stop_jobs()
-
     def set_model_folder(self, folder: str) -> None:
         """Use ``folder`` for trained models from now on (new trainings go there; the model lists show it)."""
         folder = str(folder).strip()

@@ -29,7 +29,6 @@ def run(args, progress) -> int:
     if args.model_folder:
         context.model_folder = lambda: args.model_folder
     panel = CMRSynthPanel(context)
-    app.aboutToQuit.connect(panel.stop_jobs)  # closing the window cancels running jobs, workers and all
     panel.setCurrentIndex(("generate", "train", "audit", "reader").index(args.tab))
     panel.setWindowTitle("CMRSynth")
     panel.resize(560, 820)

@@ -286,3 +286,35 @@ def test_stop_cancels_and_returns_once_the_tree_is_gone(tmp_path, sample_job):
     wait_until(lambda: bool(reports))
     assert runner.stop().state is JobState.CANCELLED and not runner.running
     assert not alive(reports[0]["pid"])
+
+
+QUITTING = """
+    import sys
+    from CMRSynthLib.gui.jobs import JobRunner
+    from CMRSynthLib.gui.qt import QtCore
+    app = QtCore.QCoreApplication([])
+    runner = JobRunner()
+    reported = []
+    runner.on("start", lambda status, event: reported.append(event["pid"]) if "pid" in event else None)
+    def sampling(status, event):
+        if status.step == 1:
+            print(reported[0], flush=True)
+            app.quit()  # the user closes Slicer while the job runs
+    runner.on("progress", sampling)
+    runner.start(sys.argv[1:])
+    app.exec()
+    print(runner.status.state.value, flush=True)
+"""
+
+
+def test_quitting_the_application_ends_the_job_behind_the_launcher(tmp_path, sample_job):
+    import subprocess
+
+    argv, out = sample_job
+    app = tmp_path / "app.py"
+    app.write_text(textwrap.dedent(QUITTING), encoding="utf-8")
+    done = subprocess.run([sys.executable, str(app), *launcher(tmp_path), *argv], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)), timeout=600)
+    job_pid, state = done.stdout.split()
+    assert state == "cancelled" and not alive(int(job_pid))  # gone before the application was
+    assert not out.exists() or list(out.rglob("*")) == []

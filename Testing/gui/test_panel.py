@@ -195,7 +195,7 @@ def test_every_job_tab_prepares_before_its_first_job_and_shows_a_refusal(panel, 
     panel.context.prepare = lambda: asked.append("installed")
     train.phantom_button.click()
     assert asked[-1] == "installed" and train.runner.running
-    panel.stop_jobs()  # what closing the window does
+    train.stop_jobs()  # what Slicer's cleanup does for this tab
     assert not train.runner.running and train.runner.status.state is JobState.CANCELLED
 
 
