@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {  # in the order of DESIGN §9
     "sample": "sample",
     "restyle": "restyle",
     "audit": "audit",
+    "reid": "reid",
     "privacy-budget": "privacy_budget",
     "demo": "demo",
     "gui": "gui",

@@ -30,13 +30,14 @@ SECTIONS = {
     "training": ("benchmarks.training", "run"),
     "dp": ("benchmarks.training", "run_dp"),
     "privacy-utility": ("benchmarks.privacy_utility", "run"),
+    "privacy-filter": ("benchmarks.privacy_filter", "run"),
     "3d": ("benchmarks.volume3d", "run"),
     "memory": ("benchmarks.memory", "run"),
     "scaling": ("benchmarks.scaling", "run"),
     "optimisations": ("benchmarks.optimisations", "run"),
 }
 # studies that train many models: full and smoke runs include them, a quick run only when asked (--only)
-STUDIES = ("solvers", "privacy-utility")
+STUDIES = ("solvers", "privacy-utility", "privacy-filter")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 

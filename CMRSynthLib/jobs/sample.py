@@ -5,6 +5,12 @@ mask and per ``--count`` (seeds ``seed``, ``seed + 1``, ...). ``--new-anatomy N`
 with the stage-1 anatomy generator (``--anatomy-model``, else the checkpoint's ``anatomy/`` folder, else
 the ``anatomy`` starter) and writes each mask (``anatomy<i>_<group>_<phase>_<seed>_mask.nii.gz``) beside its
 images. Every input is checked before anything is generated: bad input writes nothing.
+
+``--privacy-filter [THRESHOLD]`` checks every generated slice against the model's training patients with its
+re-identification model (``cmrsynth reid``; :mod:`CMRSynthLib.reid.filter`) and draws again what
+re-identifies one; each image gets a sidecar ``<image name>.privacy.json`` (threshold, its false-match rate,
+rejected draws) and ``cmrsynth_privacy_*`` header keys. An image still re-identifying a training patient
+after ``--privacy-retries`` redraws is withheld and the run stops (exit code 2), naming the mask.
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ from pathlib import Path
 
 HELP = "generate synthetic images from masks (or new anatomy) with a trained or starter model"
 FORMATS = {"nifti": ".nii.gz", "nrrd": ".nrrd", "dicom": ""}
+CALIBRATED = "calibrated"  # --privacy-filter without a value: the re-identification model's own threshold
+SIDECAR = ".privacy.json"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,6 +45,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=tuple(FORMATS), default="nifti")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
     parser.add_argument("--anatomy-model", default=None, help="stage-1 mask generator for --new-anatomy")
+    privacy = parser.add_argument_group("privacy filter")
+    privacy.add_argument("--privacy-filter", nargs="?", const=CALIBRATED, default=None, metavar="THRESHOLD",
+                         help="redraw every slice that re-identifies a training patient (the model's re-identification "
+                              "model, built by cmrsynth reid); THRESHOLD: an embedding distance (default: the calibrated "
+                              "one, at its false-match rate)")
+    privacy.add_argument("--reid", default=None,
+                         help="re-identification model folder (default: <model folder>.PRIVATE-reid beside the model)")
+    privacy.add_argument("--privacy-retries", type=int, default=None,
+                         help="redraws of a flagged slice before the image is withheld (default 4)")
+
 
 
 def safe_word(text: str | None) -> str:
@@ -84,6 +102,7 @@ def run(args, progress) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise InputError("--out must be a folder", path=out)
+    privacy_filter = _privacy_filter(args, card)
 
     if args.new_anatomy is not None:
         masks = _new_anatomy(args, card, device, progress)
@@ -95,19 +114,64 @@ def run(args, progress) -> int:
         _check_writable(volume, args.format, path)
 
     progress.start("sample", total=len(masks) * args.count, model=card["model_id"], masks=len(masks))
+    rejected = 0
     for number, (name, volume, path) in enumerate(masks):
         done = number * args.count
         images = synthesize(generator, card, volume, vendor=args.vendor, phase=args.phase, group=args.group,
                             seed=args.seed, steps=steps, sampler=sampler, guidance=args.guidance,
-                            count=args.count, path=path, precision=args.precision,
+                            count=args.count, path=path, precision=args.precision, privacy_filter=privacy_filter,
                             callback=lambda d, t, base=done, label=name: progress.update(
                                 base + d * args.count // t, message=f"{label}: step {d} of {t}"))
         for index, image in enumerate(images):
-            target = out / f"{name}_synth_{safe_word(args.vendor)}_{args.seed + index}{FORMATS[args.format]}"
+            base = f"{name}_synth_{safe_word(args.vendor)}_{args.seed + index}"
+            target = out / f"{base}{FORMATS[args.format]}"
             _write(image, target, args.format)
             progress.artefact(str(target), "synthetic")
-    progress.done(out=str(out), images=len(masks) * args.count)
+            if privacy_filter is not None:
+                rejected += int(image.metadata["cmrsynth_privacy_rejected"])
+                progress.artefact(str(_write_sidecar(out / f"{base}{SIDECAR}", target, image, privacy_filter)),
+                                  "privacy-record")
+    result = {} if privacy_filter is None else {"privacy_filter": {"threshold": privacy_filter.threshold,
+                                                                   "rejected_draws": rejected}}
+    progress.done(out=str(out), images=len(masks) * args.count, **result)
     return 0
+
+
+def _privacy_filter(args, card: dict):
+    """The run's :class:`~CMRSynthLib.reid.filter.PrivacyFilter`, or None without ``--privacy-filter``."""
+    from CMRSynthLib.errors import InputError
+    from CMRSynthLib.reid.filter import DEFAULT_RETRIES, PrivacyFilter
+    from CMRSynthLib.reid.model import find_reid
+
+    if args.privacy_filter is None:
+        for flag, value in (("--reid", args.reid), ("--privacy-retries", args.privacy_retries)):
+            if value is not None:
+                raise InputError(f"{flag} applies only with --privacy-filter")
+        return None
+    threshold = None
+    if args.privacy_filter != CALIBRATED:
+        try:
+            threshold = float(args.privacy_filter)
+        except ValueError:
+            raise InputError(f"--privacy-filter takes an embedding distance (or nothing: the calibrated threshold), "
+                             f"got {args.privacy_filter!r}") from None
+    reid = find_reid(args.model, card, path=args.reid)
+    retries = DEFAULT_RETRIES if args.privacy_retries is None else args.privacy_retries
+    return PrivacyFilter.of(reid, threshold, retries)
+
+
+def _write_sidecar(path: Path, target: Path, image, privacy_filter) -> Path:
+    """The privacy filter's record of one image, as JSON beside it (written atomically)."""
+    import json
+
+    from CMRSynthLib.files import atomic_write_text
+
+    record = {"format": "cmrsynth-privacy-filter", "image": target.name, "filter": privacy_filter.describe(),
+              "seed": int(image.metadata["cmrsynth_seed"]),
+              "rejected_draws": int(image.metadata["cmrsynth_privacy_rejected"]),
+              "redrawn_slices": int(image.metadata["cmrsynth_privacy_redrawn_slices"])}
+    atomic_write_text(path, json.dumps(record, indent=1))
+    return path
 
 
 def _check_writable(volume, fmt: str, path) -> None:

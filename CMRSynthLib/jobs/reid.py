@@ -1,0 +1,86 @@
+"""``cmrsynth reid``: build a model's re-identification model, which ``cmrsynth sample --privacy-filter`` uses.
+
+The embedding is fitted on the generator's training patients only (the card's ``members``, or the
+``<folder>.PRIVATE-membership.json`` beside a DP model) and its threshold calibrated on patients it never
+saw (``--calibration``, default the checkpoint's validation split) at ``--false-match-rate``. It is written
+beside the checkpoint folder, ``<folder>.PRIVATE-reid/`` (or ``--out``), never inside it: it is computed from
+the private training images without DP (:mod:`CMRSynthLib.reid.model`).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "build the re-identification model a privacy-filtered sampling run checks its images with"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from CMRSynthLib.reid import DEFAULT_FALSE_MATCH_RATE, DEFAULT_STEPS
+
+    parser.add_argument("--model", required=True, help="checkpoint folder or starter name")
+    parser.add_argument("--data", required=True, help="the cohort the model was trained on")
+    parser.add_argument("--out", default=None, help="where to write it (default: <model folder>.PRIVATE-reid beside "
+                                                    "the checkpoint folder)")
+    parser.add_argument("--calibration", default="validation",
+                        help="held-out patients to calibrate the threshold on: a split of the checkpoint (validation, "
+                             "holdout, validation+holdout), a file of ids or comma-separated ids (default: validation)")
+    parser.add_argument("--false-match-rate", type=float, default=DEFAULT_FALSE_MATCH_RATE,
+                        help="share of held-out patients' slices the threshold may call a training patient (default 0.01)")
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="contrastive training steps")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
+
+
+def run(args, progress) -> int:
+    from pathlib import Path
+
+    from CMRSynthLib.audit.run import load_slices, patient_list
+    from CMRSynthLib.data.cohorts import open_cohort
+    from CMRSynthLib.data.preprocess import PreprocessConfig
+    from CMRSynthLib.errors import InputError
+    from CMRSynthLib.reid.embedding import ReidConfig
+    from CMRSynthLib.reid.model import build_reid, format_rate, reid_path, save_reid
+    from CMRSynthLib.training.checkpoint import read_checkpoint
+    from CMRSynthLib.training.distributed import World
+    from CMRSynthLib.training.loop import resolve_device
+    from CMRSynthLib.training.membership import patient_splits
+
+    device = resolve_device(args.device, World())
+    contents = read_checkpoint(args.model)
+    card, folder = contents.card, contents.path
+    splits = patient_splits(card, folder)
+    members = splits["members"]
+    if not members:
+        raise InputError("neither the card nor a .PRIVATE-membership.json file beside the folder lists the model's "
+                         "training patients", path=folder)
+    calibration = patient_list(args.calibration, flag="--calibration", splits=splits)
+    cohort = open_cohort(args.data)
+    present = set(cohort.patients())
+    for what, ids in (("training", members), ("calibration", calibration)):
+        if not present & set(ids):
+            raise InputError(f"none of the model's {len(ids)} {what} patients ({', '.join(ids[:3])}, ...) is in the "
+                             "data; is --data the cohort this model was trained on?", path=args.data)
+        if not set(ids) <= present:
+            progress.warning(f"{len(set(ids) - present)} of {len(ids)} {what} patients are not in the data")
+    preprocessing = PreprocessConfig.from_dict(card["preprocessing"])
+    progress.start("reid: reading slices", None)
+    member_slices = load_slices(cohort, [p for p in members if p in present], preprocessing, what="training")
+    held_out = load_slices(cohort, [p for p in calibration if p in present], preprocessing, what="calibration")
+    config = ReidConfig(size=member_slices.shape, steps=args.steps, seed=args.seed)
+    progress.start("reid: contrastive training", config.steps, model=card.get("model_id"),
+                   patients=len(member_slices.patient_ids()), slices=len(member_slices))
+    model = build_reid(card, member_slices, held_out, config=config, false_match_rate=args.false_match_rate,
+                       calibration_split=args.calibration, device=device,
+                       simulated=all(r.simulated for r in cohort.records),
+                       callback=lambda step, total, loss: progress.update(step, loss=loss) if step % 10 == 0 or
+                       step == total else None)
+    out = save_reid(model, Path(args.out) if args.out else reid_path(folder))
+    progress.artefact(str(out), "reid")
+    calibration_record = model.record["calibration"]
+    fmr, tmr = calibration_record["false_match_rate"], calibration_record["true_match_rate"]
+    print(f"threshold {model.threshold:.4g}: false-match rate {format_rate(fmr)} on {calibration_record['slices']} slices "
+          f"of {calibration_record['patients']} held-out patients; true-match rate {format_rate(tmr)}")
+    progress.done(out=str(out), threshold=model.threshold, false_match_rate=fmr["value"],
+                  true_match_rate=tmr["value"])
+    return 0
+

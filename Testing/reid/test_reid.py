@@ -1,0 +1,147 @@
+"""The re-identification model and the privacy filter's mechanism, on a small phantom cohort.
+
+The embedding is fitted on 10 patients and calibrated on 3 others; 3 more patients play the part of images
+the generator never saw. A near-copy of a training slice (intensity changed by 3%, noise added) must be
+caught, real slices of unseen patients must mostly pass, and the filter must redraw exactly the flagged
+slices, deterministically, and refuse what never stops re-identifying.
+"""
+
+import json
+
+import numpy as np
+import pytest
+
+from CMRSynthLib.errors import InputError
+
+PREPARED = dict(spacing=(5.0, 5.0), size=(32, 32))
+
+
+@pytest.fixture(scope="module")
+def split(tmp_path_factory):
+    from CMRSynthLib.audit.run import load_slices
+    from CMRSynthLib.data.cohorts import open_cohort
+    from CMRSynthLib.data.phantom import write_phantom_cohort
+    from CMRSynthLib.data.preprocess import PreprocessConfig
+
+    cohort = open_cohort(write_phantom_cohort(tmp_path_factory.mktemp("reid") / "cohort", 16, seed=1,
+                                              shape=(4, 48, 48)))
+    ids, preprocessing = cohort.patients(), PreprocessConfig(**PREPARED)
+    return {name: load_slices(cohort, part, preprocessing, what=name)
+            for name, part in (("members", ids[:10]), ("calibration", ids[10:13]), ("unseen", ids[13:]))}
+
+
+@pytest.fixture(scope="module")
+def reid(split):
+    from CMRSynthLib.reid.embedding import ReidConfig
+    from CMRSynthLib.reid.model import build_reid
+
+    return build_reid({"model_id": "generator-a", "family": "flow", "privacy": None}, split["members"],
+                      split["calibration"], config=ReidConfig(size=(32, 32), steps=60), n_boot=100, simulated=True)
+
+
+def near_copies(slices, seed=0):
+    rng = np.random.default_rng(seed)
+    return np.clip(slices.images * 1.03 + rng.normal(0, 0.03, slices.images.shape), -1, 1).astype(np.float32)
+
+
+def test_near_copies_of_training_slices_are_caught_and_unseen_patients_pass(reid, split):
+    members, unseen = split["members"], split["unseen"]
+    copies = reid.distances(near_copies(members), members.masks)
+    others = reid.distances(unseen.images, unseen.masks)
+    assert np.mean(copies < reid.threshold) == 1.0
+    assert np.mean(others < reid.threshold) <= 0.25  # threshold calibrated at 1% on 3 other patients
+    assert np.median(copies) < 0.25 * np.median(others)
+
+
+def test_the_heart_is_not_what_identifies(reid, split):
+    """Whatever is drawn inside a slice's (dilated) heart leaves its embedding unchanged: the filter judges what
+    the generator adds around the user's mask, not the mask's own anatomy."""
+    from CMRSynthLib.reid.embedding import heart_region
+
+    members, unseen = split["members"], split["unseen"]
+    n = min(len(members), len(unseen))
+    heart = heart_region(members.masks[:n], reid.config.heart_margin)
+    swapped = np.where(heart, unseen.images[:n], members.images[:n])
+    assert (swapped != members.images[:n]).any()
+    assert np.allclose(reid.distances(swapped, members.masks[:n]), 0.0, atol=1e-3)
+
+
+def test_calibration_record_threshold_and_false_match_rate(reid, split):
+    record = reid.record["calibration"]
+    assert record["patients"] == 3 and record["slices"] == len(split["calibration"])
+    assert record["false_match_rate"]["value"] <= 0.01 and record["target_false_match_rate"] == 0.01
+    assert reid.false_match_rate_at(reid.threshold) == record["false_match_rate"]["value"]
+    assert reid.false_match_rate_at(np.inf) == 1.0
+    assert reid.record["shareable"] and reid.record["generator"]["model_id"] == "generator-a"
+
+
+def test_threshold_rule_on_known_distances():
+    from CMRSynthLib.reid.model import calibrate_threshold
+
+    distances = np.arange(1.0, 201.0)  # 200 held-out slices at distances 1..200
+    assert calibrate_threshold(distances, 0.01) == 3.0  # 2 of 200 (1%) lie strictly below it
+    assert calibrate_threshold(distances[:50], 0.01) == 1.0  # 0.5 slices: none may match
+    with pytest.raises(InputError, match="false-match-rate"):
+        calibrate_threshold(distances, 0.0)
+
+
+def test_save_and_load_round_trip_private_beside_the_model(reid, split, tmp_path):
+    from CMRSynthLib.reid.model import find_reid, load_reid, reid_path, save_reid
+
+    model = tmp_path / "models" / "flow"
+    model.mkdir(parents=True)
+    folder = save_reid(reid, reid_path(model))
+    assert folder == tmp_path / "models" / "flow.PRIVATE-reid" and (folder.stat().st_mode & 0o077) == 0
+    loaded = find_reid(model, {"model_id": "generator-a"})
+    members = split["members"]
+    assert np.allclose(loaded.distances(members.images, members.masks), reid.distances(members.images, members.masks),
+                       atol=1e-5)
+    assert loaded.threshold == reid.threshold and json.loads((folder / "reid.json").read_text(encoding="utf-8"))["format"] == \
+        "cmrsynth-reid"
+    with pytest.raises(InputError, match="built for the model generator-a, not generator-b"):
+        load_reid(folder, card={"model_id": "generator-b"})
+    (tmp_path / "models" / "other").mkdir()
+    with pytest.raises(InputError, match="no re-identification model.*cmrsynth reid --model"):
+        find_reid(tmp_path / "models" / "other", {"model_id": "x"})
+
+
+def test_screen_redraws_only_flagged_slices_with_derived_seeds(reid, split):
+    from CMRSynthLib.reid.filter import PrivacyFilter, redraw_seed
+
+    members, unseen = split["members"], split["unseen"]
+    stack = unseen.images[:4].copy()
+    labels = unseen.masks[:4].copy()
+    stack[2], labels[2] = members.images[0], members.masks[0]  # one slice is a training slice
+    calls = []
+
+    def redraw(which, seed):
+        calls.append((which.tolist(), seed))
+        return unseen.images[4:4 + len(which)]
+
+    labels[2] = unseen.masks[4]  # the mask the slice is drawn for (and redrawn from unseen slice 4)
+    screening_filter = PrivacyFilter.of(reid)
+    kept, screening = screening_filter.screen(stack, labels, 7, redraw, whole=False)
+    assert calls == [([2], redraw_seed(7, 1))]
+    assert np.array_equal(kept[[0, 1, 3]], stack[[0, 1, 3]]) and np.array_equal(kept[2], unseen.images[4])
+    assert screening.rejected == 1 and screening.rounds == 1 and not screening.refused
+    assert screening.seeds == (7, 7, redraw_seed(7, 1), 7)
+    again, _ = screening_filter.screen(stack, labels, 7, redraw, whole=False)
+    assert np.array_equal(again, kept)
+
+
+def test_a_slice_that_keeps_reidentifying_is_refused_and_a_volume_is_redrawn_whole(reid, split):
+    from CMRSynthLib.reid.filter import PrivacyFilter
+
+    members = split["members"]
+    stack, labels = members.images[:3], members.masks[:3]
+    rounds = []
+
+    def copies(which, seed):
+        rounds.append(which.tolist())
+        return members.images[which]
+
+    _, screening = PrivacyFilter.of(reid, retries=2).screen(stack, labels, 0, copies, whole=True)
+    assert rounds == [[0, 1, 2], [0, 1, 2]] and screening.refused == (0, 1, 2)
+    assert screening.rejected == 3  # two redrawn volumes and the last one
+    with pytest.raises(InputError, match="threshold must be a distance > 0"):
+        PrivacyFilter.of(reid, threshold=0.0)
