@@ -11,7 +11,8 @@ What is compared with what (all on the checkpoint's prepared grid, slices that s
 - fidelity: synthetic (member masks) vs real non-members, with real members vs real non-members as the
   yardstick; adherence on all synthetic images, ceiling on real non-members;
 - utility: segmenters on real members / synthetic / both, tested on real non-members;
-- privacy: attacks on members vs non-members; nearest neighbours among all of their real slices.
+- privacy: attacks on members vs non-members; nearest neighbours among all of their real slices; the privacy
+  filter's re-identification rate before and after on the members' synthetic images (:mod:`.reidentification`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from CMRSynthLib.audit.fidelity import feature_distances, ms_ssim_diversity, tis
 from CMRSynthLib.audit.inception import inception_space
 from CMRSynthLib.audit.membership import AttackConfig, membership_inference
 from CMRSynthLib.audit.memorisation import nearest_neighbours
+from CMRSynthLib.audit.reidentification import reidentification
 from CMRSynthLib.audit.report import verdict_rows, write_report
 from CMRSynthLib.audit.segmenter import SegmenterConfig, train_segmenter
 from CMRSynthLib.audit.slices import Slices, to_conditions
@@ -191,12 +193,14 @@ def generate(generator, vocabulary, source: Slices, *, seed: int, batch_size: in
 # -- one model ----------------------------------------------------------------------------------------------
 def audit_model(name: str, generator, card: dict, real_m: Slices, real_n: Slices, plan: AuditPlan, *,
                 synthetic: Slices | None, figures_dir: Path, cache, device: str, redact: bool, progress,
-                warnings: list[str], extra_spaces: Sequence = (), attacked: tuple[Slices, Slices] | None = None) -> dict:
+                warnings: list[str], extra_spaces: Sequence = (), attacked: tuple[Slices, Slices] | None = None,
+                reid=None) -> dict:
     """Every measure for one model; returns its report section (figures written to ``figures_dir``).
 
     Problems that only limit one measure (too few patients for the attacks) become ``warnings``;
     ``extra_spaces`` are further feature spaces for FD/KD (Inception), without bootstrap intervals;
-    ``attacked`` are the members and non-members the membership attacks use (default ``real_m``, ``real_n``)."""
+    ``attacked`` are the members and non-members the membership attacks use (default ``real_m``, ``real_n``);
+    ``reid`` is the model's re-identification model (:mod:`CMRSynthLib.reid`), or a sentence why there is none."""
     from CMRSynthLib.generators.base import Vocabulary
 
     vocabulary = Vocabulary.from_dict(card["vocabulary"])
@@ -236,6 +240,7 @@ def audit_model(name: str, generator, card: dict, real_m: Slices, real_n: Slices
     progress.start("audit: nearest neighbours", None)
     memorisation = nearest_neighbours(synth_all, Slices.cat([real_m, real_n]), set(real_m.patient_ids()),
                                       space=space, n_boot=plan.n_boot)
+    reidentified = _reidentification(reid, generator, vocabulary, synth_m, synthetic is None, plan, progress)
     figs = _figures(name, figures_dir, synth_m, synth_all, Slices.cat([real_m, real_n]), fidelity, membership,
                     memorisation, redact)
     section = {"name": name, "family": card.get("family", "unknown"), "model_id": card.get("model_id"),
@@ -244,9 +249,38 @@ def audit_model(name: str, generator, card: dict, real_m: Slices, real_n: Slices
                "synthetic": {"slices": len(synth_all), "source": source},
                "segmenter": {"config": plan.segmenter.to_dict(), "fingerprint": judge.key},
                "fidelity": fidelity, "adherence": adherence, "utility": utility, "cross_vendor": cross,
-               "membership": membership, "memorisation": memorisation, "figures": figs}
+               "membership": membership, "memorisation": memorisation, "reidentification": reidentified,
+               "figures": figs}
     section["verdict"] = verdict_rows(section)
     return section
+
+
+def _reidentification(reid, generator, vocabulary, synth_m: Slices, generated: bool, plan: AuditPlan,
+                      progress) -> dict:
+    """The privacy filter on the members' synthetic images (redrawn like ``cmrsynth sample`` when generated here)."""
+    if isinstance(reid, str) or reid is None:
+        return {"skipped": reid or "no re-identification model given"}
+
+    def redraw(which: np.ndarray, seed: int) -> np.ndarray:
+        return generate(generator, vocabulary, synth_m.take(which), seed=seed, batch_size=plan.batch_size,
+                        progress=progress, label="privacy filter: redraws").images
+
+    progress.start("audit: re-identification", None)
+    return reidentification(reid, synth_m, redraw if generated else None, seed=plan.seed, n_boot=plan.n_boot)
+
+
+def _reid_model(model, card: dict):
+    """The re-identification model beside ``model``'s folder, or a sentence saying why there is none."""
+    from CMRSynthLib.reid.model import find_reid, reid_path
+    from CMRSynthLib.training.checkpoint import resolve_model
+
+    folder = reid_path(resolve_model(model))
+    if not folder.is_dir():
+        return f"no re-identification model beside the checkpoint ({folder.name}); build it with cmrsynth reid"
+    try:
+        return find_reid(model, card)
+    except InputError as exc:
+        return str(exc)
 
 
 def _cross_vendor(generator, vocabulary, real_m: Slices, real_n: Slices, synthetic: Slices | None, plan, kw) -> dict:
@@ -358,7 +392,7 @@ def run_audit(models: Sequence[str], data, out, *, synthetic=None, members=None,
             sections.append(audit_model(name, generator, card, real_m, real_n, plan, synthetic=synth,
                                         figures_dir=tmp / "figures", cache=cache, device=device, redact=redact,
                                         progress=progress, warnings=warnings, extra_spaces=extra_spaces,
-                                        attacked=attacked))
+                                        attacked=attacked, reid=_reid_model(model, card)))
         report = {"format": "cmrsynth-audit", "version": 1, "cmrsynth": __version__,
                   "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                   "data": {"path": str(data), "layout": cohort.layout, "patients": len(cohort.patients()),

@@ -75,11 +75,11 @@ def calibrate_threshold(distances: np.ndarray, false_match_rate: float) -> float
     return float(ordered[min(int(np.floor(false_match_rate * ordered.size)), ordered.size - 1)])
 
 
-def match_rate(distances: np.ndarray, patients: np.ndarray, threshold: float, *, method: str,
-               n_boot: int = 1000, seed: int = 0) -> Estimate:
-    """Share of slices with ``distance < threshold``, with a bootstrap interval over ``patients`` ``(N,)``."""
+def match_rate(matched: np.ndarray, patients: np.ndarray, *, method: str, n_boot: int = 1000,
+               seed: int = 0) -> Estimate:
+    """Share of ``matched`` ``(N,)`` slices, with a bootstrap interval over their ``patients`` ``(N,)``."""
     ids, index = np.unique(np.asarray(patients, dtype=str), return_inverse=True)
-    hits = np.bincount(index, weights=np.asarray(distances) < threshold, minlength=len(ids))
+    hits = np.bincount(index, weights=np.asarray(matched, dtype=np.float64), minlength=len(ids))
     counts = np.bincount(index, minlength=len(ids)).astype(np.float64)
     low, high = bootstrap(lambda draw: hits[draw].sum() / counts[draw].sum(), len(ids), n_boot=n_boot, seed=seed)
     return Estimate(float(hits.sum() / counts.sum()), low, high, len(ids), method, unit="patients",
@@ -156,10 +156,10 @@ def build_reid(card: dict, members: Slices, calibration: Slices, *, config: Reid
     held_out = nearest_distances(probes, gallery)
     threshold = calibrate_threshold(held_out, false_match_rate)
     own = _own_patient_distances(probes, calibration.patients)
-    false_match = match_rate(held_out, calibration.patients, threshold, n_boot=n_boot, method=(
+    false_match = match_rate(held_out < threshold, calibration.patients, n_boot=n_boot, method=(
         "share of held-out patients' slices closer than the threshold to some training patient's slice "
         "(each one a false match); bootstrap over held-out patients"))
-    true_match = match_rate(own, calibration.patients, threshold, n_boot=n_boot, method=(
+    true_match = match_rate(own < threshold, calibration.patients, n_boot=n_boot, method=(
         "share of held-out patients' slices closer than the threshold to another slice of their own patient "
         "(other level or phase); bootstrap over held-out patients"))
     record = {
