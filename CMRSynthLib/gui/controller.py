@@ -88,6 +88,7 @@ class SampleSettings:
     device: str = "auto"
     new_anatomy: int = 0
     group: str = ""
+    privacy_filter: bool = False
 
     def arguments(self) -> list[str]:
         args = ["--model", _text("model", self.model)]
@@ -102,6 +103,7 @@ class SampleSettings:
         args += _optional("--vendor", self.vendor) + _optional_count("--steps", "steps", self.steps)
         args += _optional("--sampler", self.sampler)
         args += _optional("--guidance", None if self.guidance is None else _positive("guidance", self.guidance))
+        args += ["--privacy-filter"] if self.privacy_filter else []
         return args + _device(self.device)
 
 

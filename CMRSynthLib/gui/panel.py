@@ -143,6 +143,9 @@ class GenerateTab(QtWidgets.QWidget):
         form.addRow("Vendor style:", self.vendor)
         form.addRow("Count:", self.count)
         form.addRow("Seed:", self.seed)
+        self.privacy_filter = QtWidgets.QCheckBox("Privacy filter: redraw any image that re-identifies a training "
+                                                  "patient")
+        form.addRow("Privacy:", self.privacy_filter)
         form.addRow("Output folder:", self.out)
         self.advanced_toggle = QtWidgets.QToolButton()
         self.advanced_toggle.setText("Advanced")
@@ -190,14 +193,30 @@ class GenerateTab(QtWidgets.QWidget):
         layout.addWidget(self.results)
         layout.addWidget(self.preview, 1)
         self.model.on_change(self._fill_conditions)
+        self.model.on_change(self._fill_privacy_filter)
         self.generate_button.clicked.connect(self.generate)
         self.restyle_button.clicked.connect(self.restyle)
         self.runner.on("artefact", self._artefact)
         self.runner.on("finished", self._finished)
         self._fill_conditions()
+        self._fill_privacy_filter()
 
     def stop_jobs(self) -> None:
         self.runner.stop()
+
+    def _fill_privacy_filter(self) -> None:
+        """Offered when the model has a re-identification model beside it; on by default unless it has DP."""
+        from CMRSynthLib.reid import reid_path
+
+        info = self.model.info()
+        available = info is not None and reid_path(info.path).is_dir()
+        self.privacy_filter.setEnabled(available)
+        self.privacy_filter.setChecked(available and info.epsilon is None)
+        self.privacy_filter.setToolTip(
+            "Checks every slice against the model's training patients and draws again what re-identifies one "
+            "(cmrsynth sample --privacy-filter)" if available else
+            "This model has no re-identification model beside it: build one with cmrsynth reid --model <model> "
+            "--data <its training cohort>")
 
     def _fill_conditions(self) -> None:
         """Offer the vendors and pathology groups the chosen model knows (its card's vocabulary), nothing else."""
@@ -218,7 +237,8 @@ class GenerateTab(QtWidgets.QWidget):
             out=self.out.path(), vendor=read(self.vendor, "currentText"), count=read(self.count, "value"),
             seed=read(self.seed, "value"), steps=steps or None, sampler=str(read(self.sampler, "text")).strip(),
             guidance=read(self.guidance, "value"), device=read(self.device, "currentText"),
-            new_anatomy=read(self.new_anatomy, "value"), group=read(self.group, "currentText"))
+            new_anatomy=read(self.new_anatomy, "value"), group=read(self.group, "currentText"),
+            privacy_filter=bool(read(self.privacy_filter, "checked")))
 
     def generate(self) -> None:
         self._start(self.settings)

@@ -4,5 +4,18 @@
 checkpoint (``<folder>.PRIVATE-reid``); :mod:`.filter` the generation-time privacy filter.
 """
 
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
 DEFAULT_FALSE_MATCH_RATE = 0.01  # share of held-out slices the calibrated threshold may call a training patient
 DEFAULT_STEPS = 300  # contrastive training steps (about half a minute for 64 × 64 slices on one CPU thread)
+SUFFIX = ".PRIVATE-reid"  # a checkpoint folder's re-identification model lives beside it: <folder>.PRIVATE-reid
+
+
+def reid_path(checkpoint: str | os.PathLike) -> Path:
+    """``<checkpoint folder>.PRIVATE-reid``, beside the folder (not in it). Imports no torch (the panel uses it)."""
+    folder = Path(os.path.abspath(checkpoint))
+    return folder.with_name(folder.name + SUFFIX)

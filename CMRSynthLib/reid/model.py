@@ -40,10 +40,9 @@ from CMRSynthLib.audit.slices import Slices
 from CMRSynthLib.audit.stats import Estimate, bootstrap, small_sample_warning
 from CMRSynthLib.errors import InputError
 from CMRSynthLib.files import atomic_dir
-from CMRSynthLib.reid import DEFAULT_FALSE_MATCH_RATE
+from CMRSynthLib.reid import DEFAULT_FALSE_MATCH_RATE, reid_path  # noqa: F401 - reid_path is part of this API
 from CMRSynthLib.reid.embedding import ReidConfig, build_network, embed, fit_embedding
 
-SUFFIX = ".PRIVATE-reid"
 FORMAT = "cmrsynth-reid"
 VERSION = 1
 WEIGHTS = "reid.safetensors"
@@ -52,12 +51,6 @@ PRIVATE_NOTE = ("Computed from the PRIVATE training patients' images without dif
                 "network and every training slice's embedding). Keep it inside the hospital; never share it with "
                 "the model.")
 SIMULATED_NOTE = "Computed from simulated patients (no real person): it may be shared."
-
-
-def reid_path(checkpoint: str | os.PathLike) -> Path:
-    """``<checkpoint folder>.PRIVATE-reid``, beside the folder (not in it)."""
-    folder = Path(os.path.abspath(checkpoint))
-    return folder.with_name(folder.name + SUFFIX)
 
 
 def nearest_distances(probes: np.ndarray, gallery: np.ndarray) -> np.ndarray:
