@@ -82,6 +82,23 @@ def heart_region(masks: np.ndarray, margin: int) -> np.ndarray:
     return binary_dilation(heart, structure=structure, iterations=margin)
 
 
+def heart_corner(masks: np.ndarray, size: tuple[int, int]) -> tuple[int, int]:
+    """Top-left ``(row, column)`` of the ``size`` window centred on the heart centroid of a whole stack
+    ``(K, H, W)`` (on the stack's centre when it has no heart), as preprocessing centres its crop."""
+    heart = np.argwhere(np.asarray(masks) > 0)
+    centre = heart[:, 1:].mean(axis=0) if len(heart) else (np.asarray(masks.shape[1:]) - 1) / 2.0
+    return tuple(int(round(c - (s - 1) / 2.0)) for c, s in zip(centre, size))
+
+
+def crop(array: np.ndarray, corner: tuple[int, int], size: tuple[int, int], *, fill: float) -> np.ndarray:
+    """``array[:, r:r + h, c:c + w]`` for ``corner`` ``(r, c)`` and ``size`` ``(h, w)``, padded with ``fill``."""
+    (r, c), (h, w) = corner, size
+    pad = ((0, 0), (max(-r, 0), max(r + h - array.shape[1], 0)), (max(-c, 0), max(c + w - array.shape[2], 0)))
+    padded = np.pad(array, pad, constant_values=fill)
+    r, c = r + pad[1][0], c + pad[2][0]
+    return padded[:, r:r + h, c:c + w]
+
+
 def view(images: np.ndarray | torch.Tensor, heart: np.ndarray | torch.Tensor) -> torch.Tensor:
     """What the embedding sees: ``images`` ``(N, H, W)`` with ``heart`` ``(N, H, W)`` set to 0 → ``(N, 1, H, W)``."""
     images = torch.as_tensor(np.asarray(images, np.float32) if not torch.is_tensor(images) else images).float()

@@ -98,7 +98,8 @@ class PrivacyFilter:
         """
         stack = np.array(stack, dtype=np.float32, copy=True)
         seeds = np.full(len(stack), int(seed), dtype=np.int64)
-        distances = self.reid.distances(stack, labels)
+        corner = self.reid.corner(labels)  # one window for the whole stack, as its preprocessing has
+        distances = self.reid.distances(stack, labels, corner=corner)
         rejected, rounds = 0, 0
         while (distances < self.threshold).any() and rounds < self.retries:
             rounds += 1
@@ -108,7 +109,7 @@ class PrivacyFilter:
             new_seed = redraw_seed(seed, rounds)
             stack[which] = redraw(which, new_seed)
             seeds[which] = new_seed
-            distances[which] = self.reid.distances(stack[which], labels[which])
+            distances[which] = self.reid.distances(stack[which], labels[which], corner=corner)
         refused = tuple(int(i) for i in np.flatnonzero(distances < self.threshold))
         if refused:
             rejected += 1 if whole else len(refused)

@@ -41,7 +41,7 @@ from CMRSynthLib.audit.stats import Estimate, bootstrap, small_sample_warning
 from CMRSynthLib.errors import InputError
 from CMRSynthLib.files import atomic_dir
 from CMRSynthLib.reid import DEFAULT_FALSE_MATCH_RATE, reid_path  # noqa: F401 - reid_path is part of this API
-from CMRSynthLib.reid.embedding import ReidConfig, build_network, embed, fit_embedding
+from CMRSynthLib.reid.embedding import ReidConfig, build_network, crop, embed, fit_embedding, heart_corner
 
 FORMAT = "cmrsynth-reid"
 VERSION = 1
@@ -112,10 +112,27 @@ class ReidModel:
     threshold: float
     record: dict
 
-    def distances(self, images: np.ndarray, masks: np.ndarray) -> np.ndarray:
-        """Nearest training-slice distance ``(N,)`` of slices ``images`` ``(N, H, W)`` in [-1, 1] with ``masks``."""
+    def distances(self, images: np.ndarray, masks: np.ndarray, *, corner: tuple[int, int] | None = None) -> np.ndarray:
+        """Nearest training-slice distance ``(N,)`` of slices ``images`` ``(N, H, W)`` in [-1, 1] with ``masks``.
+
+        Slices larger or smaller than the embedding's size (a whole-field-of-view model's stack) are cropped or
+        padded to it around ``corner`` (default: :meth:`corner` of these slices), as preprocessing crops the
+        training slices. That crop was centred in the original grid, this one on the prepared grid, so the
+        window is tried at ``corner`` and its 8 neighbours (±1 pixel) and the smallest distance counts."""
+        if tuple(images.shape[1:]) == self.config.size:
+            return self._distances(images, masks)
+        row, column = corner if corner is not None else self.corner(masks)
+        return np.min([self._distances(crop(np.asarray(images), (row + dr, column + dc), self.config.size, fill=-1.0),
+                                       crop(np.asarray(masks), (row + dr, column + dc), self.config.size, fill=0))
+                       for dr in (-1, 0, 1) for dc in (-1, 0, 1)], axis=0)
+
+    def _distances(self, images: np.ndarray, masks: np.ndarray) -> np.ndarray:
         return nearest_distances(embed(self.network, images, masks, heart_margin=self.config.heart_margin),
                                  self.gallery)
+
+    def corner(self, masks: np.ndarray) -> tuple[int, int]:
+        """Where the embedding's window lies on a stack ``(K, H, W)`` of another size: centred on its heart."""
+        return heart_corner(masks, self.config.size)
 
     def false_match_rate_at(self, threshold: float) -> float:
         """The share of held-out calibration slices that ``threshold`` would (wrongly) call a training patient."""

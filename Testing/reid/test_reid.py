@@ -145,3 +145,20 @@ def test_a_slice_that_keeps_reidentifying_is_refused_and_a_volume_is_redrawn_who
     assert screening.rejected == 3  # two redrawn volumes and the last one
     with pytest.raises(InputError, match="threshold must be a distance > 0"):
         PrivacyFilter.of(reid, threshold=0.0)
+
+
+def test_a_whole_field_of_view_stack_is_judged_on_its_heart_centred_window(reid, split):
+    """A whole-field-of-view model's stack is larger than the embedding's window: the filter looks at the
+    window its preprocessing would crop around the heart, wherever the heart lies in the field."""
+    from CMRSynthLib.reid.embedding import crop, heart_corner
+
+    members = split["members"]
+    case = members.take((members.patients == members.patients[0]) & (members.phases == "ED"))
+    field = np.full((len(case), 60, 52), -1.0, np.float32)
+    labels = np.zeros(field.shape, np.uint8)
+    field[:, 21:53, 3:35], labels[:, 21:53, 3:35] = case.images, case.masks  # off-centre in a larger field
+    corner = heart_corner(labels, (32, 32))
+    assert abs(corner[0] - 21) <= 2 and abs(corner[1] - 3) <= 2  # the prepared crop was centred on this heart
+    assert np.array_equal(crop(field, (21, 3), (32, 32), fill=-1.0), case.images)
+    assert (reid.distances(field, labels) < reid.threshold).all()
+    assert crop(field, (-2, 50), (4, 4), fill=-1.0).shape == (len(case), 4, 4)  # padded where it leaves the field
