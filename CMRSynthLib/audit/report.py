@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from CMRSynthLib.audit.stats import MIN_PATIENTS_FOR_CI, Estimate
+from CMRSynthLib.audit.stats import MIN_PATIENTS_FOR_CI, NOT_MEASURABLE, Estimate
 from CMRSynthLib.data.conventions import STRUCTURES
 from CMRSynthLib.files import atomic_write_text
 
@@ -198,13 +198,15 @@ def _privacy(model: dict, out: Path) -> str:
         rows = [[html.escape(a["name"]) + (" <b>(headline)</b>" if a["name"] == mia["headline"] else ""),
                  "–" if a["timestep"] is None else f"{a['timestep']:g}", html.escape(a.get("direction", "learned")),
                  fmt(a["evaluation"]["auc"]),
-                 fmt(a["evaluation"]["tpr_at_0.01_fpr"]), fmt(a["evaluation"]["tpr_at_0.001_fpr"]),
+                 _tpr(a["evaluation"]["tpr_at_0.01_fpr"]), _tpr(a["evaluation"]["tpr_at_0.001_fpr"]),
                  f"{a['evaluation']['p_value']:.2g}", f"{a['evaluation']['accuracy_at_threshold']:.2f}"]
                 for a in mia["attacks"]]
         ev = mia["evaluation_patients"]
         parts += [f"<p>Membership inference: {html.escape(mia['protocol'])}. Noise level and threshold chosen on "
                   f"calibration patients; numbers below on separate evaluation patients ({len(ev['members'])} "
-                  f"members, {len(ev['non_members'])} non-members). AUC 0.5 = the attacker guesses.</p>",
+                  f"members, {len(ev['non_members'])} non-members). AUC 0.5 = the attacker guesses; "
+                  f"{html.escape(mia['headline_rule'])}"
+                  ".</p>",
                   _table(["attack", "t", "direction", "ROC AUC", "TPR @ 1% FPR", "TPR @ 0.1% FPR", "p (members score higher)",
                           "accuracy at calibrated threshold"], rows),
                   _figure(out, model["figures"].get("roc"), "ROC curves on the evaluation patients"),
@@ -399,14 +401,15 @@ def verdict_rows(model: dict) -> list[dict]:
 
 
 def _membership_row(mia: dict) -> dict:
-    """Leakage is claimed only when the headline attack's Mann–Whitney p-value, Bonferroni-corrected for
-    the number of attacks tried, is below 0.05; "readily identifiable" when its AUC is also ≥ 0.8."""
+    """Leakage is claimed only when the headline attack's Mann–Whitney p-value is below 0.05; "readily
+    identifiable" when its AUC is also ≥ 0.8. The headline was chosen on the calibration patients
+    (:func:`~.membership.choose_headline`), so its p-value needs no correction for the choice."""
     head = next(a for a in mia["attacks"] if a["name"] == mia["headline"])
     ev = head["evaluation"]
-    auc, tpr = ev["auc"], ev["tpr_at_0.01_fpr"]
-    p = min(1.0, ev["p_value"] * len(mia["attacks"]))
+    auc, tpr, p = ev["auc"], ev["tpr_at_0.01_fpr"], ev["p_value"]
     n_m, n_n = len(mia["evaluation_patients"]["members"]), len(mia["evaluation_patients"]["non_members"])
-    number = f"AUC {_ci(auc)}, TPR@1%FPR {tpr.value:.2f}, p = {p:.2g}"
+    tpr_text = NOT_MEASURABLE if _not_measurable(tpr) else f"{tpr.value:.2f}"
+    number = f"AUC {_ci(auc)}, TPR@1%FPR {tpr_text}, p = {p:.2g}"
     if p < 0.05:
         level = "poor" if auc.value >= 0.8 else "fair"
         meaning = (f"an attacker tells training patients from others ({head['name']}): "
@@ -419,9 +422,21 @@ def _membership_row(mia: dict) -> dict:
         few = min(n_m, n_n) < MIN_PATIENTS_FOR_CI
         level = "fair" if few else "good"
         meaning = (f"no membership signal distinguishable from chance ({n_m} + {n_n} evaluation patients; "
-                   f"strongest of {len(mia['attacks'])} attacks, Bonferroni-corrected)" +
+                   f"the best of {len(mia['attacks'])} attacks on calibration patients)" +
                    ("; too few patients to rule out a weak signal" if few else ""))
     return _row("privacy (membership)", number, meaning, level)
+
+
+def _not_measurable(est: Estimate) -> bool:
+    return bool(est.warning) and est.warning.startswith(NOT_MEASURABLE)
+
+
+def _tpr(est: Estimate) -> str:
+    """TPR at a low FPR, or "not measurable" when too few non-members can show that FPR (its tooltip gives the
+    TPR at zero false positives instead)."""
+    if _not_measurable(est):
+        return f'{NOT_MEASURABLE} <span class=warn title="{html.escape(est.warning)}">⚠</span>'
+    return fmt(est)
 
 
 def _source_row(auc: Estimate) -> dict:

@@ -8,6 +8,7 @@ Convention: a *higher* score means "more likely a member" (the positive class).
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Callable
 
@@ -162,6 +163,14 @@ def auc_estimate(scores, labels, *, method: str, n_boot: int = 1000, seed: int =
                     warning=small_sample_warning(n_small, "patients per class"))
 
 
+NOT_MEASURABLE = "not measurable"
+
+
+def tpr_measurable(fpr: float, non_members: int) -> bool:
+    """Whether an FPR of ``fpr`` can be observed at all: one false positive among ``non_members`` is 1/N."""
+    return fpr * non_members >= 1 - 1e-9
+
+
 def tpr_estimate(scores, labels, fpr: float, *, method: str, n_boot: int = 1000, seed: int = 0) -> Estimate:
     """TPR at ``fpr`` with a bootstrap CI (members and non-members resampled separately)."""
     scores, labels = _check_scores(scores, labels)
@@ -169,7 +178,8 @@ def tpr_estimate(scores, labels, fpr: float, *, method: str, n_boot: int = 1000,
                           n_boot=n_boot, seed=seed)
     n_neg = int((~labels).sum())
     note = small_sample_warning(int(min(labels.sum(), n_neg)), "patients per class")
-    if fpr * n_neg < 1:
-        zero_fp = f"with {n_neg} non-members this is the TPR at zero false positives"
-        note = f"{note}; {zero_fp}" if note else zero_fp
+    if not tpr_measurable(fpr, n_neg):
+        zero_fp = (f"{NOT_MEASURABLE} at {fpr:.1%} FPR with {n_neg} non-members (needs at least "
+                   f"{math.ceil(1 / fpr - 1e-9)}): this is the TPR at zero false positives")
+        note = f"{zero_fp}; {note}" if note else zero_fp
     return Estimate(tpr_at_fpr(scores, labels, fpr), low, high, len(scores), method, warning=note)

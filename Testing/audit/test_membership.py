@@ -8,8 +8,10 @@ import torch
 from CMRSynthLib.audit.membership import (AttackConfig, balance, fit_logistic, membership_inference,
                                           proximal_noise, split_halves)
 from CMRSynthLib.audit.slices import Slices
+from CMRSynthLib.errors import InputError
 from CMRSynthLib.generators.base import Conditions, Generator, Vocabulary
 
+SELECTION_SEED = 2  # a cohort on which the best calibration and the best evaluation attack differ
 VOCAB = Vocabulary(vendors=("Siemens", "Philips"))
 
 
@@ -110,3 +112,33 @@ def test_config_round_trip():
     assert AttackConfig.from_dict(config.to_dict()) == config
     with pytest.raises(ValueError):
         AttackConfig(timesteps=(0.0,))
+
+
+class Arbitrary(Memoriser):
+    """A loss that is a fixed random function of the image: no membership signal at all."""
+
+    def loss_at(self, images, cond, t, noise):
+        weights = torch.from_numpy(np.random.default_rng(7).normal(size=images[0].numel())).float()
+        return torch.exp((images.flatten(1) @ weights) / images[0].numel() ** 0.5 + t) + 0 * noise.flatten(1).sum(1)
+
+
+def test_the_headline_attack_is_chosen_on_calibration_patients():
+    """Issue 12 item 9: picking the best EVALUATION AUC of three attacks biases the reported AUC (before: the
+    headline here was the attack with the best evaluation AUC, not the one an adversary would pick)."""
+    data = cohort(24, seed=SELECTION_SEED)
+    members = data.of_patients([f"p{i:02d}" for i in range(12)])
+    nonmembers = data.of_patients([f"p{i:02d}" for i in range(12, 24)])
+    result = membership_inference(Arbitrary(torch.zeros(1, 1)), VOCAB, members, nonmembers,
+                                  AttackConfig(timesteps=(0.1, 0.5), draws=1, n_boot=20))
+    by_calibration = max(result["attacks"], key=lambda a: a["calibration_auc"])["name"]
+    by_evaluation = max(result["attacks"], key=lambda a: a["evaluation"]["auc"].value)["name"]
+    assert by_calibration != by_evaluation  # the data set is one where the two rules disagree
+    assert result["headline"] == by_calibration and "calibration" in result["headline_rule"]
+
+
+def test_each_half_needs_two_members_and_two_non_members():
+    """Issue 12 item 10: the text said 2 per half, the check allowed 1 (before: 2 against 2 patients ran)."""
+    data = cohort(4)
+    with pytest.raises(InputError, match="at least 2 members and 2 non-members in each half"):
+        membership_inference(Indifferent(torch.zeros(1, 1)), VOCAB, data.of_patients(["p00", "p01"]),
+                             data.of_patients(["p02", "p03"]), AttackConfig(timesteps=(0.1,), draws=1, n_boot=10))

@@ -1,6 +1,7 @@
 """The verdict says in words what the numbers mean, and says less when the numbers are few."""
 
 import json
+from pathlib import Path
 
 from CMRSynthLib.audit.report import jsonable, render_html, verdict_rows
 from CMRSynthLib.audit.stats import Estimate
@@ -26,6 +27,7 @@ def section(*, auc=0.95, p=0.001, evaluation=10, copies=0, source=E(0.5, 0.3, 0.
                         "synthetic": 1}, "test_patients": 20, "baseline": "real"},
             "cross_vendor": {"skipped": "one vendor"},
             "membership": {"attacks": [attack], "headline": "loss threshold", "protocol": "balanced",
+                           "headline_rule": "chosen on calibration patients",
                            "evaluation_patients": {"members": ["x"] * evaluation, "non_members": ["y"] * evaluation}},
             "memorisation": {"pixel": {"near_copies": copies, "near_copies_of_members": copies,
                                        "near_copies_of_non_members": 0, "n_synthetic": 30, "threshold": 0.1,
@@ -95,3 +97,20 @@ def test_a_difference_within_training_noise_is_not_called():
     assert _difference_row("utility", worse, E(0.01, -0.01, 0.03, n=20))["level"] == "poor"
     row = _difference_row("utility", worse, E(-0.04, -0.06, -0.02, n=20))
     assert row["level"] == "fair" and "training randomness" in row["meaning"]
+
+
+def test_a_tpr_that_the_non_members_cannot_measure_is_called_so():
+    """Issue 12 item 10: with 10 non-members an FPR of 1% cannot be observed (before: the TPR at zero false
+    positives was printed as the TPR at 1% FPR)."""
+    from CMRSynthLib.audit.stats import tpr_estimate
+
+    labels = [True] * 10 + [False] * 10
+    model = section()
+    attack = model["membership"]["attacks"][0]["evaluation"]
+    attack["tpr_at_0.01_fpr"] = tpr_estimate(list(range(20)), labels, 0.01, method="test", n_boot=20)
+    row = next(r for r in verdict_rows(model) if r["axis"] == "privacy (membership)")
+    assert "TPR@1%FPR not measurable" in row["number"]
+    report = {"data": {"path": "d", "layout": "cmrsynth", "patients": 2, "simulated": True}, "created": "now",
+              "cmrsynth": "0", "quick": True, "warnings": [], "models": [model], "figures": {}}
+    model["verdict"] = verdict_rows(model)
+    assert "not measurable <span class=warn" in render_html(report, Path("."))

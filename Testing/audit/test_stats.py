@@ -81,5 +81,8 @@ def test_auc_and_tpr_estimates():
     auc = auc_estimate(scores, labels, method="test", n_boot=300)
     assert auc.low <= auc.value <= auc.high and 0.7 < auc.value < 1.0 and auc.n == 60
     tpr = tpr_estimate(scores, labels, 0.001, method="test", n_boot=100)
+    assert tpr.warning.startswith("not measurable at 0.1% FPR with 30 non-members (needs at least 1000)")
     assert "zero false positives" in tpr.warning
+    assert tpr_estimate(np.r_[scores, np.zeros(70)], np.r_[labels, np.zeros(70, bool)], 0.01, method="test",
+                        n_boot=20).warning is None  # 100 non-members: 1% FPR is one of them
     assert tpr.to_dict()["value"] == tpr.value
