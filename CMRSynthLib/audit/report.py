@@ -18,6 +18,7 @@ import numpy as np
 from CMRSynthLib.audit.stats import MIN_PATIENTS_FOR_CI, NOT_MEASURABLE, Estimate
 from CMRSynthLib.data.conventions import STRUCTURES
 from CMRSynthLib.files import atomic_write_text
+from CMRSynthLib.training.ledger import patient_level
 
 
 def jsonable(value):
@@ -102,8 +103,10 @@ def _comparison(report: dict, out: Path) -> str:
     rows = []
     for model in report["models"]:
         ledger = model.get("privacy_ledger") or {}
-        guarantee = (f"ε = {_ledger_value('epsilon', ledger['epsilon'])}, δ = {_ledger_value('delta', ledger['delta'])} "
-                     f"per {html.escape(str(ledger.get('unit', '?')))}" if ledger.get("epsilon") is not None else "none")
+        epsilon, delta = patient_level(ledger)  # a slice-level run: its group-privacy guarantee per patient
+        guarantee = "none" if epsilon is None else (
+            f"ε = {_ledger_value('epsilon', epsilon)}, δ = {_ledger_value('delta', delta)} per patient"
+            + (" (group privacy of slice-level DP)" if ledger.get("unit") == "slice" else ""))
         membership = model["membership"]
         attack = next((a for a in membership.get("attacks", []) if a["name"] == membership.get("headline")), None)
         arms = model["utility"]["arms"]

@@ -41,6 +41,7 @@ from CMRSynthLib.audit.stats import MIN_PATIENTS_FOR_CI
 from CMRSynthLib.audit.utility import cross_vendor_study, split_vendors, utility_study
 from CMRSynthLib.errors import InputError
 from CMRSynthLib.files import atomic_dir
+from CMRSynthLib.training.ledger import patient_level
 from CMRSynthLib.training.membership import SPLITS, SUFFIX, patient_splits
 
 
@@ -421,9 +422,14 @@ def _privacy_utility(sections: list[dict], figures_dir: Path) -> str:
             continue
         head = next(a for a in s["membership"]["attacks"] if a["name"] == s["membership"]["headline"])
         auc, dice = head["evaluation"]["auc"], s["utility"]["arms"]["synthetic"]["mean"]["dice"]
-        ledger = s.get("privacy_ledger") or {}
-        points.append({"name": s["name"], "mia_auc": auc.value, "mia_low": auc.low or auc.value,
-                       "mia_high": auc.high or auc.value, "dice": dice.value, "dice_low": dice.low or dice.value,
-                       "dice_high": dice.high or dice.value, "epsilon": ledger.get("epsilon")})
+        points.append({"name": s["name"], "mia_auc": auc.value, "mia_low": _bound(auc.low, auc.value),
+                       "mia_high": _bound(auc.high, auc.value), "dice": dice.value,
+                       "dice_low": _bound(dice.low, dice.value), "dice_high": _bound(dice.high, dice.value),
+                       "epsilon": patient_level(s.get("privacy_ledger"))[0]})
     path = figures.privacy_utility(points, figures_dir / "privacy-utility.png")
     return f"figures/{path.name}"
+
+
+def _bound(bound: float | None, value: float) -> float:
+    """An interval bound, or the value itself when there is no interval (a real 0.0 bound stays 0.0)."""
+    return value if bound is None else bound

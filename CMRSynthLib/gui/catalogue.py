@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from CMRSynthLib.errors import InputError
+from CMRSynthLib.training.ledger import patient_level
 
 CARD = "card.json"
 USER_MODELS_ENV = "CMRSYNTH_MODEL_FOLDER"
@@ -121,10 +122,11 @@ def read_model(path: str | os.PathLike, *, starter: bool = False) -> ModelInfo:
     if not isinstance(card, dict) or "family" not in card:
         raise InputError("has no generator family; is this a CMRSynth checkpoint card?", path=card_path)
     privacy = card.get("privacy") or {}
+    epsilon, delta = patient_level(privacy)  # a slice-level model shows its patient-level (group) guarantee
     members = card.get("members")
     vocabulary = card.get("vocabulary") or {}
     return ModelInfo(name=path.name, path=path, family=str(card["family"]), starter=starter,
-                     epsilon=privacy.get("epsilon"), delta=privacy.get("delta"),
+                     epsilon=epsilon, delta=delta,
                      vendors=tuple(vocabulary.get("vendors", ())), groups=tuple(vocabulary.get("groups", ())),
                      phases=tuple(vocabulary.get("phases", ())),
                      # a DP card lists no patient (they live beside the folder); its ledger counts them

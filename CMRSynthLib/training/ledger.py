@@ -82,6 +82,17 @@ def make_ledger(history, *, accountant: str, delta: float, unit: str, max_slices
                   group_epsilon=group[0], group_delta=group[1], **details)
 
 
+def patient_level(ledger: dict | None) -> tuple[float | None, float | None]:
+    """The (ε, δ) per PATIENT of a card's ledger dict: its own for unit "patient", its group-privacy ones for a
+    slice-level run (whose own ε is per slice and would understate a patient's); (None, None) without DP. What
+    to show wherever a model's privacy is one number."""
+    if not ledger:
+        return None, None
+    if ledger.get("unit") == "slice":
+        return ledger.get("group_epsilon"), ledger.get("group_delta")
+    return ledger.get("epsilon"), ledger.get("delta")
+
+
 def recompute_epsilon(ledger: Ledger) -> float:
     """ε of the ledger's accountant history, recomputed with Opacus."""
     return epsilon_of(ledger.history, delta=ledger.delta, accountant=ledger.accountant)

@@ -114,3 +114,27 @@ def test_a_tpr_that_the_non_members_cannot_measure_is_called_so():
               "cmrsynth": "0", "quick": True, "warnings": [], "models": [model], "figures": {}}
     model["verdict"] = verdict_rows(model)
     assert "not measurable <span class=warn" in render_html(report, Path("."))
+
+
+def test_the_privacy_utility_figure_keeps_a_zero_bound_and_shows_patient_level_epsilon(monkeypatch):
+    """Issue 12 items 11 and 13: a slice-level model is plotted and compared with its patient-level (group) ε, not
+    its per-slice ε; a real 0.0 lower bound stays 0.0 (before: ``low or value`` replaced it by the value)."""
+    from CMRSynthLib.audit import run as audit_run
+
+    slice_level = {"epsilon": 0.5, "delta": 1e-5, "unit": "slice", "group_epsilon": 12.0, "group_delta": 0.3,
+                   "mechanism": "DP-SGD (Opacus)"}
+    leaky, dp = section(), section(dp=slice_level)
+    leaky["name"] = "leaky"
+    leaky["membership"]["attacks"][0]["evaluation"]["auc"] = E(0.3, 0.0, 0.6)
+    drawn = []
+    monkeypatch.setattr(audit_run.figures, "privacy_utility", lambda points, path: drawn.extend(points) or path)
+    audit_run._privacy_utility([leaky, dp], Path("figures"))
+    assert drawn[0]["mia_low"] == 0.0 and drawn[0]["epsilon"] is None
+    assert drawn[1]["epsilon"] == 12.0
+    for model in (leaky, dp):
+        model["verdict"] = verdict_rows(model)
+    report = {"data": {"path": "d", "layout": "cmrsynth", "patients": 2, "simulated": True}, "created": "now",
+              "cmrsynth": "0", "quick": True, "warnings": [], "models": [leaky, dp], "figures": {}}
+    page = render_html(report, Path("."))
+    assert "ε = 12, δ = 0.3 per patient (group privacy of slice-level DP)" in page
+    assert "ε = 0.5, δ = 1e-05 per slice" not in page

@@ -97,3 +97,14 @@ def test_unreadable_cards_are_named(tmp_path):
     (tmp_path / "card.json").write_text("{}")
     with pytest.raises(InputError, match="no generator family"):
         catalogue.read_model(tmp_path)
+
+
+def test_a_slice_level_model_shows_its_patient_level_epsilon(tmp_path):
+    """Issue 12 item 11: the model list (and the scene's CMRSynth.epsilon attribute, which comes from it) shows the
+    group-privacy ε per patient of a slice-level model (before: its per-slice ε, 0.5)."""
+    folder = checkpoint(tmp_path / "slice-dp", epsilon=0.5)
+    card = json.loads((folder / "card.json").read_text())
+    card["privacy"].update(unit="slice", group_epsilon=12.0, group_delta=0.3)
+    (folder / "card.json").write_text(json.dumps(card))
+    info = catalogue.read_model(folder)
+    assert (info.epsilon, info.delta) == (12.0, 0.3) and "DP ε = 12, δ = 3.0e-01" in info.describe()
