@@ -50,10 +50,23 @@ def feature_distances(space: FeatureSpace, real: Slices, synthetic: Slices, *, n
     out = {}
     for kind, fn in (("FD", frechet_distance), ("KD", kernel_distance)):
         low, high = bootstrap(resampled(fn), n_r + n_s, strata=strata, n_boot=n_boot, seed=seed)
-        out[f"{kind}-{space.name}"] = Estimate(fn(fr, fs), low, high, n_r + n_s,
-                                              f"{kind} in {space.description} (standardised on the real set); {n}",
-                                              warning=small_sample_warning(min(n_r, n_s)))
+        notes = [small_sample_warning(min(n_r, n_s))]
+        if kind == "FD":
+            notes.append(singular_covariance_warning(min(len(fr), len(fs)), fr.shape[1]))
+        out[f"{kind}-{space.name}"] = Estimate(
+            fn(fr, fs), low, high, n_r + n_s,
+            f"{kind} in {space.description}, on features standardised by the real set (not a published FID/KID: "
+            f"not comparable with them); {n}", warning="; ".join(w for w in notes if w) or None)
     return out
+
+
+def singular_covariance_warning(samples: int, features: int) -> str | None:
+    """A Fréchet distance fits a covariance of ``features`` dimensions: with no more samples than that it is
+    singular (rank < features), and the distance is biased and unstable."""
+    if samples > features:
+        return None
+    return (f"{samples} images per set but {features} features: the fitted covariances are singular, so this "
+            "Fréchet distance is biased and unstable; compare it only with distances of the same set sizes")
 
 
 def _ms_ssim_scales(shape: tuple[int, int], kernel: int = 11) -> int:

@@ -217,4 +217,5 @@ def inception_space(path):
         return np.concatenate(out)
 
     return FeatureSpace("Inception", f"ImageNet Inception-v3 pool features (2048, {variant} weights from "
-                                     f"{Path(path).name})", encode)
+                                     f"{Path(path).name}; FD-Inception is a Fréchet distance on these features "
+                                     "after standardising them, not the FID)", encode)

@@ -135,6 +135,8 @@ def _fidelity(model: dict, out: Path) -> str:
              ". The yardstick is the same distance between two groups of <b>real</b> patients (training vs held-out): a synthetic set as close as that is as close as real "
              "data gets. Lower is better; 95% bootstrap intervals over patients (none for Inception).</p>",
              _table(["measure", "synthetic vs real held-out", "yardstick: real vs real"], rows),
+             *[f"<p class=warn>{html.escape(name)}: {html.escape(estimate.warning)}.</p>"
+               for name, estimate in fid["distances"].items() if "singular" in (estimate.warning or "")],
              f"<p>Diversity (MS-SSIM between random pairs of different patients; lower = more diverse): "
              f"real {fmt(fid['diversity']['real'], 3)}, synthetic {fmt(fid['diversity']['synthetic'], 3)}.</p>"]
     tissue_rows = [[html.escape(r["vendor"]), html.escape(r["tissue"]), f"{r['real_mean']:.2f} ± {r['real_std']:.2f}",

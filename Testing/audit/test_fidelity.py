@@ -78,3 +78,13 @@ def test_kernel_distance_is_the_unbiased_mmd_at_unequal_sizes():
     assert kernel_distance(a, b) == pytest.approx(brute, rel=1e-12)
     one = rng.normal(size=(900, 16))
     assert abs(kernel_distance(one[:200], one[200:])) < 0.05
+
+
+def test_a_frechet_distance_on_fewer_images_than_features_says_its_covariance_is_singular():
+    """Issue 12 item 12: 24 slices against 18 features is fine, 6 is not (before: no word of it), and the method
+    says these are not published FID/KID numbers."""
+    few = feature_distances(SPACE, make_slices(2, seed=1), make_slices(2, seed=2), n_boot=0)
+    assert "covariances are singular" in few["FD-toy"].warning and "singular" not in (few["KD-toy"].warning or "")
+    many = feature_distances(SPACE, make_slices(12, seed=1), make_slices(12, seed=2), n_boot=0)
+    assert "singular" not in (many["FD-toy"].warning or "")
+    assert "not a published FID/KID" in many["FD-toy"].method

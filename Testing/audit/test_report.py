@@ -138,3 +138,15 @@ def test_the_privacy_utility_figure_keeps_a_zero_bound_and_shows_patient_level_e
     page = render_html(report, Path("."))
     assert "ε = 12, δ = 0.3 per patient (group privacy of slice-level DP)" in page
     assert "ε = 0.5, δ = 1e-05 per slice" not in page
+
+
+def test_a_singular_frechet_distance_is_said_in_the_report():
+    """Issue 12 item 12: a Fréchet distance on fewer images than features says so on the page, not only in a tooltip."""
+    model = section()
+    model["fidelity"]["distances"]["FD-seg"] = Estimate(2.0, None, None, 6, "test", warning=(
+        "6 images per set but 18 features: the fitted covariances are singular"))
+    model["verdict"] = verdict_rows(model)
+    report = {"data": {"path": "d", "layout": "cmrsynth", "patients": 2, "simulated": True}, "created": "now",
+              "cmrsynth": "0", "quick": True, "warnings": [], "models": [model], "figures": {}}
+    assert "<p class=warn>FD-seg: 6 images per set but 18 features: the fitted covariances are singular.</p>" in \
+        render_html(report, Path("."))
