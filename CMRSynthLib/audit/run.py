@@ -9,7 +9,8 @@ What is compared with what (all on the checkpoint's prepared grid, slices that s
 - the synthetic set is generated from the members' masks, vendors and attributes (the set a hospital would
   share), plus one image per non-member slice for memorisation and adherence; or read from ``synthetic``;
 - fidelity: synthetic (member masks) vs real non-members, with real members vs real non-members as the
-  yardstick; adherence on all synthetic images, ceiling on real non-members;
+  yardstick; adherence on all synthetic images and on those from held-out masks, reference on real non-members
+  (the judge and the FD-seg encoder are trained on the members: the report says what they saw);
 - utility: segmenters on real members / synthetic / both, tested on real non-members;
 - privacy: attacks on members vs non-members; nearest neighbours among all of their real slices; the privacy
   filter's re-identification rate before and after on the members' synthetic images (:mod:`.reidentification`).
@@ -27,7 +28,7 @@ import numpy as np
 
 from CMRSynthLib import __version__
 from CMRSynthLib.audit import figures
-from CMRSynthLib.audit.adherence import mask_adherence, segmenter_ceiling
+from CMRSynthLib.audit.adherence import mask_adherence, segmenter_ceiling, what_the_judge_saw
 from CMRSynthLib.audit.features import segmenter_space
 from CMRSynthLib.audit.fidelity import feature_distances, ms_ssim_diversity, tissue_statistics
 from CMRSynthLib.audit.inception import inception_space
@@ -229,7 +230,10 @@ def audit_model(name: str, generator, card: dict, real_m: Slices, real_n: Slices
                               "synthetic": ms_ssim_diversity(synth_m, seed=plan.seed)},
                 "tissues": tissue_statistics(real_n, synth_m, seed=plan.seed)}
     adherence = {"synthetic": mask_adherence(judge, synth_all, n_boot=plan.n_boot),
-                 "ceiling": segmenter_ceiling(judge, real_n, n_boot=plan.n_boot)}
+                 "ceiling": segmenter_ceiling(judge, real_n, n_boot=plan.n_boot),
+                 "judge": what_the_judge_saw(len(real_m.patient_ids()))}
+    if synthetic is None:  # masks the judge never saw: like for like with its real held-out reference
+        adherence["held_out_masks"] = mask_adherence(judge, synth_n, n_boot=plan.n_boot)
     utility = utility_study(real_m, synth_m, real_n, plan.segmenter, **kw)
     cross = _cross_vendor(generator, vocabulary, real_m, real_n, synthetic, plan, kw)
     try:

@@ -1,7 +1,7 @@
 """The segmenter the audit trains: a MONAI 2D UNet, cached per training-data fingerprint.
 
-One network serves three purposes: the mask-adherence judge and its ceiling (trained on the real training
-patients), the utility study (trained on real / synthetic / both) and, through its encoder, the in-domain
+One network serves three purposes: the mask-adherence judge and its real held-out reference (trained on the real
+training patients), the utility study (trained on real / synthetic / both) and, through its encoder, the in-domain
 feature space of "FD-seg" (:mod:`.features`). Batch normalisation (not instance normalisation) keeps each
 image's intensity level and contrast in the encoder's features, so the features see vendor style.
 

@@ -177,8 +177,8 @@ def test_capped_audit_matches_members_to_the_non_members_strata():
 
 def test_capped_slices_span_the_heart_from_base_to_apex(tmp_path):
     cohort = open_cohort(write_phantom_cohort(tmp_path / "cohort", 1, seed=3, shape=(10, 48, 48)))
-    every = load_slices(cohort, ["phantom000"], PREPROCESSING, what="member")
-    capped = load_slices(cohort, ["phantom000"], PREPROCESSING, what="member", slices_per_case=3)
+    every = load_slices(cohort, ["phantom000-seed3"], PREPROCESSING, what="member")
+    capped = load_slices(cohort, ["phantom000-seed3"], PREPROCESSING, what="member", slices_per_case=3)
     assert len(capped) == 6 and len(every) > 6
     for phase in ("ED", "ES"):
         all_of_phase, kept = every.take(every.phases == phase), capped.take(capped.phases == phase)
