@@ -2,7 +2,7 @@
 
 The HTML opens offline: CSS inline, figures embedded as base64 PNG. Order: what was audited, the DP
 ledger(s), warnings, the privacy–utility comparison when several models were audited, then per model
-fidelity → mask adherence → utility → privacy, and at the end the one-screen verdict table.
+fidelity → discriminability → mask adherence → utility → privacy, and at the end the one-screen verdict table.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from CMRSynthLib.audit import discriminability
 from CMRSynthLib.audit.stats import MIN_PATIENTS_FOR_CI, NOT_MEASURABLE, Estimate
 from CMRSynthLib.data.conventions import STRUCTURES
 from CMRSynthLib.files import atomic_write_text
@@ -114,9 +115,11 @@ def _comparison(report: dict, out: Path) -> str:
                      fmt(attack["evaluation"]["auc"]) if attack else "not run",
                      fmt(arms.get("synthetic", {}).get("mean", {}).get("dice")),
                      fmt(arms.get("real", {}).get("mean", {}).get("dice")),
-                     fmt(model["adherence"]["synthetic"].get("mean", {}).get("dice"))])
+                     fmt(model["adherence"]["synthetic"].get("mean", {}).get("dice")),
+                     fmt((model.get("discriminability") or {}).get("auc"))])
     table = _table(["model", "DP guarantee", "membership attack AUC (0.5 = no leak)",
-                    "utility: Dice, trained on synthetic", "Dice, trained on real", "mask adherence Dice"], rows)
+                    "utility: Dice, trained on synthetic", "Dice, trained on real", "mask adherence Dice",
+                    "real-vs-synthetic classifier AUC (0.5 = indistinguishable)"], rows)
     figure = _figure(out, report["figures"].get("privacy_utility"),
                      "Each model's headline membership-attack AUC against the Dice of a segmenter trained on its "
                      "synthetic images (tested on real held-out patients)")
@@ -149,6 +152,23 @@ def _fidelity(model: dict, out: Path) -> str:
                   "</details>", _figure(out, model["figures"].get("intensity"), "Intensity per tissue and vendor")]
     parts.append(_figure(out, model["figures"].get("samples"), "Synthetic samples per vendor style with their masks"))
     return "".join(parts)
+
+
+def _discriminability(model: dict) -> str:
+    disc = model.get("discriminability")
+    if disc is None:  # a report written before this axis existed
+        return ""
+    if "skipped" in disc:
+        return f"<h3>Discriminability</h3><p>Not measured: {html.escape(disc['skipped'])}.</p>"
+    rows = [[f"{'AB'[h]}: {len(half['patients'])}", f"{half['slices']['real']} + {half['slices']['synthetic']}",
+             f"{half['auc']:.2f}", f"{half['accuracy']:.2f}"] for h, half in enumerate(disc["halves"])]
+    return ("<h3>Discriminability</h3>"
+            f"<p>Can a classifier tell synthetic slices from real ones? {html.escape(disc['protocol'])}. ROC AUC 0.5 = "
+            f"indistinguishable, 1 = always told apart: <b>AUC {fmt(disc['auc'])}</b>, accuracy "
+            f"{fmt(disc['accuracy'])} ({html.escape(disc['auc'].method)}). Verdict rule: "
+            f"{html.escape(disc['rule'])}.</p>" +
+            _table(["evaluated half: patients", "slices real + synthetic", "AUC of the classifier trained on the "
+                    "other half", "accuracy"], rows))
 
 
 def _seg_rows(summary: dict) -> list[list[str]]:
@@ -325,7 +345,8 @@ def render_html(report: dict, out: Path) -> str:
     body = [head, intro, ledgers, warnings, _comparison(report, out) if len(models) > 1 else "",
             "<p><a href='#verdict'>Jump to the verdict table</a></p>"]
     for model in models:
-        body += [f"<h2>{html.escape(model['name'])}</h2>", _fidelity(model, out), _adherence(model), _utility(model),
+        body += [f"<h2>{html.escape(model['name'])}</h2>", _fidelity(model, out), _discriminability(model),
+                 _adherence(model), _utility(model),
                  _privacy(model, out)]
     body.append(_verdict(models))
     return (f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>CMRSynth audit</title>"
@@ -363,6 +384,8 @@ def verdict_rows(model: dict) -> list[dict]:
                      f"synthetic images are {ratio:.1f}× as far from real held-out images as real training "
                      f"images are ({'close to' if level == 'good' else 'recognisably different from' if level == 'fair' else 'far from'} real data)",
                      level))
+    if "discriminability" in model:
+        rows.append(_discriminability_row(model["discriminability"]))
     adh = model["adherence"]  # like for like: images from masks the judge never saw, when the audit made them
     unseen = "held_out_masks" in adh
     synth, reference = adh["held_out_masks" if unseen else "synthetic"]["mean"]["dice"], adh["ceiling"]["mean"]["dice"]
@@ -409,6 +432,16 @@ def verdict_rows(model: dict) -> list[dict]:
                      f"training patients, {mem['near_copies_of_non_members']} of held-out patients)",
                      "good" if copies == 0 else "poor"))
     return rows
+
+
+def _discriminability_row(disc: dict) -> dict:
+    if "skipped" in disc:
+        return _row("discriminability", "not measured", disc["skipped"], "info")
+    auc, accuracy = disc["auc"], disc["accuracy"]
+    level, meaning = discriminability.verdict(auc)
+    return _row("discriminability", f"AUC {_ci(auc)}, accuracy {accuracy.value:.2f}",
+                f"{meaning} (real-vs-synthetic classifier tested on {auc.n} patients it never saw; 0.5 = chance)",
+                level)
 
 
 def _membership_row(mia: dict) -> dict:

@@ -11,6 +11,7 @@ What is compared with what (all on the checkpoint's prepared grid, slices that s
 - fidelity: synthetic (member masks) vs real non-members, with real members vs real non-members as the
   yardstick; adherence on all synthetic images and on those from held-out masks, reference on real non-members
   (the judge and the FD-seg encoder are trained on the members: the report says what they saw);
+- discriminability: every real slice (members and non-members) against every synthetic one, split by patient;
 - utility: segmenters on real members / synthetic / both, tested on real non-members;
 - privacy: attacks on members vs non-members; nearest neighbours among all of their real slices; the privacy
   filter's re-identification rate before and after on the members' synthetic images (:mod:`.reidentification`).
@@ -29,6 +30,7 @@ import numpy as np
 from CMRSynthLib import __version__
 from CMRSynthLib.audit import figures
 from CMRSynthLib.audit.adherence import mask_adherence, segmenter_ceiling, what_the_judge_saw
+from CMRSynthLib.audit.discriminability import DiscriminatorConfig, classifier_two_sample_test
 from CMRSynthLib.audit.features import segmenter_space
 from CMRSynthLib.audit.fidelity import feature_distances, ms_ssim_diversity, tissue_statistics
 from CMRSynthLib.audit.inception import inception_space
@@ -54,6 +56,7 @@ class AuditPlan:
     slices_per_case: int | None = None  # heart slices kept per image, evenly spaced base to apex; None = all
     segmenter: SegmenterConfig = SegmenterConfig()
     attack: AttackConfig = AttackConfig()
+    discriminator: DiscriminatorConfig = DiscriminatorConfig()
     n_boot: int = 1000
     batch_size: int = 32
     seed: int = 0
@@ -61,7 +64,7 @@ class AuditPlan:
     @classmethod
     def quick(cls) -> "AuditPlan":
         return cls(max_patients=6, slices_per_case=3, segmenter=SegmenterConfig.quick(), attack=AttackConfig.quick(),
-                   n_boot=300)
+                   discriminator=DiscriminatorConfig.quick(), n_boot=300)
 
 
 # -- who is who ---------------------------------------------------------------------------------------
@@ -229,6 +232,13 @@ def audit_model(name: str, generator, card: dict, real_m: Slices, real_n: Slices
                 "diversity": {"real": ms_ssim_diversity(real_m, seed=plan.seed),
                               "synthetic": ms_ssim_diversity(synth_m, seed=plan.seed)},
                 "tissues": tissue_statistics(real_n, synth_m, seed=plan.seed)}
+    try:  # every real slice against every synthetic one, split by patient inside
+        discriminability = classifier_two_sample_test(Slices.cat([real_m, real_n]), synth_all, plan.discriminator,
+                                                      n_boot=plan.n_boot, seed=plan.seed, device=device,
+                                                      progress=progress)
+    except InputError as exc:
+        discriminability = {"skipped": str(exc)}
+        warnings.append(f"{name}: discriminability not measured: {exc}")
     adherence = {"synthetic": mask_adherence(judge, synth_all, n_boot=plan.n_boot),
                  "ceiling": segmenter_ceiling(judge, real_n, n_boot=plan.n_boot),
                  "judge": what_the_judge_saw(len(real_m.patient_ids()))}
@@ -253,7 +263,8 @@ def audit_model(name: str, generator, card: dict, real_m: Slices, real_n: Slices
                "patients": {"members": list(real_m.patient_ids()), "non_members": list(real_n.patient_ids())},
                "synthetic": {"slices": len(synth_all), "source": source},
                "segmenter": {"config": plan.segmenter.to_dict(), "fingerprint": judge.key},
-               "fidelity": fidelity, "adherence": adherence, "utility": utility, "cross_vendor": cross,
+               "fidelity": fidelity, "discriminability": discriminability, "adherence": adherence,
+               "utility": utility, "cross_vendor": cross,
                "membership": membership, "memorisation": memorisation, "reidentification": reidentified,
                "figures": figs}
     section["verdict"] = verdict_rows(section)
@@ -405,7 +416,8 @@ def run_audit(models: Sequence[str], data, out, *, synthetic=None, members=None,
                   "quick": quick, "redacted": redact, "sensitive": not redact, "warnings": warnings,
                   "settings": {"max_patients": plan.max_patients, "slices_per_case": plan.slices_per_case,
                                "n_boot": plan.n_boot, "seed": plan.seed,
-                               "segmenter": plan.segmenter.to_dict(), "attack": plan.attack.to_dict()},
+                               "segmenter": plan.segmenter.to_dict(), "attack": plan.attack.to_dict(),
+                               "discriminator": plan.discriminator.to_dict()},
                   "models": sections, "figures": {}}
         if len(sections) > 1:
             report["figures"]["privacy_utility"] = _privacy_utility(sections, tmp / "figures")

@@ -101,7 +101,13 @@ def test_audit_writes_a_truthful_report(workspace):
     assert auc["n"] == 8 and auc["method"] and auc["low"] <= auc["value"] <= auc["high"]
     assert stored["models"][0]["adherence"]["ceiling"]["LV"]["dice"]["n"] == 8
     assert "4 patients per class" in auc["warning"]  # the evaluation half is small, and the report says so
+    disc = stored["models"][0]["discriminability"]  # real vs synthetic: every patient evaluated once
+    assert disc["auc"]["n"] == 16 and disc["auc"]["low"] <= disc["auc"]["value"] <= disc["auc"]["high"]
+    assert sorted(disc["halves"][0]["patients"] + disc["halves"][1]["patients"]) == sorted(MEMBERS + HOLDOUT)
+    assert verdict["discriminability"]["number"].startswith(f"AUC {disc['auc']['value']:.2f} [")
     html = (out / "report.html").read_text(encoding="utf-8")
+    assert html.index("Fidelity") < html.index("<h3>Discriminability") < html.index("Mask adherence")
+    assert "real-vs-synthetic classifier tested on 16 patients" in html[html.index("id=verdict"):]
     assert html.count("data:image/png;base64,") >= 4 and "SENSITIVE" in html and "real images redacted" in html
     assert html.index("no differential privacy") < html.index("Fidelity") < html.index("id=verdict")
     assert sorted(p.name for p in (out / "figures").iterdir()) == sorted(
@@ -119,6 +125,19 @@ def test_capped_audit_still_attacks_every_patient(workspace):
                 for side in ("members", "non_members")}
     assert sorted(attacked["members"]) == MEMBERS and sorted(attacked["non_members"]) == HOLDOUT
     assert model["membership"]["attacks"][0]["evaluation"]["auc"].value >= 0.9  # the memoriser is still caught
+
+
+def test_too_few_patients_for_discriminability_is_a_warning_not_a_crash(workspace, tmp_path):
+    cohort = write_phantom_cohort(tmp_path / "cohort", 2, seed=0, shape=(4, 48, 48))  # a few slices per image
+    card = {"members": ["phantom000"], "holdout": ["phantom001"], "vocabulary": workspace["vocabulary"].to_dict(),
+            "preprocessing": PREPROCESSING.to_dict(), "privacy": None}
+    save_checkpoint(tmp_path / "model", workspace["model"], card)
+    report = run_audit([str(tmp_path / "model")], cohort, tmp_path / "report", plan=TINY, cache=workspace["cache"])
+    model = report["models"][0]
+    assert "at least 4 patients" in model["discriminability"]["skipped"]
+    assert any("discriminability not measured" in w for w in report["warnings"])
+    row = next(r for r in model["verdict"] if r["axis"] == "discriminability")
+    assert row["number"] == "not measured" and row["level"] == "info"
 
 
 def test_generator_returning_held_out_images_is_flagged(workspace):

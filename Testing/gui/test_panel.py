@@ -292,7 +292,9 @@ def test_audit_tab_shows_the_verdict_table_coloured_by_level(panel, tmp_path, mo
     status.finish(0)
     tab._finished(status, None)  # what the runner calls when the audit job ends: table, then the report
     rows = [row for model in report["models"] for row in model["verdict"]]
-    assert tab.table.rowCount() == len(rows) == 18 and opened == [folder / "report.html"]
+    assert tab.table.rowCount() == len(rows) == 20 and opened == [folder / "report.html"]
+    shown = [(tab.table.item(r, 0).text(), tab.table.item(r, 1).text()) for r in range(tab.table.rowCount())]
+    assert ("ddpm", "discriminability") in shown and ("flow", "discriminability") in shown
     first = rows[0]
     assert [tab.table.item(0, c).text() for c in range(4)] == [report["models"][0]["name"], first["axis"],
                                                               first["number"], first["meaning"]]
