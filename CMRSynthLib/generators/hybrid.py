@@ -24,7 +24,7 @@ import torch
 
 from CMRSynthLib.generators.base import Conditions, Generator, ProgressCallback, Vocabulary
 from CMRSynthLib.generators.common import randn
-from CMRSynthLib.generators.ddpm import DDPMConfig, DDPMGenerator
+from CMRSynthLib.generators.ddpm import PRESET_PARAMETERISATION, DDPMConfig, DDPMGenerator
 from CMRSynthLib.generators.flow import SAMPLERS, FlowConfig, FlowGenerator
 
 # small: 6 ab2 forwards + 3 refinement forwards (Heun 4 + 3 took 11 and landed farther from a Heun-50 reference)
@@ -55,9 +55,10 @@ class HybridConfig(FlowConfig):
 
     @classmethod
     def preset(cls, name: str, *, spatial_dims: int, image_size, vocabulary: Vocabulary, **overrides):
-        """The "tiny" (tests), "small" (CPU) or "base" (GPU) configuration; keyword overrides win."""
+        """The "tiny" (tests), "small" (CPU) or "base" (GPU) configuration; keyword overrides win. The
+        refinement part is parameterised as the DDPM presets are (v on the cosine schedule)."""
         return super().preset(name, spatial_dims=spatial_dims, image_size=image_size, vocabulary=vocabulary,
-                              **{"sampler": DEFAULT_SAMPLERS[name], "steps": DEFAULT_STEPS[name],
+                              **{**PRESET_PARAMETERISATION, "sampler": DEFAULT_SAMPLERS[name], "steps": DEFAULT_STEPS[name],
                                  "refine_steps": DEFAULT_REFINE_STEPS[name],
                                  **overrides})
 

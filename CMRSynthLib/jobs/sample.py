@@ -26,7 +26,9 @@ SIDECAR = ".privacy.json"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="checkpoint folder or starter name (ddpm, ldm, flow, hybrid)")
+    parser.add_argument("--model", default=None,
+                        help="checkpoint folder or starter name (default: acdc-ldm, the real starter; see "
+                             "Resources/models/STARTERS.md)")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--mask", help="a mask file (canonical labels 0-3) or a folder of mask files")
     source.add_argument("--new-anatomy", type=int, metavar="N", help="draw N new masks with the anatomy generator")
@@ -55,6 +57,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     privacy.add_argument("--privacy-retries", type=int, default=None,
                          help="redraws of a flagged slice before the image is withheld (default 4)")
 
+
+def default_model() -> str:
+    """The best real starter (:data:`~CMRSynthLib.training.starters.DEFAULT_MODEL`), when it is installed."""
+    from CMRSynthLib.errors import InputError
+    from CMRSynthLib.training.checkpoint import models_dir
+    from CMRSynthLib.training.starters import DEFAULT_MODEL
+
+    if not (models_dir() / DEFAULT_MODEL).is_dir():
+        raise InputError(f"no --model given and the default starter {DEFAULT_MODEL} is not in {models_dir()}; "
+                         "name a checkpoint folder or a starter")
+    return DEFAULT_MODEL
+
+
+def default_anatomy(card: dict) -> str:
+    """The anatomy starter that matches an image model's data: ACDC's for ACDC models, else the phantom's."""
+    return "acdc-anatomy" if (card.get("dataset") or {}).get("name") == "ACDC" else "anatomy"
+
+
+def whole_field_mm(card: dict) -> tuple[float, float] | None:
+    """A whole-field-of-view model's training tile in mm ``(rows, columns)``: the field new anatomies are
+    placed in, so the image shows the chest around the new heart; None for heart-crop models."""
+    pre = card["preprocessing"]
+    if pre.get("field_of_view") != "whole":
+        return None
+    return tuple(float(n) * float(mm) for n, mm in zip(pre["size"], pre["spacing"]))
 
 
 def safe_word(text: str | None) -> str:
@@ -96,6 +123,7 @@ def run(args, progress) -> int:
     if args.count < 1:
         raise InputError(f"--count must be a positive whole number, got {args.count}")
     device = resolve_device(args.device, World())
+    args.model = args.model or default_model()
     generator, card = load_checkpoint(args.model, device=device)
     sampler, steps = generator.check_sampling(args.sampler, args.steps, args.guidance)
     tokens(card, vendor=args.vendor, phase=args.phase, group=args.group)
@@ -209,14 +237,14 @@ def _new_anatomy(args, card: dict, device, progress) -> list:
     source = args.anatomy_model
     if source is None:
         bundled = resolve_model(args.model) / ANATOMY
-        source = bundled if bundled.is_dir() else "anatomy"
+        source = bundled if bundled.is_dir() else default_anatomy(card)
     anatomy, anatomy_card = load_checkpoint(source, device=device)
     if anatomy_card["family"] != "anatomy":
         raise InputError(f"--anatomy-model is a {anatomy_card['family']} model, not an anatomy generator",
                          path=source)
     progress.start("anatomy", total=args.new_anatomy)
     masks = sample_anatomy(anatomy, anatomy_card, count=args.new_anatomy, group=args.group, phase=args.phase,
-                           seed=args.seed)
+                           seed=args.seed, field_mm=whole_field_mm(card))
     out, named = Path(args.out), []
     for index, mask in enumerate(masks):
         name = f"anatomy{index:03d}_{safe_word(args.group)}_{safe_word(args.phase)}_{args.seed + index}"
