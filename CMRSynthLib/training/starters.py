@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -50,9 +51,13 @@ _WHOLE = dict(preset="small", spacing=1.5625, field_of_view="whole", batch_size=
               lr_schedule="cosine", ema_decay=0.999, seed=0)
 REAL_STARTERS: dict[str, dict] = {
     "acdc-ldm": dict(family="ldm", image_size=192, max_steps=3500, autoencoder_fraction=0.4, **_WHOLE),
+    "acdc-hybrid": dict(family="hybrid", image_size=96, max_steps=500, **{**_WHOLE, "lr": 4e-4, "warmup": 50}),
     "acdc-anatomy": dict(family="anatomy", preset="small", image_size=96, spacing=2.0, max_steps=1000, batch_size=8,
                          lr=4e-4, warmup=50, lr_schedule="cosine", ema_decay=0.999, seed=0),
 }
+# The real flow and DDPM starters are the two networks of the real hybrid, trained on the same batches (the
+# hybrid's loss is the sum of theirs): one CPU run gives the three pixel-space families.
+HYBRID_PARTS = {"acdc-flow": "flow", "acdc-ddpm": "ddpm"}
 DEFAULT_MODEL = "acdc-ldm"  # what `cmrsynth sample` and the panel use when no model is named
 COMMAND = "python -m CMRSynthLib.training.starters --out Resources/models"
 STORAGE = torch.int8  # parameters_dtype of the shipped weights (save_checkpoint)
@@ -62,9 +67,6 @@ STORAGE_NOTE = "int8 kernels/matrices with a float32 scale per output channel, o
 def export_starter(run: Path, out: Path, *, name: str, data: Path | None = None) -> dict:
     """Ship a finished run: EMA weights (stored as :data:`STORAGE`) and its card, no trainer state. A real
     starter (``data``: its cohort) names the data, its license and the spacing assumption in ``dataset``."""
-    from CMRSynthLib.data.cohorts import open_cohort
-    from CMRSynthLib.training.data import describe_source
-
     contents = ckpt.read_checkpoint(run)
     generator = ckpt.build_from_card(contents.card, path=run)
     ckpt.load_weights(generator, contents.ema or contents.weights, path=run / ckpt.WEIGHTS)
@@ -73,18 +75,59 @@ def export_starter(run: Path, out: Path, *, name: str, data: Path | None = None)
         card["starter"] = {"name": name, "reproduce": f"{COMMAND} --only {name}", "phantom": {
             **PHANTOM, "shape": list(PHANTOM["shape"])}, "storage": STORAGE_NOTE}
     else:
-        card["dataset"] = card.get("dataset") or describe_source(open_cohort(data))
+        card["dataset"] = card.get("dataset") or _source(data)
         card["starter"] = {"name": name, "reproduce": f"{COMMAND} --data ACDC_H5_FOLDER --only {name}",
                            "real": True, "storage": STORAGE_NOTE}
-        card["training"] = {**card["training"], "arguments": {**card["training"]["arguments"], "data": "ACDC_H5_FOLDER"},
-                            "command": None}  # the path of the data on the machine that trained it is not shipped
+        card["training"] = _shippable_training(card["training"])
     return ckpt.save_checkpoint(out, generator, card, parameters_dtype=STORAGE)
+
+
+def export_hybrid_part(run: Path, out: Path, *, name: str, data: Path) -> dict:
+    """Ship one network of a finished hybrid run as a starter of its own family (:data:`HYBRID_PARTS`)."""
+    from CMRSynthLib.generators import build_generator, config_to_dict
+    from CMRSynthLib.generators.ddpm import DEFAULT_STEPS as DDPM_STEPS
+    from CMRSynthLib.generators.flow import DEFAULT_SAMPLERS, DEFAULT_STEPS as FLOW_STEPS
+
+    family = HYBRID_PARTS[name]
+    contents = ckpt.read_checkpoint(run)
+    hybrid = ckpt.build_from_card(contents.card, path=run)
+    ckpt.load_weights(hybrid, contents.ema or contents.weights, path=run / ckpt.WEIGHTS)
+    preset = contents.card["training"]["arguments"]["preset"]
+    if family == "flow":
+        config = replace(hybrid.config.flow_config(), sampler=DEFAULT_SAMPLERS[preset], steps=FLOW_STEPS[preset])
+        part = hybrid.flow_model
+    else:
+        config = replace(hybrid.config.ddpm_config(), sampler="dpmpp", steps=DDPM_STEPS[preset])
+        part = hybrid.ddpm_model
+    generator = build_generator(family, config)
+    generator.load_state_dict(part.state_dict())
+    card = {k: v for k, v in contents.card.items() if k not in ("model_id", "created")}
+    card.update(family=family, config=config_to_dict(config), dataset=card.get("dataset") or _source(data))
+    card["starter"] = {"name": name, "reproduce": f"{COMMAND} --data ACDC_H5_FOLDER --only {name}", "real": True,
+                       "part_of": "acdc-hybrid", "storage": STORAGE_NOTE}
+    card["training"] = _shippable_training(card["training"])
+    return ckpt.save_checkpoint(out, generator, card, parameters_dtype=STORAGE)
+
+
+def _source(data: Path) -> dict | None:
+    from CMRSynthLib.data.cohorts import open_cohort
+    from CMRSynthLib.training.data import describe_source
+
+    return describe_source(open_cohort(data))
+
+
+def _shippable_training(training: dict) -> dict:
+    """The training record without the path of the data on the machine that trained it."""
+    return {**training, "arguments": {**training["arguments"], "data": "ACDC_H5_FOLDER"}, "command": None}
 
 
 def train_starter(name: str, *, data: Path, work: Path, out: Path, progress) -> dict:
     from CMRSynthLib.training.config import TrainConfig
     from CMRSynthLib.training.loop import Trainer
 
+    if name in HYBRID_PARTS:
+        train_starter("acdc-hybrid", data=data, work=work, out=out, progress=progress)
+        return export_hybrid_part(work / "acdc-hybrid", out / name, name=name, data=data)
     real = name in REAL_STARTERS
     arguments = REAL_STARTERS[name] if real else STARTERS[name]
     config = TrainConfig(data=str(data), out=str(work / name), device="cpu", save_every=100 if not real else 250,
@@ -110,7 +153,7 @@ HEADER = ["| model | family | preset | image | steps | minutes (wall) | CPU minu
 
 def summary(out: Path) -> str:
     """``STARTERS.md``: one row per shipped starter, from its card; real and phantom starters apart."""
-    real = [_row(n, out / n) for n in REAL_STARTERS if (out / n / ckpt.CARD).is_file()]
+    real = [_row(n, out / n) for n in (*REAL_STARTERS, *HYBRID_PARTS) if (out / n / ckpt.CARD).is_file()]
     phantom = [_row(n, out / n) for n in STARTERS if (out / n / ckpt.CARD).is_file()]
     text = "# Starter models\n\n"
     if real:
@@ -140,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m CMRSynthLib.training.starters", description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, type=Path, help="where the starter folders go (Resources/models)")
-    parser.add_argument("--only", nargs="+", choices=(*STARTERS, *REAL_STARTERS), default=list(STARTERS))
+    parser.add_argument("--only", nargs="+", choices=(*STARTERS, *REAL_STARTERS, *HYBRID_PARTS), default=list(STARTERS))
     parser.add_argument("--data", type=Path, default=None,
                         help="the ACDC folder (SSL4MIS HDF5) for the real starters (acdc-*)")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "cmrsynth-starters",
@@ -149,11 +192,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--progress", choices=("bar", "jsonl", "none"), default="bar")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    if any(name in REAL_STARTERS for name in args.only) and args.data is None:
+    if any(name in REAL_STARTERS or name in HYBRID_PARTS for name in args.only) and args.data is None:
         parser.error("the real starters (acdc-*) are trained on ACDC: give its folder with --data")
     phantom = None
     for name in args.only:
-        if name in REAL_STARTERS:
+        if name in REAL_STARTERS or name in HYBRID_PARTS:
             data = args.data
         else:
             phantom = phantom or write_phantom_cohort(args.work / "phantom", PHANTOM["patients"], seed=PHANTOM["seed"],

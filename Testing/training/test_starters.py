@@ -39,7 +39,7 @@ def test_export_ships_int8_ema_weights_and_a_reproducible_card(tmp_path):
         assert value.dtype == ema[name].dtype
         assert torch.allclose(value, ema[name], atol=ema[name].abs().max().item() / 254 + 1e-3)
     summary = starters.summary(tmp_path / "out")
-    assert "| tiny-flow | flow | tiny | 16×16 | 3 | 1.0 | 0.5000 |" in summary and "int8" in summary
+    assert "| tiny-flow | flow | tiny | 16×16 | 3 | 1.0 | – | 0.5000 |" in summary and "int8" in summary
 
 
 def test_every_shipped_starter_is_int8_and_listed():
@@ -49,3 +49,23 @@ def test_every_shipped_starter_is_int8_and_listed():
     for name in shipped:
         card = json.loads((ckpt.models_dir() / name / ckpt.CARD).read_text(encoding="utf-8"))
         assert card["starter"]["storage"] == starters.STORAGE_NOTE and f"| {name} |" in listed
+
+
+def test_hybrid_parts_ship_as_flow_and_ddpm_starters_with_the_same_weights(tmp_path):
+    torch.manual_seed(0)
+    hybrid = build_generator("hybrid", preset_config("hybrid", "tiny", spatial_dims=2, image_size=16,
+                                                     vocabulary=VOCABULARY))
+    card = {"family": "hybrid", "config": hybrid.config.to_dict(), "vocabulary": VOCABULARY.to_dict(),
+            "members": ["p1"], "holdout": ["p2"], "preprocessing": {"size": [16, 16]},
+            "dataset": {"name": "ACDC", "license": "CC BY-NC-SA 4.0"},
+            "training": {"steps": 3, "wall_seconds": 60.0, "final_loss": 0.5, "command": ["cmrsynth", "/secret/path"],
+                         "arguments": {"preset": "tiny", "data": "/secret/path"}}}
+    ckpt.save_checkpoint(tmp_path / "run", hybrid, card)
+    for name, part in (("acdc-flow", hybrid.flow_model), ("acdc-ddpm", hybrid.ddpm_model)):
+        shipped = starters.export_hybrid_part(tmp_path / "run", tmp_path / name, name=name, data=tmp_path)
+        loaded, loaded_card = ckpt.load_checkpoint(tmp_path / name)
+        assert loaded_card["family"] == starters.HYBRID_PARTS[name] == loaded.family
+        assert shipped["starter"]["part_of"] == "acdc-hybrid" and shipped["dataset"]["name"] == "ACDC"
+        assert "/secret/path" not in json.dumps(loaded_card)  # the trainer's data path is not shipped
+        for key, value in part.state_dict().items():
+            assert torch.allclose(loaded.state_dict()[key], value, atol=value.abs().max().item() / 100 + 1e-3)
