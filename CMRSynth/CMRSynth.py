@@ -604,7 +604,7 @@ class CMRSynthLogic(ScriptedLoadableModuleLogic):
     def _workDir(self):
         return tempfile.mkdtemp(prefix="CMRSynth-", dir=self.temporaryFolder())
 
-    def generate(self, segmentationNode, referenceVolumeNode, model="flow", vendor="", count=1, seed=0,
+    def generate(self, segmentationNode, referenceVolumeNode, model="phantom-flow", vendor="", count=1, seed=0,
                  steps=None, sampler="", guidance=1.0, device="auto", structures=None, newAnatomy=0, group="",
                  wait=True):
         """Synthetic volumes for a segmentation, on the reference volume's geometry.
@@ -656,7 +656,7 @@ class CMRSynthLogic(ScriptedLoadableModuleLogic):
         job = self.runJob(settings, complete, workDir)
         return job.wait() if wait else job
 
-    def restyle(self, volumeNode, segmentationNode, vendor, model="flow", structures=None, steps=None,
+    def restyle(self, volumeNode, segmentationNode, vendor, model="phantom-flow", structures=None, steps=None,
                 device="auto", wait=True):
         """``volumeNode`` re-rendered in ``vendor``'s style (flow-matching inversion) → a new volume node
         named ``<volume>_restyled_<vendor>``."""
@@ -773,9 +773,9 @@ class CMRSynthTest(ScriptedLoadableModuleTest):
         segmentIds = [segmentation.GetSegmentation().GetNthSegmentID(i) for i in range(3)]
 
         logic = CMRSynthLogic()
-        # the smallest image model first (tiny-flow); never the stage-1 anatomy model, which draws masks
+        # the smallest image model first (phantom-tiny-flow); never the stage-1 anatomy model, which draws masks
         starters = sorted((info for info in logic.models() if info.starter and info.family in controller.GENERATORS),
-                          key=lambda info: (not info.name.startswith("tiny"), info.name))
+                          key=lambda info: (info.name != "phantom-tiny-flow", info.name))
         self.assertTrue(starters, "no starter image model is bundled")
         model, vendor = starters[0], starters[0].vendors[0]
         self.delayDisplay(f"Generating with {model.name} on CPU")

@@ -86,7 +86,7 @@ def caller(generator, cond, sampler, steps, context, single: bool, stop_after):
 
 def differences(family: str, variants: dict, settings: Settings) -> dict[str, tuple[float, float] | None]:
     """Variant → (max, mean) |Δ| of its images vs as shipped, on the trained starter (None if not shipped)."""
-    loaded = subjects.starter("tiny-flow" if settings.smoke else family, device=settings.device)
+    loaded = subjects.starter("phantom-tiny-flow" if settings.smoke else f"phantom-{family}", device=settings.device)
     if loaded is None:
         return {name: None for name in variants}
     generator, card = loaded

@@ -17,7 +17,7 @@ Protocol:
   4 redraws); *re-identified before* is the share of first draws the filter rejects, *after* the share still
   re-identifying after the last redraw (the filter withholds those images);
 - cost: whole member stacks sampled with and without the filter, timed in turn (A B A B) on the normal model,
-  and, in full mode, on the bundled ``flow`` starter (64×64, small preset, the sampler a user gets) with its
+  and, in full mode, on the bundled ``phantom-flow`` starter (64×64, small preset, the sampler a user gets) with its
   re-identification model built on its own 40-patient phantom cohort.
 """
 
@@ -67,7 +67,7 @@ def run(settings: Settings, context: dict) -> list[Table]:
             from CMRSynthLib.training.checkpoint import resolve_model
 
             write_phantom_cohort(cohort, 40, seed=0, shape=(12, 128, 128))  # the flow starter's own cohort
-            table.add("flow starter (64×64, small)", *_row(resolve_model("flow"), cohort, reid_steps=reid_steps,
+            table.add("flow starter (64×64, small)", *_row(resolve_model("phantom-flow"), cohort, reid_steps=reid_steps,
                                                            timed=timed, settings=settings,
                                                            calibration="validation+holdout"))
     loads.append(load_average())

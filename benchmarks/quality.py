@@ -210,7 +210,7 @@ def plan(generator, family: str, settings: Settings) -> list[tuple[str, int]]:
 
 def starters(settings: Settings) -> dict[str, tuple]:
     """Family → (generator, card) of the shipped starters this run covers (smoke: the tiny flow starter)."""
-    names = {"flow": "tiny-flow"} if settings.smoke else {f: f for f in subjects.FAMILIES}
+    names = {"flow": "phantom-tiny-flow"} if settings.smoke else {f: f"phantom-{f}" for f in subjects.FAMILIES}
     found = {}
     for family, name in names.items():
         loaded = subjects.starter(name, device=settings.device)
@@ -228,7 +228,7 @@ def run(settings: Settings, context: dict) -> list[Table]:
                       ["generator", "sampler", "steps", "Dice LV", "Dice MYO", "Dice RV", "mean Dice",
                        "Dice targets (LV, RV ≥ 0.85; MYO ≥ 0.75)", "s/slice (trained, batch of all)"])
     if not models:
-        adherence.notes.append("No starter model is shipped yet (Resources/models/<family>/): quality is n/a, "
+        adherence.notes.append("No starter model is shipped yet (Resources/models/phantom-<family>/): quality is n/a, "
                                "the speed tables use random weights.")
         return [adherence]
     loads = [load_average()]

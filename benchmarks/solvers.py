@@ -54,7 +54,7 @@ def run(settings: Settings, context: dict) -> list[Table]:
                   ["generator", "sampler", "steps", "precision", "net evals/slice",
                    f"RMS vs Heun {REFERENCE[settings.mode][1]}", f"max |Δ| vs Heun {REFERENCE[settings.mode][1]}",
                    "mean mask Dice"])
-    names = {"flow": "tiny-flow"} if settings.smoke else {f: f for f in FAMILIES}
+    names = {"flow": "phantom-tiny-flow"} if settings.smoke else {f: f"phantom-{f}" for f in FAMILIES}
     loads = [load_average()]
     for family, name in names.items():
         loaded = subjects.starter(name, device=settings.device)

@@ -47,15 +47,16 @@ def build(family: str, *, preset: str, size: int, spatial_dims: int = 2, depth: 
     return build_generator(family, config).to(device).eval()
 
 
-def starter(family: str, *, device: str = "cpu"):
-    """``(generator, card)`` of the bundled starter model of ``family``, or None if it is not shipped yet."""
+def starter(name: str, *, device: str = "cpu"):
+    """``(generator, card)`` of the bundled starter model ``name`` (``phantom-flow``, ``acdc-ldm``, ...), or None
+    if it is not shipped yet."""
     try:
         from CMRSynthLib.training.checkpoint import load_checkpoint, models_dir
     except ImportError:
         return None
-    if not (Path(models_dir()) / family / "card.json").is_file():
+    if not (Path(models_dir()) / name / "card.json").is_file():
         return None
-    generator, card = load_checkpoint(family, device=device)
+    generator, card = load_checkpoint(name, device=device)
     return generator.eval(), card
 
 

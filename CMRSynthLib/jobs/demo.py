@@ -248,11 +248,11 @@ def run(args, progress) -> int:
     shape = [] if plan.from_starters else ["--preset", plan.preset, "--image-size", plan.image_size]
     common = ["--data", private, *shape, "--seed", 0, *device]
     for family in ("flow", "ddpm"):
-        init = ["--init", family] if plan.from_starters else []
+        init = ["--init", f"phantom-{family}"] if plan.from_starters else []
         stages.run(f"train-{family}", "train", "--generator", family, "--out", models / family,
                    "--max-steps", plan.train_steps, "--batch-size", plan.train_batch, *common, *init)
     if plan.from_starters:
-        public_model = "flow"  # the starter flow model was trained on another phantom cohort: public data
+        public_model = "phantom-flow"  # the phantom flow starter was trained on another phantom cohort: public data
     else:
         public_model = models / "flow-public"
         stages.run("train-public", "train", "--generator", "flow", "--out", public_model, "--data", public,
@@ -266,7 +266,7 @@ def run(args, progress) -> int:
                "--max-grad-norm", MAX_GRAD_NORM, "--batch-size", plan.dp_batch, "--epochs", plan.dp_epochs)
     stages.run("train-anatomy", "train", "--generator", "anatomy", "--out", models / "anatomy", *common,
                "--max-steps", plan.train_steps, "--batch-size", plan.train_batch,
-               *(["--init", "anatomy"] if plan.from_starters else []))
+               *(["--init", "phantom-anatomy"] if plan.from_starters else []))
 
     # 3. synthetic cohort from held-out masks, every vendor; new anatomies ------------------------------
     cases = held_out_cases(models / "flow", private, count=plan.heldout_masks)

@@ -14,7 +14,7 @@ HELP = "re-render a real image in another vendor's style (flow-matching inversio
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="flow checkpoint folder or starter name (flow)")
+    parser.add_argument("--model", required=True, help="flow checkpoint folder or starter name (acdc-flow, phantom-flow)")
     parser.add_argument("--image", required=True, help="the image to restyle")
     parser.add_argument("--mask", required=True, help="its mask (canonical labels 0-3, same grid)")
     parser.add_argument("--vendor", required=True, help="target vendor style")

@@ -3,8 +3,8 @@
 Writes ``<maskstem>_synth_<vendor>_<seed>.nii.gz`` (``.nrrd``, or a DICOM series folder of that name) per
 mask and per ``--count`` (seeds ``seed``, ``seed + 1``, ...). ``--new-anatomy N`` first draws N new masks
 with the stage-1 anatomy generator (``--anatomy-model``, else the checkpoint's ``anatomy/`` folder, else
-the ``anatomy`` starter) and writes each mask (``anatomy<i>_<group>_<phase>_<seed>_mask.nii.gz``) beside its
-images. Every input is checked before anything is generated: bad input writes nothing.
+the anatomy starter matching the model's data: ``acdc-anatomy`` or ``phantom-anatomy``) and writes each mask
+(``anatomy<i>_<group>_<phase>_<seed>_mask.nii.gz``) beside its images. Every input is checked before anything is generated: bad input writes nothing.
 
 ``--privacy-filter [THRESHOLD]`` checks every generated slice against the model's training patients with its
 re-identification model (``cmrsynth reid``; :mod:`CMRSynthLib.reid.filter`) and draws again what
@@ -72,7 +72,7 @@ def default_model() -> str:
 
 def default_anatomy(card: dict) -> str:
     """The anatomy starter that matches an image model's data: ACDC's for ACDC models, else the phantom's."""
-    return "acdc-anatomy" if (card.get("dataset") or {}).get("name") == "ACDC" else "anatomy"
+    return "acdc-anatomy" if (card.get("dataset") or {}).get("name") == "ACDC" else "phantom-anatomy"
 
 
 def whole_field_mm(card: dict) -> tuple[float, float] | None:

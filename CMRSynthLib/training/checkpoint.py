@@ -86,7 +86,7 @@ def models_dir() -> Path:
 
 
 def resolve_model(path_or_name: str | os.PathLike) -> Path:
-    """A checkpoint folder from a path, or from the name of a starter model (``ddpm``, ``flow``, ...)."""
+    """A checkpoint folder from a path, or from the name of a starter model (``acdc-ldm``, ``phantom-flow``, ...)."""
     path = Path(path_or_name)
     if path.exists():
         return path

@@ -3,7 +3,7 @@
 Reproduce them all (about an hour on a 2-core CPU; each run resumes if interrupted)::
 
     python -m CMRSynthLib.training.starters --out Resources/models          # or: make starters
-    python -m CMRSynthLib.training.starters --out Resources/models --only flow tiny-flow
+    python -m CMRSynthLib.training.starters --out Resources/models --only phantom-flow phantom-tiny-flow
 
 Every starter is trained on the built-in phantom cohort (:data:`PHANTOM`: 40 simulated patients, seed 0,
 12×128×128 stacks, all four vendors) with the arguments in :data:`STARTERS`, on the CPU with seed 0, through
@@ -13,11 +13,13 @@ held-out patients and the training record. The weights are stored compactly (:da
 kernels and linear maps as int8 with a float32 scale per output channel, the other parameters as float16,
 buffers such as noise schedules as float32; loading rebuilds float32 weights (see
 :mod:`CMRSynthLib.training.checkpoint`). This halves the float16 size (the total is ~17 MB instead of 33 MB)
-and moves the flow starter's images by 0.005 on average (images in [-1, 1]) without changing its mask Dice.
+and moves the phantom-flow starter's images by 0.005 on average (images in [-1, 1]) without changing its mask Dice.
 ``STARTERS.md`` beside them tabulates steps, minutes, final loss and size.
 
-Names: ``ddpm``, ``ldm``, ``flow``, ``hybrid`` (the four image families, small preset, 64×64 slices at
-2.5 mm), ``anatomy`` (the stage-1 mask generator for ``--new-anatomy``), and ``tiny-flow`` (tiny preset,
+Names: every phantom starter is called ``phantom-…`` so that nobody mistakes it for a real one (the real ACDC
+starters, ``acdc-…``, ship beside them; see :data:`REAL_STARTERS`): ``phantom-ddpm``, ``phantom-ldm``,
+``phantom-flow``, ``phantom-hybrid`` (the four image families, small preset, 64×64 slices at 2.5 mm),
+``phantom-anatomy`` (the stage-1 mask generator for ``--new-anatomy``), and ``phantom-tiny-flow`` (tiny preset,
 32×32, trained for a minute: for fast tests of the GUI, the audit and the demo, not for quality).
 """
 
@@ -37,13 +39,13 @@ PHANTOM = {"patients": 40, "seed": 0, "shape": (12, 128, 128)}
 _SMALL = dict(preset="small", image_size=64, spacing=2.5, batch_size=8, lr=4e-4, warmup=50, lr_schedule="cosine",
               ema_decay=0.999, seed=0)
 STARTERS: dict[str, dict] = {
-    "flow": dict(family="flow", max_steps=1200, **_SMALL),
-    "ddpm": dict(family="ddpm", max_steps=1500, **_SMALL),
-    "ldm": dict(family="ldm", max_steps=1500, autoencoder_fraction=0.3, **_SMALL),
-    "hybrid": dict(family="hybrid", max_steps=1000, **_SMALL),
-    "anatomy": dict(family="anatomy", max_steps=1000, **_SMALL),
-    "tiny-flow": dict(family="flow", preset="tiny", image_size=32, spacing=5.0, batch_size=8, lr=2e-3, warmup=10,
-                      lr_schedule="cosine", ema_decay=0.99, seed=0, max_steps=300),
+    "phantom-flow": dict(family="flow", max_steps=1200, **_SMALL),
+    "phantom-ddpm": dict(family="ddpm", max_steps=1500, **_SMALL),
+    "phantom-ldm": dict(family="ldm", max_steps=1500, autoencoder_fraction=0.3, **_SMALL),
+    "phantom-hybrid": dict(family="hybrid", max_steps=1000, **_SMALL),
+    "phantom-anatomy": dict(family="anatomy", max_steps=1000, **_SMALL),
+    "phantom-tiny-flow": dict(family="flow", preset="tiny", image_size=32, spacing=5.0, batch_size=8, lr=2e-3,
+                              warmup=10, lr_schedule="cosine", ema_decay=0.99, seed=0, max_steps=300),
 }
 # Real starters: trained on the ACDC training patients (train.list; val.list held out, test.list never read)
 # of the SSL4MIS HDF5 snapshot given with --data. Whole field of view at ACDC's usual 1.5625 mm pixels.
@@ -164,7 +166,7 @@ def summary(out: Path) -> str:
                  "cite Bernard et al., IEEE TMI 2018. Reproduce: "
                  f"`{COMMAND} --data ACDC_H5_FOLDER --only NAME`.\n\n" + "\n".join(HEADER + real) + "\n\n")
     text += ("## Phantom: simulated, for tests and `demo --quick`\n\nTrained on the simulated phantom cohort (never "
-             f"real patients) by `{COMMAND}` (one starter: add `--only NAME`); see "
+             f"real patients; hence the `phantom-` names) by `{COMMAND}` (one starter: add `--only NAME`); see "
              "`CMRSynthLib/training/starters.py`.\n\n" + "\n".join(HEADER + phantom))
     return (text + f"\n\nWeights: the EMA weights, stored as {STORAGE_NOTE}; loading rebuilds float32 weights. "
             "CPU minutes: the training process's CPU time (– where the run predates that record).\n")

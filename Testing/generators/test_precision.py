@@ -14,7 +14,7 @@ from training_fixtures import oblique_mask
 @pytest.fixture(scope="module")
 def starter():
     torch.set_num_threads(1)
-    return load_checkpoint("tiny-flow")  # the shipped, trained tiny flow (32×32)
+    return load_checkpoint("phantom-tiny-flow")  # the shipped, trained tiny flow (32×32)
 
 
 def unit(volume, card, vendor):

@@ -22,20 +22,20 @@ def checkpoint(folder, family="flow", *, epsilon=None, members=3, vendors=("Siem
 
 def test_starters_come_first_then_the_model_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("CMRSYNTH_MODELS", str(tmp_path / "starters"))
-    checkpoint(tmp_path / "starters" / "tiny-flow")
+    checkpoint(tmp_path / "starters" / "phantom-tiny-flow")
     checkpoint(tmp_path / "mine" / "dp-run", family="ddpm", epsilon=3.2)
     (tmp_path / "mine" / "unfinished").mkdir()  # a run still writing: no card yet, skipped
     checkpoint(tmp_path / "mine" / ".hidden")
     models = catalogue.list_models(tmp_path / "mine")
     assert [(m.name, m.starter, m.argument) for m in models] == [
-        ("tiny-flow", True, "tiny-flow"), ("dp-run", False, str(tmp_path / "mine" / "dp-run"))]
+        ("phantom-tiny-flow", True, "phantom-tiny-flow"), ("dp-run", False, str(tmp_path / "mine" / "dp-run"))]
     flow, ddpm = models
     assert flow.describe() == "flow · trained on a simulated phantom, 3 patients · no differential privacy · starter model"
     assert ddpm.describe().startswith("ddpm · trained on a simulated phantom, 3 patients · DP ε = 3.2, δ = 1.0e-05 · /")
     assert flow.vendors == ("Siemens", "GE") and ddpm.epsilon == 3.2
-    assert catalogue.find_model("tiny-flow", tmp_path / "mine") == flow
+    assert catalogue.find_model("phantom-tiny-flow", tmp_path / "mine") == flow
     assert catalogue.find_model(str(tmp_path / "mine" / "dp-run"), tmp_path / "mine") == ddpm
-    with pytest.raises(InputError, match="no model named 'nope' \\(known: tiny-flow, dp-run\\)"):
+    with pytest.raises(InputError, match="no model named 'nope' \\(known: phantom-tiny-flow, dp-run\\)"):
         catalogue.find_model("nope", tmp_path / "mine")
 
 
@@ -75,10 +75,10 @@ def test_data_without_a_license_and_unknown_data_say_so(tmp_path):
 
 def test_image_choosers_can_leave_out_the_anatomy_model(tmp_path, monkeypatch):
     monkeypatch.setenv("CMRSYNTH_MODELS", str(tmp_path / "starters"))
-    checkpoint(tmp_path / "starters" / "anatomy", family="anatomy")
-    checkpoint(tmp_path / "starters" / "flow")
-    assert [m.name for m in catalogue.list_models(tmp_path / "none")] == ["anatomy", "flow"]
-    assert [m.name for m in catalogue.list_models(tmp_path / "none", families=("flow", "ddpm"))] == ["flow"]
+    checkpoint(tmp_path / "starters" / "phantom-anatomy", family="anatomy")
+    checkpoint(tmp_path / "starters" / "phantom-flow")
+    assert [m.name for m in catalogue.list_models(tmp_path / "none")] == ["phantom-anatomy", "phantom-flow"]
+    assert [m.name for m in catalogue.list_models(tmp_path / "none", families=("flow", "ddpm"))] == ["phantom-flow"]
 
 
 def test_default_model_folder_is_outside_slicer_and_configurable(monkeypatch, tmp_path):

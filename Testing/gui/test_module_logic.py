@@ -224,7 +224,7 @@ def test_the_in_slicer_self_test_passes_against_the_stand_in(stub_slicer, tmp_pa
     test = module.CMRSynthTest()
     test.runTest()  # raises on any failed assertion
     synthetic = [node for node in scene if isinstance(node, VolumeNode) and node.GetAttribute("CMRSynth.synthetic")]
-    model = catalogue.find_model("tiny-flow")
+    model = catalogue.find_model("phantom-tiny-flow")
     assert [n.GetName() for n in synthetic] == [f"cine_synth_{model.vendors[0]}_5", f"cine_synth_{model.vendors[0]}_6"]
     for node, seed in zip(synthetic, (5, 6)):
         assert node.attributes["CMRSynth.generator"] == "flow" and node.attributes["CMRSynth.seed"] == str(seed)

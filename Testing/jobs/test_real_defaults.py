@@ -27,11 +27,11 @@ def test_the_default_is_a_shipped_real_model():
     assert card["preprocessing"]["field_of_view"] == "whole"
     assert card["vocabulary"]["vendors"] == ["Siemens"]  # ACDC is one vendor: nothing else is offered
     assert default_anatomy(card) == "acdc-anatomy"
-    assert default_anatomy({"dataset": None}) == "anatomy"
+    assert default_anatomy({"dataset": None}) == "phantom-anatomy"
 
 
 def test_new_anatomy_is_padded_to_the_image_models_field():
-    anatomy, card = load_checkpoint("anatomy")
+    anatomy, card = load_checkpoint("phantom-anatomy")
     spacing = card["preprocessing"]["spacing"]
     plain = sample_anatomy(anatomy, card, count=1, seed=0, steps=2)[0]
     field = (plain.shape[1] * spacing[0] * 2, plain.shape[2] * spacing[1] * 1.5)

@@ -134,14 +134,14 @@ def test_starter_models_load_by_name(run_cli, mask_file, tmp_path):
         generator, card = __import__("CMRSynthLib.training.checkpoint", fromlist=["x"]).load_checkpoint(name)
         assert card["starter"]["name"] == name and card["data"]["simulated"] is True
         assert not set(card["members"]) & set(card["holdout"])
-    code, out, err = run_cli("sample", "--model", "tiny-flow", "--mask", mask_file, "--out", tmp_path / "o",
+    code, out, err = run_cli("sample", "--model", "phantom-tiny-flow", "--mask", mask_file, "--out", tmp_path / "o",
                              "--vendor", "GE", "--device", "cpu")
     assert code == 0, err
     assert (tmp_path / "o" / "heart_synth_GE_0.nii.gz").is_file()
 
 
 def test_new_anatomy_draws_masks_then_images(run_cli, tiny_flow, tmp_path):  # noqa: F811
-    code, out, err = run_cli("sample", "--model", tiny_flow, "--new-anatomy", "2", "--anatomy-model", "anatomy",
+    code, out, err = run_cli("sample", "--model", tiny_flow, "--new-anatomy", "2", "--anatomy-model", "phantom-anatomy",
                              "--group", "DCM", "--phase", "ED", "--vendor", "Siemens", "--steps", "3",
                              "--out", tmp_path / "o", "--device", "cpu", "--seed", "4")
     assert code == 0, err
