@@ -78,7 +78,7 @@ def measure_route(route: dict, settings: Settings) -> dict:
     for key in ("sampler", "steps", "stop"):
         if route.get(key) is not None:
             command += [f"--{key}", str(route[key])]
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True,
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, encoding="utf-8", check=True,
                           env={**os.environ, "PYTHONWARNINGS": "ignore"})
     return json.loads(done.stdout.strip().splitlines()[-1])
 

@@ -17,7 +17,7 @@ TITLES = ("### Headline:", "### Targets (issue 7)", "### Quality: mask adherence
 def test_smoke_run_writes_every_table(tmp_path):
     out = tmp_path / "results.md"
     run = subprocess.run([sys.executable, "-m", "benchmarks", "--smoke", "--threads", "1", "--out", str(out)],
-                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+                         cwd=ROOT, capture_output=True, text=True, encoding="utf-8", timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     text = out.read_text(encoding="utf-8")
     for title in TITLES:
@@ -32,7 +32,7 @@ def test_smoke_run_writes_every_table(tmp_path):
 
 def test_unknown_section_is_refused():
     run = subprocess.run([sys.executable, "-m", "benchmarks", "--only", "sampling,warp", "--out", "-"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+                         cwd=ROOT, capture_output=True, text=True, encoding="utf-8", timeout=120)
     assert run.returncode == 2
     assert "warp" in run.stderr and "sampling" in run.stderr
 
@@ -42,5 +42,5 @@ def test_a_quick_run_leaves_the_studies_out_unless_asked():
             "assert not set(parse(['--quick']).only) & set(STUDIES)\n"
             "assert set(STUDIES) <= set(parse([]).only) and set(STUDIES) <= set(parse(['--smoke']).only)\n"
             "assert parse(['--quick', '--only', 'solvers']).only == ['solvers']\n")
-    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, encoding="utf-8", timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]

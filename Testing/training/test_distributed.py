@@ -26,7 +26,7 @@ def test_two_processes_train_and_checkpoint(phantom, tmp_path):  # noqa: F811
                "--data", str(phantom), "--generator", "flow", "--out", str(out), "--preset", "tiny",
                "--image-size", "32", "--spacing", "5", "--batch-size", "2", "--max-steps", "3", "--device", "cpu",
                "--progress", "jsonl"]
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=240)
+    result = subprocess.run(command, capture_output=True, text=True, encoding="utf-8", env=env, timeout=240)
     assert result.returncode == 0, result.stderr[-2000:]
     events = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert sum(e["event"] == "done" for e in events) == 1  # only rank 0 reports
@@ -121,7 +121,8 @@ def test_dp_training_on_two_processes_accounts_exactly_like_one(phantom, tmp_pat
                              "--max-steps", "4", "--lr", "2e-3", "--device", "cpu", "--seed", "3", "--dp",
                              "--delta", "1e-2", "--max-grad-norm", "1.0", "--noise-multiplier", "1.0",
                              "--progress", "jsonl"],
-                            capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=240)
+                            capture_output=True, text=True, encoding="utf-8",
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=240)
     assert result.returncode == 0, result.stderr[-2000:]
     events = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert sum(e["event"] == "done" for e in events) == 1
