@@ -21,6 +21,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--inception-weights", metavar="FILE",
                         help="Inception-v3 weights (safetensors) to add ImageNet-Inception FID/KID")
     parser.add_argument("--quick", action="store_true", help="small n: minutes on a laptop (tests, demo)")
+    parser.add_argument("--patients", type=int, metavar="N",
+                        help="at most N members and N held-out patients, matched by vendor and group (the "
+                             "membership attacks still use all); default all, 6 with --quick")
+    parser.add_argument("--slices-per-case", type=int, metavar="K",
+                        help="at most K heart slices per image, evenly spaced base to apex; default all, 3 with "
+                             "--quick")
     parser.add_argument("--redact", action="store_true",
                         help="draw outlines instead of real images in the nearest-neighbour gallery")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "mps"))
@@ -31,8 +37,15 @@ def run(args, progress) -> int:
     from dataclasses import replace
 
     from CMRSynthLib.audit.run import AuditPlan, run_audit
+    from CMRSynthLib.errors import InputError
 
     plan = replace(AuditPlan.quick() if args.quick else AuditPlan(), seed=args.seed)
+    for flag, value, field in (("--patients", args.patients, "max_patients"),
+                               ("--slices-per-case", args.slices_per_case, "slices_per_case")):
+        if value is not None:
+            if value < 1:
+                raise InputError(f"{flag} must be at least 1, got {value}")
+            plan = replace(plan, **{field: value})
     report = run_audit(args.model, args.data, args.out, synthetic=args.synthetic, members=args.members,
                        holdout=args.holdout, quick=args.quick, redact=args.redact, device=args.device, plan=plan,
                        inception_weights=args.inception_weights, progress=progress)

@@ -205,3 +205,17 @@ def test_capped_slices_span_the_heart_from_base_to_apex(tmp_path):
         picks = np.linspace(0, len(all_of_phase) - 1, 3).round().astype(int)
         np.testing.assert_array_equal(kept.images, all_of_phase.images[picks])
         np.testing.assert_array_equal(kept.masks, all_of_phase.masks[picks])
+
+
+def test_patients_and_slices_per_case_flags_size_the_audit(workspace, run_cli, tmp_path):
+    common = ["audit", "--model", workspace["checkpoint"], "--data", workspace["cohort"], "--quick"]
+    code, _, err = run_cli(*common, "--out", tmp_path / "bad", "--patients", "0")
+    assert code == 2 and "--patients must be at least 1" in err and not (tmp_path / "bad").exists()
+    code, _, err = run_cli(*common, "--out", tmp_path / "r", "--patients", "7", "--slices-per-case", "1",
+                           "--progress", "none")
+    assert code == 0, err
+    report = json.loads((tmp_path / "r" / "report.json").read_text(encoding="utf-8"))
+    assert report["settings"]["max_patients"] == 7 and report["settings"]["slices_per_case"] == 1
+    model = report["models"][0]
+    assert len(model["patients"]["members"]) == len(model["patients"]["non_members"]) == 7
+    assert any(w.startswith("capped run: at most 7 members") for w in report["warnings"])
