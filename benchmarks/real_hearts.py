@@ -10,7 +10,9 @@ image's grid (``synthesize``, seed 0, the model's only vendor). Printed and writ
   synthetic (a cartoon heart in a black frame scores far above the real images);
 - intensity outside the heart: mean and standard deviation of the normalised intensity away from the mask,
   real vs synthetic (chest wall, lungs, liver: is there anatomy, and how much contrast);
-- seconds per 10-slice stack (wall and CPU) and the stack's field of view.
+- seconds per 10-slice stack (wall and CPU) and the stack's field of view;
+- peak resident memory while the model generates (:class:`benchmarks.common.PeakRSS`: the model and torch
+  included, the other models' peaks reset).
 
 ``DIR/real_vs_synthetic.png``: three patients (rows) at base, mid and apex (columns), real and synthetic side
 by side, with the mask's contours (red LV, green MYO, blue RV). Real data stay outside the repository: the
@@ -27,6 +29,8 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+
+from benchmarks.common import PeakRSS  # noqa: E402
 
 NEAR_BLACK = 0.05  # of the volume's 1–99 percentile range
 FIGURE_PATIENTS = 3
@@ -98,14 +102,16 @@ def run(data: str, models: list[str], out: Path) -> str:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     out.mkdir(parents=True, exist_ok=True)
     lines = ["| model | cases | near-black real | near-black synthetic | outside-heart mean / sd real | "
-             "synthetic | s per 10-slice stack (wall / CPU) | field of view |", "|" + " --- |" * 8]
+             "synthetic | s per 10-slice stack (wall / CPU) | field of view | peak RSS |", "|" + " --- |" * 9]
     cases = None
     for model in models:
         generator, card = load_checkpoint(model)
         cases = cases or held_out_cases(data, card)
-        real, synthetic, times, shown = [], [], [], []
+        real, synthetic, times, shown, peaks = [], [], [], [], []
         for case in cases:
-            volume, wall, cpu = generate(generator, card, case)
+            with PeakRSS() as peak:
+                volume, wall, cpu = generate(generator, card, case)
+            peaks.append(peak.bytes)
             real.append(volume_stats(case.image.array, case.label.array))
             synthetic.append(volume_stats(volume.array, case.label.array))
             times.append((wall * 10 / case.image.shape[0], cpu * 10 / case.image.shape[0]))
@@ -118,7 +124,8 @@ def run(data: str, models: list[str], out: Path) -> str:
                      f"{mean(synthetic, 'near_black'):.3f} | {mean(real, 'outside_mean'):.2f} / "
                      f"{mean(real, 'outside_std'):.2f} | {mean(synthetic, 'outside_mean'):.2f} / "
                      f"{mean(synthetic, 'outside_std'):.2f} | {np.median([t[0] for t in times]):.1f} / "
-                     f"{np.median([t[1] for t in times]):.1f} | {fov[0]:.0f}×{fov[1]:.0f} mm |")
+                     f"{np.median([t[1] for t in times]):.1f} | {fov[0]:.0f}×{fov[1]:.0f} mm | "
+                     f"{max(peaks) / 2**20:.0f} MiB |")
     table = "\n".join(lines)
     (out / "real_hearts.md").write_text(table + "\n", encoding="utf-8")
     return table

@@ -138,18 +138,26 @@ def list_models(folder: str | os.PathLike | None = None, *, families: tuple[str,
                 ) -> list[ModelInfo]:
     """Starter models first, then every checkpoint folder directly inside ``folder`` (default model folder).
 
-    Folders without a readable card are skipped (a run still writing has no card yet). ``families`` keeps
-    only those generator families (the image choosers leave out the stage-1 ``anatomy`` model).
+    Starters in the order a user should try them: the default (:data:`~CMRSynthLib.training.starters.
+    DEFAULT_MODEL`, the best real one), the other real ones, the phantom ones. Folders without a readable card
+    are skipped (a run still writing has no card yet). ``families`` keeps only those generator families (the
+    image choosers leave out the stage-1 ``anatomy`` model).
     """
+    from CMRSynthLib.training.starters import DEFAULT_MODEL
+
     found = []
     for root, starter in ((starter_folder(), True), (Path(folder) if folder else default_model_folder(), False)):
         if not root.is_dir():
             continue
+        infos = []
         for path in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
             try:
-                found.append(read_model(path, starter=starter))
+                infos.append(read_model(path, starter=starter))
             except InputError:
                 continue
+        if starter:
+            infos.sort(key=lambda info: (info.name != DEFAULT_MODEL, info.simulated, info.name))
+        found += infos
     return [info for info in found if families is None or info.family in families]
 
 

@@ -44,6 +44,16 @@ ACDC = {"name": "ACDC", "license": "CC BY-NC-SA 4.0", "citation": "Bernard et al
         "spacing_assumption": "1.5625 mm in-plane, 10 mm between slices (the snapshot has no spacing)"}
 
 
+def test_the_default_real_starter_is_the_first_choice_then_real_then_phantom(tmp_path, monkeypatch):
+    from CMRSynthLib.training.starters import DEFAULT_MODEL
+
+    monkeypatch.setenv("CMRSYNTH_MODELS", str(tmp_path / "starters"))
+    for name in ("acdc-ddpm", "acdc-flow", DEFAULT_MODEL, "a-phantom"):  # names sort otherwise
+        checkpoint(tmp_path / "starters" / name, simulated=name == "a-phantom")
+    assert [m.name for m in catalogue.list_models(tmp_path / "mine")] == [
+        DEFAULT_MODEL, "acdc-ddpm", "acdc-flow", "a-phantom"]
+
+
 def test_a_real_data_model_names_its_data_license_and_what_it_knows(tmp_path):
     folder = checkpoint(tmp_path / "acdc-flow", vendors=("Siemens",), simulated=False)
     card = json.loads((folder / "card.json").read_text())
