@@ -53,7 +53,7 @@ _WHOLE = dict(preset="small", spacing=1.5625, field_of_view="whole", batch_size=
               lr_schedule="cosine", ema_decay=0.999, seed=0)
 REAL_STARTERS: dict[str, dict] = {
     "acdc-ldm": dict(family="ldm", image_size=192, max_steps=3500, autoencoder_fraction=0.4, **_WHOLE),
-    "acdc-hybrid": dict(family="hybrid", image_size=96, max_steps=500, **{**_WHOLE, "lr": 4e-4, "warmup": 50}),
+    "acdc-hybrid": dict(family="hybrid", image_size=96, max_steps=2000, **{**_WHOLE, "lr": 4e-4, "warmup": 50}),
     "acdc-anatomy": dict(family="anatomy", preset="small", image_size=96, spacing=2.0, max_steps=1000, batch_size=8,
                          lr=4e-4, warmup=50, lr_schedule="cosine", ema_decay=0.999, seed=0),
 }
@@ -161,7 +161,7 @@ def summary(out: Path) -> str:
     if real:
         text += ("## Real: trained on ACDC (CC BY-NC-SA 4.0)\n\n"
                  "Trained on the 70 ACDC training patients (`train.list`; the 10 `val.list` patients held out, the 20 "
-                 "`test.list` patients never read) of the SSL4MIS HDF5 snapshot, which holds no spacing: "
+                 "`test.list` patients never read) of the SSL4MIS HDF5 snapshot. "
                  f"{_spacing_note()}. License CC BY-NC-SA 4.0: research and non-commercial use, share alike; "
                  "cite Bernard et al., IEEE TMI 2018. Reproduce: "
                  f"`{COMMAND} --data ACDC_H5_FOLDER --only NAME`.\n\n" + "\n".join(HEADER + real) + "\n\n")
