@@ -27,6 +27,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--slices-per-case", type=int, metavar="K",
                         help="at most K heart slices per image, evenly spaced base to apex; default all, 3 with "
                              "--quick")
+    parser.add_argument("--segmenter-steps", type=int, metavar="S",
+                        help="training steps of the audit's segmenters (default 800, 250 with --quick); real "
+                             "whole-field images need more than the phantom")
     parser.add_argument("--redact", action="store_true",
                         help="draw outlines instead of real images in the nearest-neighbour gallery")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "mps"))
@@ -46,6 +49,10 @@ def run(args, progress) -> int:
             if value < 1:
                 raise InputError(f"{flag} must be at least 1, got {value}")
             plan = replace(plan, **{field: value})
+    if args.segmenter_steps is not None:
+        if args.segmenter_steps < 1:
+            raise InputError(f"--segmenter-steps must be at least 1, got {args.segmenter_steps}")
+        plan = replace(plan, segmenter=replace(plan.segmenter, steps=args.segmenter_steps))
     report = run_audit(args.model, args.data, args.out, synthetic=args.synthetic, members=args.members,
                        holdout=args.holdout, quick=args.quick, redact=args.redact, device=args.device, plan=plan,
                        inception_weights=args.inception_weights, progress=progress)

@@ -211,11 +211,14 @@ def test_patients_and_slices_per_case_flags_size_the_audit(workspace, run_cli, t
     common = ["audit", "--model", workspace["checkpoint"], "--data", workspace["cohort"], "--quick"]
     code, _, err = run_cli(*common, "--out", tmp_path / "bad", "--patients", "0")
     assert code == 2 and "--patients must be at least 1" in err and not (tmp_path / "bad").exists()
+    code, _, err = run_cli(*common, "--out", tmp_path / "bad", "--segmenter-steps", "-3")
+    assert code == 2 and "--segmenter-steps must be at least 1" in err
     code, _, err = run_cli(*common, "--out", tmp_path / "r", "--patients", "7", "--slices-per-case", "1",
-                           "--progress", "none")
+                           "--segmenter-steps", "30", "--progress", "none")
     assert code == 0, err
     report = json.loads((tmp_path / "r" / "report.json").read_text(encoding="utf-8"))
     assert report["settings"]["max_patients"] == 7 and report["settings"]["slices_per_case"] == 1
+    assert report["settings"]["segmenter"]["steps"] == 30
     model = report["models"][0]
     assert len(model["patients"]["members"]) == len(model["patients"]["non_members"]) == 7
     assert any(w.startswith("capped run: at most 7 members") for w in report["warnings"])
