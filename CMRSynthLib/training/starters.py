@@ -143,7 +143,9 @@ def _row(name: str, folder: Path) -> str:
     t = card["training"]
     size = sum(p.stat().st_size for p in folder.iterdir()) / 1e6
     cpu = f"{t['cpu_seconds'] / 60:.1f}" if t.get("cpu_seconds") else "–"
-    return (f"| {name} | {card['family']} | {t['arguments']['preset']} | "
+    part_of = card.get("starter", {}).get("part_of")
+    family = f"{card['family']} (a network of {part_of}: its run and loss)" if part_of else card["family"]
+    return (f"| {name} | {family} | {t['arguments']['preset']} | "
             f"{'×'.join(map(str, card['preprocessing']['size']))} | {t['steps']} | "
             f"{t['wall_seconds'] / 60:.1f} | {cpu} | {t['final_loss']:.4f} | "
             f"{card['config']['sampler']} {card['config']['steps']} | {size:.1f} |")
