@@ -70,9 +70,11 @@ def singular_covariance_warning(samples: int, features: int) -> str | None:
 
 
 def _ms_ssim_scales(shape: tuple[int, int], kernel: int = 11) -> int:
-    """Scales such that the coarsest image is still at least one SSIM window wide (≤ 5)."""
+    """Scales such that the coarsest image is still at least one SSIM window wide (≤ 5), within torchmetrics'
+    own size rule for ``n`` scales (side // (n - 1)² > kernel - 1: 96 px allows 3, not 4)."""
     scales = 1
-    while scales < 5 and min(shape) / 2 ** scales >= kernel:
+    while (scales < 5 and min(shape) / 2 ** scales >= kernel
+           and min(shape) // max(1, scales) ** 2 > kernel - 1):
         scales += 1
     return scales
 

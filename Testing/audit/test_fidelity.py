@@ -61,6 +61,8 @@ def test_ms_ssim_diversity_of_identical_images_is_one():
     assert ms_ssim_diversity(same, pairs=20).value == pytest.approx(1.0, abs=1e-4)
     varied = ms_ssim_diversity(make_slices(6, seed=0), pairs=20)  # same anatomy, independent noise
     assert varied.high < 0.99 and "2 scales" in varied.method  # 32 px allows two 11-px scales
+    for side, scales in ((96, 3), (192, 5)):  # torchmetrics refuses 4 scales below 100 px
+        assert f"{scales} scales" in ms_ssim_diversity(make_slices(4, size=side, seed=1), pairs=4).method
 
 
 def test_kernel_distance_is_the_unbiased_mmd_at_unequal_sizes():
