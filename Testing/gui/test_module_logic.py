@@ -565,7 +565,7 @@ def test_generate_shows_the_models_data_and_offers_only_its_vendors_and_groups(w
     assert "Cite: Bernard et al., IEEE TMI 2018" in widget.ui.modelCardLabel.toolTip
     assert widget.ui.vendorComboBox.texts == ["", "Siemens"] and widget.ui.groupComboBox.texts == ["", "NOR", "DCM"]
     assert node.vendor == "" and node.group == ""  # what this model does not know is not kept
-    phantom = next(m for m in widget.logic.models() if m.starter and m.family == "flow")
+    phantom = next(m for m in widget.logic.models() if m.starter and m.simulated and m.family == "flow")
     node.model = phantom.argument
     widget.onParameterNodeModified()
     assert "trained on a simulated phantom" in widget.ui.modelCardLabel.text

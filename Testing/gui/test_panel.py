@@ -165,7 +165,7 @@ def test_generate_offers_only_what_the_model_knows_and_names_its_data(panel, tmp
     assert [tab.group.itemText(i) for i in range(tab.group.count())] == ["", "NOR", "DCM"]
     assert "trained on ACDC (CC BY-NC-SA 4.0), 100 patients" in tab.model.card.text()
     assert "Cite: Bernard et al. 2018" in tab.model.card.toolTip()
-    phantom = next(info for info in tab.model.models if info.starter)
+    phantom = next(info for info in tab.model.models if info.starter and info.simulated)
     tab.model.refresh(select=phantom.argument)
     assert "trained on a simulated phantom" in tab.model.card.text()
     assert [tab.vendor.itemText(i) for i in range(tab.vendor.count())] == ["", *phantom.vendors]
