@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from CMRSynthLib import DEFAULT_MODEL
 from CMRSynthLib.errors import InputError
 from CMRSynthLib.training.ledger import patient_level
 
@@ -138,13 +139,11 @@ def list_models(folder: str | os.PathLike | None = None, *, families: tuple[str,
                 ) -> list[ModelInfo]:
     """Starter models first, then every checkpoint folder directly inside ``folder`` (default model folder).
 
-    Starters in the order a user should try them: the default (:data:`~CMRSynthLib.training.starters.
-    DEFAULT_MODEL`, the best real one), the other real ones, the phantom ones. Folders without a readable card
+    Starters in the order a user should try them: the default (:data:`~CMRSynthLib.DEFAULT_MODEL`, the best
+    real one), the other real ones, the phantom ones. Folders without a readable card
     are skipped (a run still writing has no card yet). ``families`` keeps only those generator families (the
     image choosers leave out the stage-1 ``anatomy`` model).
     """
-    from CMRSynthLib.training.starters import DEFAULT_MODEL
-
     found = []
     for root, starter in ((starter_folder(), True), (Path(folder) if folder else default_model_folder(), False)):
         if not root.is_dir():

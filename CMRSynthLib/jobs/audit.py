@@ -42,17 +42,15 @@ def run(args, progress) -> int:
     from CMRSynthLib.audit.run import AuditPlan, run_audit
     from CMRSynthLib.errors import InputError
 
-    plan = replace(AuditPlan.quick() if args.quick else AuditPlan(), seed=args.seed)
-    for flag, value, field in (("--patients", args.patients, "max_patients"),
-                               ("--slices-per-case", args.slices_per_case, "slices_per_case")):
-        if value is not None:
-            if value < 1:
-                raise InputError(f"{flag} must be at least 1, got {value}")
-            plan = replace(plan, **{field: value})
-    if args.segmenter_steps is not None:
-        if args.segmenter_steps < 1:
-            raise InputError(f"--segmenter-steps must be at least 1, got {args.segmenter_steps}")
-        plan = replace(plan, segmenter=replace(plan.segmenter, steps=args.segmenter_steps))
+    sizes = {"--patients": args.patients, "--slices-per-case": args.slices_per_case,
+             "--segmenter-steps": args.segmenter_steps}
+    for flag, value in sizes.items():
+        if value is not None and value < 1:
+            raise InputError(f"{flag} must be at least 1, got {value}")
+    base = AuditPlan.quick() if args.quick else AuditPlan()  # what a flag not given keeps
+    plan = replace(base, seed=args.seed, max_patients=args.patients or base.max_patients,
+                   slices_per_case=args.slices_per_case or base.slices_per_case,
+                   segmenter=replace(base.segmenter, steps=args.segmenter_steps or base.segmenter.steps))
     report = run_audit(args.model, args.data, args.out, synthetic=args.synthetic, members=args.members,
                        holdout=args.holdout, quick=args.quick, redact=args.redact, device=args.device, plan=plan,
                        inception_weights=args.inception_weights, progress=progress)

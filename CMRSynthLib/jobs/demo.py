@@ -168,7 +168,7 @@ def run_real(args, progress) -> int:
     """The walk on the real cohort ``args.data`` (see the module notes)."""
     from CMRSynthLib.data.cohorts import open_cohort
     from CMRSynthLib.training.checkpoint import read_card, resolve_model
-    from CMRSynthLib.training.starters import DEFAULT_MODEL
+    from CMRSynthLib import DEFAULT_MODEL
 
     out = Path(args.out).resolve()
     plan = REAL_PLANS["quick" if args.quick else "full"]

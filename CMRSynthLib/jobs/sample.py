@@ -59,10 +59,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def default_model() -> str:
-    """The best real starter (:data:`~CMRSynthLib.training.starters.DEFAULT_MODEL`), when it is installed."""
+    """The best real starter (:data:`~CMRSynthLib.DEFAULT_MODEL`), when it is installed."""
     from CMRSynthLib.errors import InputError
     from CMRSynthLib.training.checkpoint import models_dir
-    from CMRSynthLib.training.starters import DEFAULT_MODEL
+    from CMRSynthLib import DEFAULT_MODEL
 
     if not (models_dir() / DEFAULT_MODEL).is_dir():
         raise InputError(f"no --model given and the default starter {DEFAULT_MODEL} is not in {models_dir()}; "

@@ -60,7 +60,6 @@ REAL_STARTERS: dict[str, dict] = {
 # The real flow and DDPM starters are the two networks of the real hybrid, trained on the same batches (the
 # hybrid's loss is the sum of theirs): one CPU run gives the three pixel-space families.
 HYBRID_PARTS = {"acdc-flow": "flow", "acdc-ddpm": "ddpm"}
-DEFAULT_MODEL = "acdc-ldm"  # what `cmrsynth sample` and the panel use when no model is named
 COMMAND = "python -m CMRSynthLib.training.starters --out Resources/models"
 STORAGE = torch.int8  # parameters_dtype of the shipped weights (save_checkpoint)
 STORAGE_NOTE = "int8 kernels/matrices with a float32 scale per output channel, other parameters float16"

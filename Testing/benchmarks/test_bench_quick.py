@@ -42,5 +42,6 @@ def test_a_quick_run_leaves_the_studies_out_unless_asked():
             "assert not set(parse(['--quick']).only) & set(STUDIES)\n"
             "assert set(STUDIES) <= set(parse([]).only) and set(STUDIES) <= set(parse(['--smoke']).only)\n"
             "assert parse(['--quick', '--only', 'solvers']).only == ['solvers']\n")
-    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, encoding="utf-8", timeout=120)
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, encoding="utf-8",
+                         timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from CMRSynthLib import DEFAULT_MODEL
 from CMRSynthLib.errors import InputError
 from CMRSynthLib.gui import catalogue
 
@@ -45,8 +46,6 @@ ACDC = {"name": "ACDC", "license": "CC BY-NC-SA 4.0", "citation": "Bernard et al
 
 
 def test_the_default_real_starter_is_the_first_choice_then_real_then_phantom(tmp_path, monkeypatch):
-    from CMRSynthLib.training.starters import DEFAULT_MODEL
-
     monkeypatch.setenv("CMRSYNTH_MODELS", str(tmp_path / "starters"))
     for name in ("acdc-ddpm", "acdc-flow", DEFAULT_MODEL, "a-phantom"):  # names sort otherwise
         checkpoint(tmp_path / "starters" / name, simulated=name == "a-phantom")

@@ -313,8 +313,8 @@ def test_quitting_the_application_ends_the_job_behind_the_launcher(tmp_path, sam
     argv, out = sample_job
     app = tmp_path / "app.py"
     app.write_text(textwrap.dedent(QUITTING), encoding="utf-8")
-    done = subprocess.run([sys.executable, str(app), *launcher(tmp_path), *argv], capture_output=True, text=True, encoding="utf-8",
-                          env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)), timeout=600)
+    done = subprocess.run([sys.executable, str(app), *launcher(tmp_path), *argv], capture_output=True, text=True,
+                          encoding="utf-8", env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)), timeout=600)
     job_pid, state = done.stdout.split()
     assert state == "cancelled" and not alive(int(job_pid))  # gone before the application was
     assert not out.exists() or list(out.rglob("*")) == []

@@ -7,7 +7,7 @@ import pytest
 from CMRSynthLib.jobs.sample import default_anatomy, default_model, whole_field_mm
 from CMRSynthLib.synthesis import sample_anatomy
 from CMRSynthLib.training.checkpoint import load_checkpoint
-from CMRSynthLib.training.starters import DEFAULT_MODEL
+from CMRSynthLib import DEFAULT_MODEL
 from training_fixtures import oblique_mask
 from CMRSynthLib.data.volume import write_volume
 
