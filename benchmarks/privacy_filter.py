@@ -10,8 +10,9 @@ Protocol:
   **DP** (patient-level DP-SGD at ε = 10, δ = 1e-3, fine-tuned from a model trained without DP on the public
   half, as the demo's DP model is);
 - per model, its re-identification model (:func:`CMRSynthLib.reid.model.build_reid`): fitted on that model's
-  members only, threshold calibrated at a 1% false-match rate on the private half's held-out patients
-  (validation + holdout: the phantom's validation split alone is two or three patients);
+  training split (for the overfit model its 4 members and the split's unused patients; the gallery holds members
+  only), threshold calibrated at a 1% false-match rate on the private half's held-out patients (validation +
+  holdout: the phantom's validation split alone is two or three patients);
 - the draws: one image per heart slice of every member's mask (the near-copies a memorising model makes are
   made from member masks), each screened by the filter (:class:`CMRSynthLib.reid.filter.PrivacyFilter`,
   4 redraws); *re-identified before* is the share of first draws the filter rejects, *after* the share still
@@ -37,8 +38,8 @@ from benchmarks.privacy_utility import DELTA, LR, MAX_GRAD_NORM, _cohorts
 EPSILON = 10.0
 OVERFIT_PATIENTS = 4
 # mode → (patients, normal steps, overfit steps, public steps, DP steps, batch, reid steps, timed stacks, starter)
-PLANS = {"smoke": (24, 4, 4, 3, 3, 4, 5, 1, False), "quick": (48, 400, 1500, 200, 200, 8, 200, 2, False),
-         "full": (48, 800, 3000, 400, 400, 8, 300, 4, True)}
+PLANS = {"smoke": (24, 4, 4, 3, 3, 4, 5, 1, False), "quick": (48, 400, 1500, 200, 200, 8, 600, 2, False),
+         "full": (48, 800, 3000, 400, 400, 8, 600, 4, True)}
 
 
 def run(settings: Settings, context: dict) -> list[Table]:
@@ -77,7 +78,8 @@ def run(settings: Settings, context: dict) -> list[Table]:
         f"{dp_steps} steps of patient-level DP-SGD (C = {MAX_GRAD_NORM:g}) from a {public_steps}-step public model.",
         "Re-identification: a slice matches a training patient when its embedding (heart blanked out) is closer "
         "than the threshold to one of that patient's slices; threshold at a 1% false-match rate on the held-out "
-        f"patients' real slices; {reid_steps} contrastive steps. Filter: 4 redraws with derived seeds, then the "
+        f"patients' real slices; {reid_steps} contrastive steps on the model's training split (members, and the "
+        "unused patients of a run on part of it; the gallery holds members only). Filter: 4 redraws with derived seeds, then the "
         "image is withheld.",
         "Sampling time: whole member stacks at the model's default sampler, with and without the filter, "
         "interleaved; the overhead is the filter's embedding of every slice plus the redraws.",
@@ -126,9 +128,10 @@ def _row(model: Path, data: Path, *, reid_steps: int, timed: int, settings: Sett
     splits = patient_splits(card, model)
     cohort, preprocessing = open_cohort(data), PreprocessConfig.from_dict(card["preprocessing"])
     members = load_slices(cohort, splits["members"], preprocessing, what="member")
+    unused = load_slices(cohort, splits["unused"], preprocessing, what="unused") if splits["unused"] else None
     held_out = load_slices(cohort, patient_list(calibration, flag="calibration", splits=splits), preprocessing,
                            what="held-out")
-    reid = build_reid(card, members, held_out, config=ReidConfig(size=members.shape, steps=reid_steps),
+    reid = build_reid(card, members, held_out, others=unused, config=ReidConfig(size=members.shape, steps=reid_steps),
                       calibration_split=calibration, simulated=True, device=settings.device, n_boot=300)
     privacy_filter = PrivacyFilter.of(reid)
     vocabulary = Vocabulary.from_dict(card["vocabulary"])

@@ -1,7 +1,8 @@
 """``cmrsynth reid``: build a model's re-identification model, which ``cmrsynth sample --privacy-filter`` uses.
 
-The embedding is fitted on the generator's training patients only (the card's ``members``, or the
-``<folder>.PRIVATE-membership.json`` beside a DP model) and its threshold calibrated on patients it never
+The embedding is fitted on the generator's training patients (the card's ``members``, or the
+``<folder>.PRIVATE-membership.json`` beside a DP model; plus the training split's ``unused`` patients when the
+run trained on part of it), its gallery holds the members only, and its threshold is calibrated on patients it never
 saw (``--calibration``, default the checkpoint's validation split) at ``--false-match-rate``. It is written
 beside the checkpoint folder, ``<folder>.PRIVATE-reid/`` (or ``--out``), never inside it: it is computed from
 the private training images without DP (:mod:`CMRSynthLib.reid.model`).
@@ -65,11 +66,13 @@ def run(args, progress) -> int:
     preprocessing = PreprocessConfig.from_dict(card["preprocessing"])
     progress.start("reid: reading slices", None)
     member_slices = load_slices(cohort, [p for p in members if p in present], preprocessing, what="training")
+    unused = [p for p in splits["unused"] if p in present]
+    others = load_slices(cohort, unused, preprocessing, what="unused training") if unused else None
     held_out = load_slices(cohort, [p for p in calibration if p in present], preprocessing, what="calibration")
     config = ReidConfig(size=member_slices.shape, steps=args.steps, seed=args.seed)
     progress.start("reid: contrastive training", config.steps, model=card.get("model_id"),
-                   patients=len(member_slices.patient_ids()), slices=len(member_slices))
-    model = build_reid(card, member_slices, held_out, config=config, false_match_rate=args.false_match_rate,
+                   patients=len(member_slices.patient_ids()) + len(unused), slices=len(member_slices))
+    model = build_reid(card, member_slices, held_out, others=others, config=config, false_match_rate=args.false_match_rate,
                        calibration_split=args.calibration, device=device,
                        simulated=all(r.simulated for r in cohort.records),
                        callback=lambda step, total, loss: progress.update(step, loss=loss) if step % 10 == 0 or

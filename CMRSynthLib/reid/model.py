@@ -14,6 +14,12 @@ measured there is reported with a patient-level bootstrap interval (:func:`CMRSy
 The same slices show what the embedding can do: the *true-match rate* is the share of them whose nearest
 other slice of their own patient (another level, the other phase) is closer than the threshold.
 
+Who teaches the embedding: the generator's members and, when the run used only part of its training split
+(``--train-patients``), the split's other, *unused* patients (``others``). The embedding is a general "same
+patient?" metric, and a few members alone teach it little (a model memorising 4 patients would leave 4 classes
+to learn from); more patients of the same private training split sharpen it. Only members enter the gallery, and
+calibration patients are never among the patients it learns from.
+
 Privacy: the network and the gallery are computed from the training patients' images without DP, so the
 folder is private data in the spirit of ``<folder>.PRIVATE-membership.json``: it is never written inside a
 checkpoint folder (a DP model's folder stays shareable), it is created owner-only, and ``reid.json`` says so
@@ -139,16 +145,21 @@ class ReidModel:
         return float(np.mean(self.calibration_distances < threshold))
 
 
-def build_reid(card: dict, members: Slices, calibration: Slices, *, config: ReidConfig | None = None,
+def build_reid(card: dict, members: Slices, calibration: Slices, *, others: Slices | None = None,
+               config: ReidConfig | None = None,
                false_match_rate: float = DEFAULT_FALSE_MATCH_RATE, calibration_split: str = "validation",
                simulated: bool = False, device: str | torch.device = "cpu", n_boot: int = 1000,
                callback: Callable[[int, int, float], None] | None = None) -> ReidModel:
-    """Fit the embedding on ``members`` (the generator's training patients only), calibrate it on
-    ``calibration`` (patients it never saw) → a :class:`ReidModel` for the generator ``card`` describes."""
-    overlap = sorted(set(members.patient_ids()) & set(calibration.patient_ids()))
+    """Fit the embedding on ``members`` (the generator's training patients) and ``others`` (the unused rest of
+    its training split, if any; never in the gallery), calibrate it on ``calibration`` (patients it never saw)
+    → a :class:`ReidModel` for the generator ``card`` describes."""
+    learners = members if others is None else Slices.cat([members, others])
+    overlap = sorted(set(learners.patient_ids()) & set(calibration.patient_ids()))
     if overlap:
         raise InputError(f"calibration patients include training patients ({', '.join(overlap[:3])}); "
                          "calibrate on held-out patients")
+    if others is not None and set(others.patient_ids()) & set(members.patient_ids()):
+        raise ValueError("others must be patients of the training split the generator did not use")
     if len(members.patient_ids()) < 2:
         raise InputError(f"the re-identification model needs at least 2 training patients, found "
                          f"{len(members.patient_ids())}")
@@ -160,7 +171,7 @@ def build_reid(card: dict, members: Slices, calibration: Slices, *, config: Reid
         if callback is not None:
             callback(done, total, loss)
 
-    network = fit_embedding(members.images, members.masks, members.patients, config, device=device, callback=step)
+    network = fit_embedding(learners.images, learners.masks, learners.patients, config, device=device, callback=step)
     gallery = embed(network, members.images, members.masks, heart_margin=config.heart_margin)
     probes = embed(network, calibration.images, calibration.masks, heart_margin=config.heart_margin)
     held_out = nearest_distances(probes, gallery)
@@ -178,6 +189,7 @@ def build_reid(card: dict, members: Slices, calibration: Slices, *, config: Reid
         "generator": {"model_id": card.get("model_id"), "family": card.get("family"),
                       "dp": card.get("privacy") is not None},
         "training": {"patients": len(members.patient_ids()), "slices": len(members), "steps": config.steps,
+                     "unused_patients": len(learners.patient_ids()) - len(members.patient_ids()),
                      "final_loss": float(np.mean(losses[-20:])), "seconds": round(time.monotonic() - started, 1)},
         "calibration": {"split": calibration_split, "patients": len(calibration.patient_ids()),
                         "slices": len(calibration), "target_false_match_rate": false_match_rate,

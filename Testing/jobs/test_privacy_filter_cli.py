@@ -43,6 +43,7 @@ def test_reid_is_written_where_asked_owner_only_with_its_calibration(reid_folder
     assert record["calibration"]["split"] == "validation+holdout"
     assert record["calibration"]["patients"] == len(card["validation"]) + len(card["holdout"])
     assert record["training"]["patients"] == len(card["members"])
+    assert record["training"]["unused_patients"] == len(card.get("unused") or [])
     assert (reid_folder.stat().st_mode & 0o077) == 0 and not any(p.name.startswith("reid") for p in tiny_flow.iterdir())
 
 

@@ -162,3 +162,26 @@ def test_a_whole_field_of_view_stack_is_judged_on_its_heart_centred_window(reid,
     assert np.array_equal(crop(field, (21, 3), (32, 32), fill=-1.0), case.images)
     assert (reid.distances(field, labels) < reid.threshold).all()
     assert crop(field, (-2, 50), (4, 4), fill=-1.0).shape == (len(case), 4, 4)  # padded where it leaves the field
+
+
+def test_unused_training_patients_teach_the_embedding_but_stay_out_of_the_gallery(split):
+    """A run on part of its training split (``--train-patients``) leaves patients the embedding may learn from:
+    they sharpen its "same patient?" metric, but only members are looked for, and a calibration patient may
+    never be among the learners."""
+    from CMRSynthLib.audit.slices import Slices
+    from CMRSynthLib.reid.embedding import ReidConfig
+    from CMRSynthLib.reid.model import build_reid
+
+    members, calibration = split["members"], split["calibration"]
+    few = members.take(np.isin(members.patients, members.patient_ids()[:3]))
+    rest = members.take(~np.isin(members.patients, members.patient_ids()[:3]))
+    card = {"model_id": "overfit", "family": "flow", "privacy": None}
+    config = ReidConfig(size=(32, 32), steps=20)
+    reid = build_reid(card, few, calibration, others=rest, config=config, n_boot=20, simulated=True)
+    assert reid.gallery.shape == (len(few), config.dim)
+    assert reid.record["training"]["patients"] == 3 and reid.record["training"]["unused_patients"] == 7
+    assert (reid.distances(few.images, few.masks) < 1e-3).all()  # its own members are in the gallery
+    alone = build_reid(card, few, calibration, config=config, n_boot=20, simulated=True)
+    assert not np.allclose(alone.gallery, reid.gallery)  # the others changed what was learned
+    with pytest.raises(InputError, match="calibration patients include training patients"):
+        build_reid(card, few, calibration, others=Slices.cat([rest, calibration]), config=config)
