@@ -39,9 +39,9 @@ from CMRSynthLib.data.volume import Volume, check_finite, check_same_geometry, t
 from CMRSynthLib.errors import InputError
 from CMRSynthLib.models.config import strict_from_dict
 
-INTERPOLATIONS = {"linear": 1, "bspline": 3}
+INTERPOLATIONS = {"linear": 1, "bspline": 3}  # image interpolation name → spline order
 FIELDS_OF_VIEW = ("heart", "whole")
-FOV_MULTIPLE = 32  # a whole-field grid's sides: what a 4× autoencoder under a 3-level UNet (8×) can halve  # image interpolation name → spline order
+FOV_MULTIPLE = 32  # a whole-field grid's sides: what a 4× autoencoder under a 3-level UNet (8×) can halve
 _SITK_INTERPOLATORS = {0: "sitkNearestNeighbor", 1: "sitkLinear", 3: "sitkBSpline"}
 
 
