@@ -98,14 +98,18 @@ REAL_SHAPE = {"image_size": 64, "spacing": 3.0, "field_of_view": "whole"}
 REAL_STEPS = {"overfit": 2500, "normal": 1500, "dp": 600}
 
 
-def real(data: str, *, work: Path | None = None, settings: Settings | None = None) -> Table:
+def real(data: str, *, work: Path | None = None, smoke: bool = False) -> Table:
     """The three models on a real cohort (``data``): overfit on ``OVERFIT_PATIENTS`` of its training patients,
     normal on all of them, DP-SGD from scratch (no public cardiac data to start from); calibrated on the run's
-    holdout (ACDC: ``val.list``). ``work`` keeps the trained models (a rerun reuses them)."""
-    settings = settings or Settings("real", size=64, preset="tiny", repeats=1, warmup=0, baseline_steps=1)
+    holdout (ACDC: ``val.list``). ``work`` keeps the trained models (a rerun reuses them). ``smoke``: a few steps
+    on 32-px tiles, to check that it runs."""
+    settings = Settings("smoke" if smoke else "real", size=64, preset="tiny", repeats=1, warmup=0, baseline_steps=1)
+    shape, all_steps = (dict(REAL_SHAPE, image_size=32, spacing=6.0), dict.fromkeys(REAL_STEPS, 3)) if smoke else \
+        (REAL_SHAPE, REAL_STEPS)
+    reid_steps, batch = (5, 2) if smoke else (600, 8)
     started, loads = time.perf_counter(), [load_average()]
-    table = Table("Privacy filter: real cohort, tiny flow on 64-px whole-field tiles at 3 mm; images from every "
-                  "member slice mask", ["model", "re-identified before", "re-identified after (withheld)",
+    table = Table(f"Privacy filter: real cohort, tiny flow on {shape['image_size']}-px whole-field tiles at "
+                  f"{shape['spacing']:g} mm; images from every member slice mask", ["model", "re-identified before", "re-identified after (withheld)",
                                         "rejected draws", "threshold FMR on held-out (95% CI)",
                                         "true-match rate (95% CI)", "sampling time plain → filtered"])
     with tempfile.TemporaryDirectory(prefix="cmrsynth-privacy-filter-") as tmp, warnings.catch_warnings():
@@ -113,18 +117,18 @@ def real(data: str, *, work: Path | None = None, settings: Settings | None = Non
         root = Path(work) if work is not None else Path(tmp)
         plans = {"overfit": dict(train_patients=OVERFIT_PATIENTS), "normal": {},
                  f"DP ε = {EPSILON:g}": dict(epsilon=EPSILON)}
-        for (name, plan), steps in zip(plans.items(), REAL_STEPS.values()):
+        for (name, plan), steps in zip(plans.items(), all_steps.values()):
             out = root / name.split()[0].lower()
             if not (out / "card.json").is_file():
-                _train(Path(data), out, steps=steps, batch=8, settings=settings, shape=REAL_SHAPE, **plan)
-            table.add(name, *_row(out, Path(data), reid_steps=600, timed=2 if name == "normal" else 0,
+                _train(Path(data), out, steps=steps, batch=batch, settings=settings, shape=shape, **plan)
+            table.add(name, *_row(out, Path(data), reid_steps=reid_steps, timed=2 if name == "normal" else 0,
                                   settings=settings, calibration="holdout"))
     loads.append(load_average())
     table.notes += [
-        f"{data}: the overfit model trains on {OVERFIT_PATIENTS} training patients for {REAL_STEPS['overfit']} "
-        f"steps, the normal one on all of them for {REAL_STEPS['normal']} steps, the DP one {REAL_STEPS['dp']} steps "
-        f"of patient-level DP-SGD (ε = {EPSILON:g}, δ = {DELTA:g}, C = {MAX_GRAD_NORM:g}) from scratch; batch 8.",
-        "Re-identification as in the phantom table: 600 contrastive steps on the training split (the gallery holds "
+        f"{data}: the overfit model trains on {OVERFIT_PATIENTS} training patients for {all_steps['overfit']} "
+        f"steps, the normal one on all of them for {all_steps['normal']} steps, the DP one {all_steps['dp']} steps "
+        f"of patient-level DP-SGD (ε = {EPSILON:g}, δ = {DELTA:g}, C = {MAX_GRAD_NORM:g}) from scratch; batch {batch}.",
+        f"Re-identification as in the phantom table: {reid_steps} contrastive steps on the training split (the gallery holds "
         "each model's members only), threshold at a 1% false-match rate on the held-out patients (ACDC: val.list).",
         f"Wall time {time.perf_counter() - started:.0f} s; load average " + " → ".join(loads) + ".",
     ]
@@ -139,11 +143,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", required=True, help="the cohort (ACDC: the SSL4MIS HDF5 folder or the NIfTI layout)")
     parser.add_argument("--work", type=Path, default=None, help="keep the trained models here (a rerun reuses them)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--smoke", action="store_true", help="a few steps on 32-px tiles: checks that it runs")
     args = parser.parse_args(argv)
     import torch
 
     torch.set_num_threads(args.threads)
-    print(real(args.data, work=args.work).markdown())
+    print(real(args.data, work=args.work, smoke=args.smoke).markdown())
 
 
 def _train(data: Path, out: Path, *, steps: int, batch: int, settings: Settings, epsilon: float = math.inf,

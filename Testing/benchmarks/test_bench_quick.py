@@ -11,7 +11,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 TITLES = ("### Headline:", "### Targets (issue 7)", "### Quality: mask adherence", "### Sampling:", "### Training:",
           "### DP-SGD vs non-DP training", "### 3D:", "### Scaling with image size", "### Scaling with steps",
-          "### Optimisations from the outside", "### Solvers:", "### Memory:")
+          "### Optimisations from the outside", "### Solvers:", "### Memory:", "### Privacy filter:")
 
 
 def test_smoke_run_writes_every_table(tmp_path):
