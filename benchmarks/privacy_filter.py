@@ -98,11 +98,12 @@ REAL_SHAPE = {"image_size": 64, "spacing": 3.0, "field_of_view": "whole"}
 REAL_STEPS = {"overfit": 2500, "normal": 1500, "dp": 600}
 
 
-def real(data: str, *, work: Path | None = None, smoke: bool = False) -> Table:
+def real(data: str, *, work: Path | None = None, smoke: bool = False, models: tuple[str, ...] = ()) -> Table:
     """The three models on a real cohort (``data``): overfit on ``OVERFIT_PATIENTS`` of its training patients,
     normal on all of them, DP-SGD from scratch (no public cardiac data to start from); calibrated on the run's
     holdout (ACDC: ``val.list``). ``work`` keeps the trained models (a rerun reuses them). ``smoke``: a few steps
-    on 32-px tiles, to check that it runs."""
+    on 32-px tiles, to check that it runs. ``models``: trained models (folders or starter names, e.g. the
+    shipped ``acdc-ldm``) to measure as well, with the filter's cost on whole member stacks."""
     settings = Settings("smoke" if smoke else "real", size=64, preset="tiny", repeats=1, warmup=0, baseline_steps=1)
     shape, all_steps = (dict(REAL_SHAPE, image_size=32, spacing=6.0), dict.fromkeys(REAL_STEPS, 3)) if smoke else \
         (REAL_SHAPE, REAL_STEPS)
@@ -123,6 +124,11 @@ def real(data: str, *, work: Path | None = None, smoke: bool = False) -> Table:
                 _train(Path(data), out, steps=steps, batch=batch, settings=settings, shape=shape, **plan)
             table.add(name, *_row(out, Path(data), reid_steps=reid_steps, timed=2 if name == "normal" else 0,
                                   settings=settings, calibration="holdout"))
+        for model in models:
+            from CMRSynthLib.training.checkpoint import resolve_model
+
+            table.add(Path(model).name, *_row(resolve_model(model), Path(data), reid_steps=reid_steps, timed=2, settings=settings,
+                                   calibration="holdout"))
     loads.append(load_average())
     table.notes += [
         f"{data}: the overfit model trains on {OVERFIT_PATIENTS} training patients for {all_steps['overfit']} "
@@ -144,11 +150,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work", type=Path, default=None, help="keep the trained models here (a rerun reuses them)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--smoke", action="store_true", help="a few steps on 32-px tiles: checks that it runs")
+    parser.add_argument("--model", action="append", default=[],
+                        help="a model trained on this cohort to measure too (folder or starter name; repeatable)")
     args = parser.parse_args(argv)
     import torch
 
     torch.set_num_threads(args.threads)
-    print(real(args.data, work=args.work, smoke=args.smoke).markdown())
+    print(real(args.data, work=args.work, smoke=args.smoke, models=tuple(args.model)).markdown())
 
 
 def _train(data: Path, out: Path, *, steps: int, batch: int, settings: Settings, epsilon: float = math.inf,
