@@ -57,6 +57,13 @@ REAL_STARTERS: dict[str, dict] = {
     "acdc-anatomy": dict(family="anatomy", preset="small", image_size=96, spacing=2.0, max_steps=1000, batch_size=8,
                          lr=4e-4, warmup=50, lr_schedule="cosine", ema_decay=0.999, seed=0),
 }
+# Real starters trained in two runs: the second fine-tunes the exported first (``--init``, its shipped int8
+# weights) on the same patients with these arguments. The first run's cosine schedule had ended with the latent
+# model still improving; going on from it cost less than a longer run from scratch (the autoencoder is kept).
+CONTINUED: dict[str, dict] = {
+    "acdc-ldm": dict(family="ldm", max_steps=4000, batch_size=8, lr=1e-4, warmup=100, lr_schedule="cosine",
+                     ema_decay=0.999, seed=1),
+}
 # The real flow and DDPM starters are the two networks of the real hybrid, trained on the same batches (the
 # hybrid's loss is the sum of theirs): one CPU run gives the three pixel-space families.
 HYBRID_PARTS = {"acdc-flow": "flow", "acdc-ddpm": "ddpm"}
@@ -65,9 +72,10 @@ STORAGE = torch.int8  # parameters_dtype of the shipped weights (save_checkpoint
 STORAGE_NOTE = "int8 kernels/matrices with a float32 scale per output channel, other parameters float16"
 
 
-def export_starter(run: Path, out: Path, *, name: str, data: Path | None = None) -> dict:
+def export_starter(run: Path, out: Path, *, name: str, data: Path | None = None, first: dict | None = None) -> dict:
     """Ship a finished run: EMA weights (stored as :data:`STORAGE`) and its card, no trainer state. A real
-    starter (``data``: its cohort) names the data, its license and the spacing assumption in ``dataset``."""
+    starter (``data``: its cohort) names the data, its license and the spacing assumption in ``dataset``;
+    ``first``: the card of the first run a :data:`CONTINUED` starter went on from."""
     contents = ckpt.read_checkpoint(run)
     generator = ckpt.build_from_card(contents.card, path=run)
     ckpt.load_weights(generator, contents.ema or contents.weights, path=run / ckpt.WEIGHTS)
@@ -80,6 +88,10 @@ def export_starter(run: Path, out: Path, *, name: str, data: Path | None = None)
         card["starter"] = {"name": name, "reproduce": f"{COMMAND} --data ACDC_H5_FOLDER --only {name}",
                            "real": True, "storage": STORAGE_NOTE}
         card["training"] = _shippable_training(card["training"])
+        if first is not None:
+            card["training"]["arguments"]["init"] = f"{name} (its first run)"
+            card["starter"]["first_run"] = {k: first["training"][k] for k in (
+                "steps", "wall_seconds", "cpu_seconds", "final_loss", "arguments")}
     return ckpt.save_checkpoint(out, generator, card, parameters_dtype=STORAGE)
 
 
@@ -134,19 +146,27 @@ def train_starter(name: str, *, data: Path, work: Path, out: Path, progress) -> 
     config = TrainConfig(data=str(data), out=str(work / name), device="cpu", save_every=100 if not real else 250,
                          **arguments)
     Trainer(config, progress=progress).run()
-    return export_starter(work / name, out / name, name=name, data=data if real else None)
+    if name not in CONTINUED:
+        return export_starter(work / name, out / name, name=name, data=data if real else None)
+    first = export_starter(work / name, work / f"{name}-first", name=name, data=data)
+    config = TrainConfig(data=str(data), out=str(work / f"{name}-continued"), init=str(work / f"{name}-first"),
+                         device="cpu", save_every=250, **CONTINUED[name])
+    Trainer(config, progress=progress).run()
+    return export_starter(work / f"{name}-continued", out / name, name=name, data=data, first=first)
 
 
 def _row(name: str, folder: Path) -> str:
     card = json.loads((folder / ckpt.CARD).read_text(encoding="utf-8"))
     t = card["training"]
+    runs = [r for r in (card.get("starter", {}).get("first_run"), t) if r]  # a continued starter: both runs
     size = sum(p.stat().st_size for p in folder.iterdir()) / 1e6
-    cpu = f"{t['cpu_seconds'] / 60:.1f}" if t.get("cpu_seconds") else "–"
+    cpu = " + ".join(f"{r['cpu_seconds'] / 60:.1f}" for r in runs) if all(r.get("cpu_seconds") for r in runs) else "–"
+    wall = " + ".join(f"{r['wall_seconds'] / 60:.1f}" for r in runs)
     part_of = card.get("starter", {}).get("part_of")
     family = f"{card['family']} (a network of {part_of}: its run and loss)" if part_of else card["family"]
-    return (f"| {name} | {family} | {t['arguments']['preset']} | "
-            f"{'×'.join(map(str, card['preprocessing']['size']))} | {t['steps']} | "
-            f"{t['wall_seconds'] / 60:.1f} | {cpu} | {t['final_loss']:.4f} | "
+    return (f"| {name} | {family} | {runs[0]['arguments']['preset']} | "
+            f"{'×'.join(map(str, card['preprocessing']['size']))} | {' + '.join(str(r['steps']) for r in runs)} | "
+            f"{wall} | {cpu} | {t['final_loss']:.4f} | "
             f"{card['config']['sampler']} {card['config']['steps']} | {size:.1f} |")
 
 
