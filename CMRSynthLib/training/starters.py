@@ -88,7 +88,8 @@ def export_starter(run: Path, out: Path, *, name: str, data: Path | None = None,
         card["starter"] = {"name": name, "reproduce": f"{COMMAND} --data ACDC_H5_FOLDER --only {name}",
                            "real": True, "storage": STORAGE_NOTE}
         card["training"] = _shippable_training(card["training"])
-        if first is not None:
+        if first is not None:  # same data as the first run: its dataset record, not one "pretrained on" itself
+            card["dataset"] = first["dataset"]
             card["training"]["arguments"]["init"] = f"{name} (its first run)"
             card["starter"]["first_run"] = {k: first["training"][k] for k in (
                 "steps", "wall_seconds", "cpu_seconds", "final_loss", "arguments")}

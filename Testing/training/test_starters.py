@@ -89,6 +89,7 @@ def test_a_continued_starter_is_trained_in_two_runs_and_listed_with_both(phantom
                                   progress=Progress("none"))
     assert card["starter"]["first_run"]["steps"] == 2 and card["training"]["steps"] == 3
     assert card["training"]["arguments"]["init"] == "acdc-test (its first run)"
+    assert "pretrained_on" not in card["dataset"]
     assert str(tmp_path) not in json.dumps(card)  # no path of the machine that trained it
     first_loaded, _ = ckpt.load_checkpoint(tmp_path / "work" / "acdc-test-first")
     continued, _ = ckpt.load_checkpoint(tmp_path / "out" / "acdc-test")
