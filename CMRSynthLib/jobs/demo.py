@@ -11,9 +11,11 @@
    the non-DP and DP models; the verdict table and the report's path are printed at the end.
 
 ``--data DIR`` walks a real cohort instead (:func:`run_real`): inspect it, plan DP, fine-tune the real starter
-(``acdc-ldm``, whole field of view) on its training patients without DP and, when the starter has not seen any
-of its patients, with DP; whole-field-of-view volumes from held-out masks and from new anatomies; the audit of the
-starter and the fine-tunes on the held-out patients.
+(``acdc-ldm``, whole field of view) on its training patients without DP, and train with DP: a fine-tune of the
+starter when it has seen none of the patients, else a whole-field flow model from scratch (a fine-tune of a model
+that saw a patient without DP can promise that patient nothing, and there is no public cardiac model to start
+from; an LDM is DP-trained only on a frozen public autoencoder); whole-field-of-view volumes from held-out masks
+and from new anatomies; the audit of the starter, the fine-tune and the DP model on the held-out patients.
 
 The demo is a script over the public commands: every stage is the ``cmrsynth`` command a user would type,
 printed before it runs. Re-running reuses what is done (each stage leaves a marker with its command line;
@@ -160,6 +162,7 @@ class RealPlan:
     new_anatomies: int
 
 
+REAL_DP_TILE = 96  # the DP model from scratch learns from 96-px whole-field tiles, as the real pixel-space starters
 REAL_PLANS = {"quick": RealPlan(finetune_steps=20, dp_epochs=1, dp_batch=8, heldout_masks=2, new_anatomies=1),
               "full": RealPlan(finetune_steps=300, dp_epochs=10, dp_batch=8, heldout_masks=4, new_anatomies=4)}
 
@@ -184,15 +187,22 @@ def run_real(args, progress) -> int:
     stages.run("train-ldm", "train", "--generator", "ldm", "--data", data, "--out", models / "ldm",
                "--init", DEFAULT_MODEL, "--max-steps", plan.finetune_steps, "--batch-size", 8, "--seed", 0, *device)
     audited = [DEFAULT_MODEL, models / "ldm"]
+    stages.run("plan-dp", "privacy-budget", "--patients", _training_patients(models / "ldm"), "--batch-size",
+               plan.dp_batch, "--epochs", plan.dp_epochs, "--epsilon", EPSILON, "--delta", DELTA)
+    dp = ["--dp", "--epsilon", EPSILON, "--delta", DELTA, "--max-grad-norm", MAX_GRAD_NORM, "--batch-size",
+          plan.dp_batch, "--epochs", plan.dp_epochs, "--seed", 0, *device]
     if seen:
-        _say(f"[train-ldm-dp] skipped: the starter {DEFAULT_MODEL} was trained without DP on {len(seen)} of these "
-             "patients, so no DP guarantee could hold for them in a fine-tune of it")
+        _say(f"[train-flow-dp] the starter {DEFAULT_MODEL} was trained without DP on {len(seen)} of these patients: "
+             "no fine-tune of it could promise them anything, so the DP model is a whole-field flow model trained "
+             "from scratch")
+        spacing = read_card(resolve_model(DEFAULT_MODEL))["preprocessing"]["spacing"][0]
+        stages.run("train-flow-dp", "train", "--generator", "flow", "--data", data, "--out", models / "flow-dp",
+                   "--preset", "small", "--image-size", REAL_DP_TILE, "--spacing", spacing, "--field-of-view",
+                   "whole", *dp)
+        audited.append(models / "flow-dp")
     else:
-        stages.run("plan-dp", "privacy-budget", "--patients", _training_patients(models / "ldm"), "--batch-size",
-                   plan.dp_batch, "--epochs", plan.dp_epochs, "--epsilon", EPSILON, "--delta", DELTA)
         stages.run("train-ldm-dp", "train", "--generator", "ldm", "--data", data, "--out", models / "ldm-dp",
-                   "--init", DEFAULT_MODEL, "--dp", "--epsilon", EPSILON, "--delta", DELTA, "--max-grad-norm",
-                   MAX_GRAD_NORM, "--batch-size", plan.dp_batch, "--epochs", plan.dp_epochs, "--seed", 0, *device)
+                   "--init", DEFAULT_MODEL, *dp)
         audited.append(models / "ldm-dp")
 
     masks = _real_heldout_masks(cohort, read_card(models / "ldm"), out / "heldout-masks", count=plan.heldout_masks)
