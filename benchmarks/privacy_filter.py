@@ -131,15 +131,15 @@ def real(data: str, *, work: Path | None = None, smoke: bool = False, models: tu
         for model in models:
             from CMRSynthLib.training.checkpoint import resolve_model
 
-            table.add(Path(model).name, *_row(resolve_model(model), Path(data), reid_steps=reid_steps, timed=2, settings=settings,
-                                   calibration="holdout"))
+            table.add(Path(model).name, *_row(resolve_model(model), Path(data), reid_steps=reid_steps, timed=2,
+                                              settings=settings, calibration="holdout"))
     loads.append(load_average())
     table.notes += [
         f"{data}: the overfit model trains on {OVERFIT_PATIENTS} training patients' heart-centred crops for "
-        f"{all_steps['overfit']} steps, the normal one on all of them for {all_steps['normal']} steps, the DP one {all_steps['dp']} steps "
-        f"of patient-level DP-SGD (ε = {EPSILON:g}, δ = {DELTA:g}, C = {MAX_GRAD_NORM:g}) from scratch; batch {batch}.",
-        f"Re-identification as in the phantom table: {reid_steps} contrastive steps on the training split (the gallery holds "
-        "each model's members only), threshold at a 1% false-match rate on the held-out patients (ACDC: val.list).",
+        f"{all_steps['overfit']} steps, the normal one on all of them for {all_steps['normal']} steps, the DP one "
+        f"{all_steps['dp']} steps of patient-level DP-SGD (ε = {EPSILON:g}, δ = {DELTA:g}, C = {MAX_GRAD_NORM:g}) from scratch; batch {batch}.",
+        f"Re-identification as in the phantom table: {reid_steps} contrastive steps on the training split (the "
+        "gallery holds each model's members only), threshold at a 1% false-match rate on the held-out patients (ACDC: val.list).",
         f"Wall time {time.perf_counter() - started:.0f} s; load average " + " → ".join(loads) + ".",
     ]
     return table
