@@ -214,9 +214,11 @@ def _row(model: Path, data: Path, *, reid_steps: int, timed: int, settings: Sett
     cond = to_conditions(members, vocabulary).to(settings.device)
 
     def redraw(which: np.ndarray, seed: int) -> np.ndarray:
-        with torch.no_grad():
-            images = generator.sample(cond[torch.as_tensor(which)], generator=torch.Generator().manual_seed(seed))
-        return images[:, 0].float().cpu().numpy()
+        noise = torch.Generator().manual_seed(seed)
+        with torch.no_grad():  # in batches: a whole cohort's slices at once outgrow memory (1269 × 192² for an LDM)
+            images = [generator.sample(cond[torch.as_tensor(which[i:i + 32])], generator=noise)
+                      for i in range(0, len(which), 32)]
+        return torch.cat(images)[:, 0].float().cpu().numpy()
 
     first = redraw(np.arange(len(members)), 0)
     _, screening = privacy_filter.screen(first, members.masks, 0, redraw, whole=False)
