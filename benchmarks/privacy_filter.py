@@ -107,6 +107,8 @@ def real(data: str, *, work: Path | None = None, smoke: bool = False, models: tu
     holdout (ACDC: ``val.list``). ``work`` keeps the trained models (a rerun reuses them). ``smoke``: a few steps
     on 32-px tiles, to check that it runs. ``models``: trained models (folders or starter names, e.g. the
     shipped ``acdc-ldm``) to measure as well, with the filter's cost on whole member stacks."""
+    from CMRSynthLib.training.checkpoint import resolve_model
+
     settings = Settings("smoke" if smoke else "real", size=64, preset="tiny", repeats=1, warmup=0, baseline_steps=1)
     shape, all_steps = (dict(REAL_SHAPE, image_size=32, spacing=6.0), dict.fromkeys(REAL_STEPS, 3)) if smoke else \
         (REAL_SHAPE, REAL_STEPS)
@@ -119,18 +121,17 @@ def real(data: str, *, work: Path | None = None, smoke: bool = False, models: tu
     with tempfile.TemporaryDirectory(prefix="cmrsynth-privacy-filter-") as tmp, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
         root = Path(work) if work is not None else Path(tmp)
-        plans = {"overfit": dict(train_patients=OVERFIT_PATIENTS, shape=dict(shape, field_of_view="heart")),
-                 "normal": dict(shape=shape),
-                 f"DP ε = {EPSILON:g}": dict(epsilon=EPSILON, shape=shape)}
-        for (name, plan), steps in zip(plans.items(), all_steps.values()):
-            out = root / name.split()[0].lower()
+        heart_crops = dict(shape, field_of_view="heart")
+        plans = {"overfit": ("overfit", dict(train_patients=OVERFIT_PATIENTS, shape=heart_crops)),
+                 "normal": ("normal", dict(shape=shape)),
+                 "dp": (f"DP ε = {EPSILON:g}", dict(epsilon=EPSILON, shape=shape))}
+        for key, (name, plan) in plans.items():
+            out = root / key
             if not (out / "card.json").is_file():
-                _train(Path(data), out, steps=steps, batch=batch, settings=settings, **plan)
-            table.add(name, *_row(out, Path(data), reid_steps=reid_steps, timed=2 if name == "normal" else 0,
+                _train(Path(data), out, steps=all_steps[key], batch=batch, settings=settings, **plan)
+            table.add(name, *_row(out, Path(data), reid_steps=reid_steps, timed=2 if key == "normal" else 0,
                                   settings=settings, calibration="holdout"))
         for model in models:
-            from CMRSynthLib.training.checkpoint import resolve_model
-
             table.add(Path(model).name, *_row(resolve_model(model), Path(data), reid_steps=reid_steps, timed=2,
                                               settings=settings, calibration="holdout"))
     loads.append(load_average())
@@ -185,19 +186,18 @@ def _train(data: Path, out: Path, *, steps: int, batch: int, settings: Settings,
 
 def _row(model: Path, data: Path, *, reid_steps: int, timed: int, settings: Settings, calibration: str) -> list[str]:
     """The table cells of one model: rates before/after, rejected draws, calibration, sampling times."""
-    from CMRSynthLib.audit.run import load_slices, patient_list
-    from CMRSynthLib.audit.slices import to_conditions
+    from CMRSynthLib.audit.run import generate, load_slices, patient_list
     from CMRSynthLib.data.cohorts import load_case, open_cohort
     from CMRSynthLib.data.preprocess import PreprocessConfig
     from CMRSynthLib.errors import InputError
     from CMRSynthLib.generators.base import Vocabulary
+    from CMRSynthLib.jobs.progress import Progress
     from CMRSynthLib.reid.embedding import ReidConfig
     from CMRSynthLib.reid.filter import PrivacyFilter
     from CMRSynthLib.reid.model import build_reid, format_rate
     from CMRSynthLib.synthesis import synthesize
     from CMRSynthLib.training.checkpoint import load_checkpoint
     from CMRSynthLib.training.membership import patient_splits
-    import torch
 
     generator, card = load_checkpoint(model, device=settings.device)
     splits = patient_splits(card, model)
@@ -211,14 +211,10 @@ def _row(model: Path, data: Path, *, reid_steps: int, timed: int, settings: Sett
                       device=settings.device, n_boot=300)
     privacy_filter = PrivacyFilter.of(reid)
     vocabulary = Vocabulary.from_dict(card["vocabulary"])
-    cond = to_conditions(members, vocabulary).to(settings.device)
 
-    def redraw(which: np.ndarray, seed: int) -> np.ndarray:
-        noise = torch.Generator().manual_seed(seed)
-        with torch.no_grad():  # in batches: a whole cohort's slices at once outgrow memory (1269 × 192² for an LDM)
-            images = [generator.sample(cond[torch.as_tensor(which[i:i + 32])], generator=noise)
-                      for i in range(0, len(which), 32)]
-        return torch.cat(images)[:, 0].float().cpu().numpy()
+    def redraw(which: np.ndarray, seed: int) -> np.ndarray:  # in batches, as the audit draws them
+        return generate(generator, vocabulary, members.take(which), seed=seed, batch_size=32,
+                        progress=Progress("none"), label="privacy filter").images
 
     first = redraw(np.arange(len(members)), 0)
     _, screening = privacy_filter.screen(first, members.masks, 0, redraw, whole=False)

@@ -182,8 +182,8 @@ def run_real(args, progress) -> int:
     stages.run("inspect", "inspect", data)
 
     models = out / "models"
-    starter_members = set(read_card(resolve_model(DEFAULT_MODEL)).get("members") or [])
-    seen = starter_members & set(cohort.patients())
+    starter = read_card(resolve_model(DEFAULT_MODEL))
+    seen = set(starter.get("members") or []) & set(cohort.patients())
     stages.run("train-ldm", "train", "--generator", "ldm", "--data", data, "--out", models / "ldm",
                "--init", DEFAULT_MODEL, "--max-steps", plan.finetune_steps, "--batch-size", 8, "--seed", 0, *device)
     audited = [DEFAULT_MODEL, models / "ldm"]
@@ -195,10 +195,9 @@ def run_real(args, progress) -> int:
         _say(f"[train-flow-dp] the starter {DEFAULT_MODEL} was trained without DP on {len(seen)} of these patients: "
              "no fine-tune of it could promise them anything, so the DP model is a whole-field flow model trained "
              "from scratch")
-        spacing = read_card(resolve_model(DEFAULT_MODEL))["preprocessing"]["spacing"][0]
         stages.run("train-flow-dp", "train", "--generator", "flow", "--data", data, "--out", models / "flow-dp",
-                   "--preset", "small", "--image-size", REAL_DP_TILE, "--spacing", spacing, "--field-of-view",
-                   "whole", *dp)
+                   "--preset", "small", "--image-size", REAL_DP_TILE, "--spacing",
+                   starter["preprocessing"]["spacing"][0], "--field-of-view", "whole", *dp)
         audited.append(models / "flow-dp")
     else:
         stages.run("train-ldm-dp", "train", "--generator", "ldm", "--data", data, "--out", models / "ldm-dp",

@@ -72,8 +72,8 @@ def run(args, progress) -> int:
     config = ReidConfig(size=member_slices.shape, steps=args.steps, seed=args.seed)
     progress.start("reid: contrastive training", config.steps, model=card.get("model_id"),
                    patients=len(member_slices.patient_ids()) + len(unused), slices=len(member_slices))
-    model = build_reid(card, member_slices, held_out, others=others, config=config, false_match_rate=args.false_match_rate,
-                       calibration_split=args.calibration, device=device,
+    model = build_reid(card, member_slices, held_out, others=others, config=config,
+                       false_match_rate=args.false_match_rate, calibration_split=args.calibration, device=device,
                        simulated=all(r.simulated for r in cohort.records),
                        callback=lambda step, total, loss: progress.update(step, loss=loss) if step % 10 == 0 or
                        step == total else None)
