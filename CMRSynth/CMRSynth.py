@@ -92,7 +92,7 @@ class CMRSynthParameterNode:
     seed: Annotated[int, WithinRange(0, 2**31 - 1)] = 0
     steps: Annotated[int, WithinRange(0, 1000)] = 0  # 0: the model's default
     sampler: str = ""
-    guidance: Annotated[float, WithinRange(0.0, 20.0)] = 1.0
+    guidance: Annotated[float, WithinRange(-0.5, 20.0)] = -0.5  # below 0: the model's default
     device: Annotated[str, Choice(list(controller.DEVICES))] = "auto"
     newAnatomy: Annotated[int, WithinRange(0, 64)] = 0
     group: str = ""  # the pathology group of new anatomy, among those the model knows
@@ -320,7 +320,8 @@ class CMRSynthWidget(ScriptedLoadableModuleWidget):
             node = self._parameterNode
             job = self.logic.generate(
                 node.segmentation, node.referenceVolume, model=node.model, vendor=node.vendor, count=node.count,
-                seed=node.seed, steps=node.steps or None, sampler=node.sampler, guidance=node.guidance,
+                seed=node.seed, steps=node.steps or None, sampler=node.sampler,
+                guidance=None if node.guidance < 0 else node.guidance,
                 device=node.device, structures=self.logic.structuresFromParameterNode(node),
                 newAnatomy=node.newAnatomy, group=node.group, wait=False)
             self._follow(job, onDone=self._showFirstVolume)
@@ -605,14 +606,15 @@ class CMRSynthLogic(ScriptedLoadableModuleLogic):
         return tempfile.mkdtemp(prefix="CMRSynth-", dir=self.temporaryFolder())
 
     def generate(self, segmentationNode, referenceVolumeNode, model="phantom-flow", vendor="", count=1, seed=0,
-                 steps=None, sampler="", guidance=1.0, device="auto", structures=None, newAnatomy=0, group="",
+                 steps=None, sampler="", guidance=None, device="auto", structures=None, newAnatomy=0, group="",
                  wait=True):
         """Synthetic volumes for a segmentation, on the reference volume's geometry.
 
         Returns the new volume nodes, named ``<volume>_synth_<vendor>_<seed>`` for seeds ``seed`` to
         ``seed + count - 1`` (or, with ``wait=False``, a :class:`CMRSynthJob` whose ``wait()`` returns them).
-        ``vendor`` "" is unconditional ("any"). ``structures`` maps canonical labels (1 LV blood pool,
-        2 myocardium, 3 RV) to segment ids; by default it is guessed from the segment names.
+        ``vendor`` "" is unconditional ("any"); ``steps``/``sampler``/``guidance`` None or "" are the model's own.
+        ``structures`` maps canonical labels (1 LV blood pool, 2 myocardium, 3 RV) to segment ids; by default
+        it is guessed from the segment names.
         ``newAnatomy`` > 0 ignores the segmentation: the model draws that many new masks (added as
         segmentation nodes) and images for them.
         """

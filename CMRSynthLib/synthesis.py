@@ -124,7 +124,7 @@ def marker(card: dict, *, seed: int, vendor: str | None, **extra) -> dict[str, s
 @torch.no_grad()
 def synthesize(generator, card: dict, mask: Volume, *, vendor: str | None, phase: str | None = None,
                group: str | None = None, seed: int = 0, steps: int | None = None, sampler: str | None = None,
-               guidance: float = 1.0, count: int = 1, callback: Callable[[int, int], None] | None = None,
+               guidance: float | None = None, count: int = 1, callback: Callable[[int, int], None] | None = None,
                precision: str = "fp32", privacy_filter=None, path=None) -> list[Volume]:
     """``count`` synthetic images for ``mask``, each a float32 :class:`Volume` on the mask's exact geometry.
 
@@ -136,7 +136,7 @@ def synthesize(generator, card: dict, mask: Volume, *, vendor: str | None, phase
     """
     if int(count) != count or count < 1:
         raise InputError(f"--count must be a positive whole number, got {count}")
-    sampler, steps = generator.check_sampling(sampler, steps, guidance)
+    sampler, steps, guidance = generator.check_sampling(sampler, steps, guidance)
     device = next(generator.parameters()).device
     precision_context(precision, device)  # checks the name before any work
     token_ids = tokens(card, vendor=vendor, phase=phase, group=group)
@@ -212,7 +212,7 @@ def restyle(generator, card: dict, image: Volume, mask: Volume, *, vendor: str, 
                          f"{card['family']} model")
     check_finite(image, path=image_path)
     check_same_geometry(image, mask, image_path=image_path, label_path=mask_path)
-    sampler, steps = generator.check_sampling(None, steps, 1.0)
+    sampler, steps, _ = generator.check_sampling(None, steps, 1.0)
     target = tokens(card, vendor=vendor, phase=phase, group=group)
     source = tokens(card, vendor=source_vendor, phase=phase, group=group)
     record = CaseRecord(patient="restyle", phase=phase or "", image_path=str(image_path or "image"),
@@ -262,7 +262,7 @@ def sample_anatomy(anatomy, card: dict, *, count: int, group: str | None = None,
     """
     if int(count) != count or count < 1:
         raise InputError(f"--new-anatomy must be a positive whole number, got {count}")
-    _, steps = anatomy.check_sampling(None, steps, 1.0)
+    _, steps, _ = anatomy.check_sampling(None, steps, 1.0)
     vocabulary = Vocabulary.from_dict(card["vocabulary"])
     phase_token, group_token = vocabulary.token("phases", phase), vocabulary.token("groups", group)
     device = next(anatomy.parameters()).device

@@ -31,7 +31,13 @@ from CMRSynthLib.models.unet import ConditionalUNet
 
 @dataclass(frozen=True)
 class AnatomyConfig(FlowConfig):
-    """The same fields as :class:`FlowConfig`; the vocabulary's vendors are not used."""
+    """The same fields as :class:`FlowConfig`; the vocabulary's vendors are not used, nor is ``p_mask_uncond``
+    (the model draws masks, it is not given one)."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.p_mask_uncond:
+            raise ValueError("p_mask_uncond must be 0 for an anatomy model: it is given no mask to drop")
 
 
 class AnatomyGenerator(FlowGenerator):
@@ -75,7 +81,7 @@ class AnatomyGenerator(FlowGenerator):
         return Conditions(mask, *tokens)
 
     def sample_labels(self, count: int, *, phase: int = NULL, group: int = NULL, spatial=None,
-                      sampler: str | None = None, steps: int | None = None, guidance: float = 1.0,
+                      sampler: str | None = None, steps: int | None = None, guidance: float | None = None,
                       generator: torch.Generator | None = None,
                       callback: ProgressCallback | None = None) -> torch.Tensor:
         """``count`` new label maps ``(count, *spatial)`` uint8 in the canonical labels 0–3."""

@@ -104,6 +104,7 @@ class Generator(nn.Module, ABC):
     samplers: ClassVar[tuple[str, ...]]
     default_sampler: ClassVar[str]
     default_steps: ClassVar[int]
+    default_guidance: float = 1.0  # a family whose config names another sets it per model
     config_class: ClassVar[type]  # the family's frozen config dataclass (``preset``, ``to_dict``/``from_dict``)
 
     @abstractmethod
@@ -116,7 +117,7 @@ class Generator(nn.Module, ABC):
 
     @abstractmethod
     def sample(self, cond: Conditions, *, sampler: str | None = None, steps: int | None = None,
-               guidance: float = 1.0, generator: torch.Generator | None = None,
+               guidance: float | None = None, generator: torch.Generator | None = None,
                callback: ProgressCallback | None = None) -> torch.Tensor:
         """Images ``(B, 1, *spatial)`` in [-1, 1] for the conditions. Same generator seed → same images."""
 
@@ -125,10 +126,12 @@ class Generator(nn.Module, ABC):
         diffuses in (the images' own shape, except for latent and label-map models, which override this)."""
         return torch.randn(images.shape, generator=generator, device=images.device, dtype=images.dtype)
 
-    def check_sampling(self, sampler: str | None, steps: int | None, guidance: float) -> tuple[str, int]:
-        """Validate sampling options (names the argument and the allowed values); fill defaults."""
+    def check_sampling(self, sampler: str | None, steps: int | None,
+                       guidance: float | None) -> tuple[str, int, float]:
+        """Validate sampling options (names the argument and the allowed values); fill the model's defaults."""
         sampler = sampler or self.default_sampler
         steps = self.default_steps if steps is None else steps
+        guidance = self.default_guidance if guidance is None else guidance
         if sampler not in self.samplers:
             raise InputError(f"--sampler {sampler!r} is not available for {self.family}; choose one of "
                              f"{', '.join(self.samplers)}")
@@ -136,4 +139,4 @@ class Generator(nn.Module, ABC):
             raise InputError(f"--steps must be a positive whole number, got {steps}")
         if not guidance >= 0:
             raise InputError(f"--guidance must be ≥ 0, got {guidance}")
-        return sampler, int(steps)
+        return sampler, int(steps), float(guidance)

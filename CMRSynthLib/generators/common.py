@@ -1,7 +1,11 @@
 """Small pieces every generator family shares: config checks, presets, seeded noise, the per-sample loss,
 and classifier-free guidance (Ho & Salimans 2022): :func:`drop_tokens` nulls each token with probability
-``p_uncond`` in training (the mask is always given); :func:`guided_output` combines the conditional and
-unconditional outputs as ``out_uncond + w·(out_cond − out_uncond)``."""
+``p_uncond`` in training; :func:`drop_conditions` nulls everything, the mask too (an all-zero one-hot, which no
+real mask is: every pixel has a label, background included), with probability ``p_mask_uncond``;
+:func:`guided_output` combines the conditional and unconditional outputs as ``out_uncond + w·(out_cond − out_uncond)``,
+the unconditional one without the mask as well for a model that learnt to go without it. Guidance on the mask is
+what semantic-map diffusion uses to make images follow their map (Wang et al. 2022, "Semantic image synthesis via
+diffusion models"); token guidance alone leaves the mask's pull as trained."""
 
 from __future__ import annotations
 
@@ -62,14 +66,26 @@ def drop_tokens(tokens: torch.Tensor, p_uncond: float, generator: torch.Generato
     return torch.where(keep, tokens, torch.full_like(tokens, NULL))
 
 
+def drop_conditions(mask: torch.Tensor, tokens: torch.Tensor, p_mask_uncond: float,
+                    generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unconditional training samples: each sample of the batch loses its mask (all zeros) and its ``(B, 3)``
+    tokens (null) with probability ``p_mask_uncond``. No random draw at 0, so such models train as before."""
+    if p_mask_uncond <= 0:
+        return mask, tokens
+    drop = torch.rand(len(mask), generator=generator, device=mask.device) < p_mask_uncond
+    return (torch.where(drop.view(-1, *[1] * (mask.ndim - 1)), torch.zeros_like(mask), mask),
+            torch.where(drop[:, None], torch.full_like(tokens, NULL), tokens))
+
+
 def guided_output(net: nn.Module, x: torch.Tensor, timesteps: torch.Tensor, mask: torch.Tensor | None,
-                  tokens: torch.Tensor, guidance: float) -> torch.Tensor:
+                  tokens: torch.Tensor, guidance: float, *, guide_mask: bool = False) -> torch.Tensor:
     """The network output with classifier-free guidance ``w``: one forward if ``w == 1``, else a batched
-    conditional + unconditional forward combined as ``u + w·(c − u)``. Shapes as :class:`ConditionalUNet`."""
+    conditional + unconditional forward combined as ``u + w·(c − u)``; the unconditional forward has no mask
+    either with ``guide_mask`` (a model trained with :func:`drop_conditions`). Shapes as :class:`ConditionalUNet`."""
     if guidance == 1.0:
         return net(x, timesteps, mask, tokens)
     both = net(torch.cat([x, x]), torch.cat([timesteps, timesteps]),
-               None if mask is None else torch.cat([mask, mask]),
+               None if mask is None else torch.cat([mask, torch.zeros_like(mask) if guide_mask else mask]),
                torch.cat([tokens, torch.full_like(tokens, NULL)]))
     cond, uncond = both.chunk(2)
     return uncond + guidance * (cond - uncond)

@@ -133,17 +133,17 @@ class DDPMGenerator(Generator):
 
     # ----------------------------------------------------------------------------------------------- sampling
     def check_sampling(self, sampler, steps, guidance):
-        sampler, steps = super().check_sampling(sampler, steps, guidance)
+        sampler, steps, guidance = super().check_sampling(sampler, steps, guidance)
         if steps > self.config.num_train_timesteps:
             raise InputError(f"--steps must be at most {self.config.num_train_timesteps} (the trained timesteps) "
                              f"for {self.family}, got {steps}")
-        return sampler, steps
+        return sampler, steps, guidance
 
     @torch.no_grad()
     def sample(self, cond: Conditions, *, sampler: str | None = None, steps: int | None = None,
-               guidance: float = 1.0, generator: torch.Generator | None = None,
+               guidance: float | None = None, generator: torch.Generator | None = None,
                callback: ProgressCallback | None = None) -> torch.Tensor:
-        sampler, steps = self.check_sampling(sampler, steps, guidance)
+        sampler, steps, guidance = self.check_sampling(sampler, steps, guidance)
         scheduler = self.scheduler(sampler)
         scheduler.set_timesteps(steps)
         x = randn((len(cond), 1, *cond.mask.shape[2:]), generator, cond.mask.device)

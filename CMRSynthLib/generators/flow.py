@@ -35,8 +35,8 @@ import torch
 from torch import nn
 
 from CMRSynthLib.generators.base import Conditions, Generator, ProgressCallback, Vocabulary
-from CMRSynthLib.generators.common import (check_config, drop_tokens, guided_output, mse_per_sample,
-                                           preset_fields, randn, tokens_of)
+from CMRSynthLib.generators.common import (check_config, drop_conditions, drop_tokens, guided_output,
+                                           mse_per_sample, preset_fields, randn, tokens_of)
 from CMRSynthLib.models.config import FrozenConfig
 from CMRSynthLib.models.unet import ConditionalUNet, UNetConfig, token_counts
 
@@ -97,6 +97,8 @@ class FlowConfig(FrozenConfig):
     vocabulary: Vocabulary
     network: UNetConfig = field(default_factory=UNetConfig)
     p_uncond: float = 0.1
+    p_mask_uncond: float = 0.0  # share of fully unconditional training samples (no mask either): mask guidance
+    guidance: float = 1.0  # the guidance weight sampling uses unless told otherwise
     t_sampling: str = "logit_normal"
     time_shift: float = 1.0
     sampler: str = "heun"
@@ -108,6 +110,10 @@ class FlowConfig(FrozenConfig):
             raise ValueError(f"t_sampling {self.t_sampling!r} is not one of {T_SAMPLING}")
         if not self.time_shift > 0:
             raise ValueError(f"time_shift must be positive, got {self.time_shift}")
+        if not 0.0 <= self.p_mask_uncond < 1.0:
+            raise ValueError(f"p_mask_uncond must be in [0, 1), got {self.p_mask_uncond}")
+        if not self.guidance >= 0:
+            raise ValueError(f"guidance must be ≥ 0, got {self.guidance}")
 
     @classmethod
     def preset(cls, name: str, *, spatial_dims: int, image_size, vocabulary: Vocabulary, **overrides):
@@ -126,7 +132,7 @@ class FlowGenerator(Generator):
     def __init__(self, config: FlowConfig):
         super().__init__()
         self.config = config
-        self.default_sampler, self.default_steps = config.sampler, config.steps
+        self.default_sampler, self.default_steps, self.default_guidance = config.sampler, config.steps, config.guidance
         self.net = self.build_network(config)
 
     def build_network(self, config: FlowConfig) -> nn.Module:
@@ -168,18 +174,21 @@ class FlowGenerator(Generator):
             return torch.rand(batch, generator=generator, device=device)
         return torch.sigmoid(torch.randn(batch, generator=generator, device=device))
 
-    def _loss(self, images, cond: Conditions, t, noise, tokens) -> torch.Tensor:
+    def _loss(self, images, cond: Conditions, t, noise, mask, tokens) -> torch.Tensor:
         x_t, target = self.interpolate(self.encode(images, cond), noise, t)
-        return mse_per_sample(self.net(x_t, t * TIME_SCALE, self.model_mask(cond), tokens), target)
+        return mse_per_sample(self.net(x_t, t * TIME_SCALE, mask, tokens), target)
 
     def loss(self, images: torch.Tensor, cond: Conditions, *, generator: torch.Generator | None = None) -> torch.Tensor:
         t = self.sample_t(len(images), generator, images.device)
         noise = self.noise_like(images, generator=generator)
         tokens = drop_tokens(self.model_tokens(cond), self.config.p_uncond, generator)
-        return self._loss(images, cond, t, noise, tokens)
+        mask = self.model_mask(cond)
+        if mask is not None:
+            mask, tokens = drop_conditions(mask, tokens, self.config.p_mask_uncond, generator)
+        return self._loss(images, cond, t, noise, mask, tokens)
 
     def loss_at(self, images: torch.Tensor, cond: Conditions, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        return self._loss(images, cond, t, noise, self.model_tokens(cond))
+        return self._loss(images, cond, t, noise, self.model_mask(cond), self.model_tokens(cond))
 
     # ----------------------------------------------------------------------------------------------- sampling
     def velocity(self, cond: Conditions, guidance: float) -> Velocity:
@@ -188,35 +197,36 @@ class FlowGenerator(Generator):
 
         def field(x: torch.Tensor, t: float) -> torch.Tensor:
             timesteps = torch.full((len(x),), t * TIME_SCALE, device=x.device, dtype=x.dtype)
-            return guided_output(self.net, x, timesteps, mask, tokens, guidance)
+            return guided_output(self.net, x, timesteps, mask, tokens, guidance,
+                                 guide_mask=self.config.p_mask_uncond > 0)
 
         return field
 
     @torch.no_grad()
     def flow(self, x: torch.Tensor, cond: Conditions, *, start: float, end: float, sampler: str | None = None,
-             steps: int | None = None, guidance: float = 1.0,
+             steps: int | None = None, guidance: float | None = None,
              callback: ProgressCallback | None = None) -> torch.Tensor:
         """Carry the flow state ``x`` from time ``start`` to ``end`` (either direction) with the ODE."""
-        sampler, steps = self.check_sampling(sampler, steps, guidance)
+        sampler, steps, guidance = self.check_sampling(sampler, steps, guidance)
         times = time_grid(steps, shift=self.config.time_shift, start=start, end=end)
         return integrate(self.velocity(cond, guidance), x, times, sampler=sampler, callback=callback)
 
     def sample(self, cond: Conditions, *, sampler: str | None = None, steps: int | None = None,
-               guidance: float = 1.0, generator: torch.Generator | None = None,
+               guidance: float | None = None, generator: torch.Generator | None = None,
                callback: ProgressCallback | None = None) -> torch.Tensor:
         noise = randn(self.model_shape(len(cond), cond.mask.shape[2:]), generator, cond.mask.device)
         return self.decode(self.flow(noise, cond, start=1.0, end=0.0, sampler=sampler, steps=steps,
                                      guidance=guidance, callback=callback))
 
     def invert(self, images: torch.Tensor, cond: Conditions, *, steps: int | None = None,
-               sampler: str | None = None, guidance: float = 1.0) -> torch.Tensor:
+               sampler: str | None = None, guidance: float | None = None) -> torch.Tensor:
         """Images ``(B, 1, *spatial)`` → their noise (the flow state at t = 1), deterministically."""
         with torch.no_grad():
             x0 = self.encode(images, cond)
         return self.flow(x0, cond, start=0.0, end=1.0, sampler=sampler, steps=steps, guidance=guidance)
 
     def restyle(self, images: torch.Tensor, source_cond: Conditions, target_cond: Conditions, *,
-                steps: int | None = None, sampler: str | None = None, guidance: float = 1.0) -> torch.Tensor:
+                steps: int | None = None, sampler: str | None = None, guidance: float | None = None) -> torch.Tensor:
         """Re-render images in another style: invert under ``source_cond`` (e.g. the image's own vendor), then
         integrate back to data under ``target_cond``. The same guidance is used both ways, so restyling to the
         source conditions gives the image back up to the integration error."""

@@ -82,7 +82,7 @@ class HybridGenerator(Generator):
     def __init__(self, config: HybridConfig):
         super().__init__()
         self.config = config
-        self.default_sampler, self.default_steps = config.sampler, config.steps
+        self.default_sampler, self.default_steps, self.default_guidance = config.sampler, config.steps, config.guidance
         self.flow_model = FlowGenerator(config.flow_config())
         self.ddpm_model = DDPMGenerator(config.ddpm_config())
 
@@ -108,9 +108,9 @@ class HybridGenerator(Generator):
 
     @torch.no_grad()
     def sample(self, cond: Conditions, *, sampler: str | None = None, steps: int | None = None,
-               guidance: float = 1.0, generator: torch.Generator | None = None,
+               guidance: float | None = None, generator: torch.Generator | None = None,
                callback: ProgressCallback | None = None) -> torch.Tensor:
-        sampler, steps = self.check_sampling(sampler, steps, guidance)
+        sampler, steps, guidance = self.check_sampling(sampler, steps, guidance)
         r, k = self.switch_point()
         timesteps = self.refine_timesteps(k)
         total = steps + len(timesteps)

@@ -33,12 +33,15 @@ def _spin(minimum: int, maximum: int, value: int, *, special: str = "") -> "QtWi
     return box
 
 
-def _double(minimum: float, maximum: float, value: float, *, decimals: int = 2, step: float = 0.1):
+def _double(minimum: float, maximum: float, value: float, *, decimals: int = 2, step: float = 0.1,
+            special: str = ""):
     box = QtWidgets.QDoubleSpinBox()
     box.setDecimals(decimals)
     box.setRange(minimum, maximum)
     box.setSingleStep(step)
     box.setValue(value)
+    if special:
+        box.setSpecialValueText(special)
     return box
 
 
@@ -155,7 +158,8 @@ class GenerateTab(QtWidgets.QWidget):
         self.steps = _spin(0, 1000, 0, special="model default")
         self.sampler = QtWidgets.QLineEdit()
         self.sampler.setPlaceholderText("model default")
-        self.guidance = _double(0.0, 20.0, 1.0, step=0.5)
+        # one step below 0 means "the model's own" (its card's config.guidance): 0 itself is a weight (unconditional)
+        self.guidance = _double(-0.5, 20.0, -0.5, step=0.5, special="model default")
         self.device = _combo(controller.DEVICES)
         self.new_anatomy = _spin(0, 64, 0, special="off (use the mask)")
         self.group = QtWidgets.QComboBox()
@@ -236,7 +240,8 @@ class GenerateTab(QtWidgets.QWidget):
             model=self.model.argument(), mask="" if read(self.new_anatomy, "value") else self.mask.path(),
             out=self.out.path(), vendor=read(self.vendor, "currentText"), count=read(self.count, "value"),
             seed=read(self.seed, "value"), steps=steps or None, sampler=str(read(self.sampler, "text")).strip(),
-            guidance=read(self.guidance, "value"), device=read(self.device, "currentText"),
+            guidance=None if read(self.guidance, "value") < 0 else read(self.guidance, "value"),
+            device=read(self.device, "currentText"),
             new_anatomy=read(self.new_anatomy, "value"), group=read(self.group, "currentText"),
             privacy_filter=bool(read(self.privacy_filter, "checked")))
 

@@ -39,7 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--count", type=int, default=1, help="images per mask (seeds seed, seed+1, ...)")
     parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's)")
     parser.add_argument("--sampler", default=None, help="sampler name (default: the model's)")
-    parser.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance weight (≥ 0)")
+    parser.add_argument("--guidance", type=float, default=None,
+                        help="classifier-free guidance weight (≥ 0; default: the model's own, its card's config.guidance)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                         help="bf16 runs the network in bfloat16 (about 2x faster on recent CPUs; same seed gives the "
@@ -125,7 +126,7 @@ def run(args, progress) -> int:
     device = resolve_device(args.device, World())
     args.model = args.model or default_model()
     generator, card = load_checkpoint(args.model, device=device)
-    sampler, steps = generator.check_sampling(args.sampler, args.steps, args.guidance)
+    generator.check_sampling(args.sampler, args.steps, args.guidance)
     tokens(card, vendor=args.vendor, phase=args.phase, group=args.group)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -146,7 +147,7 @@ def run(args, progress) -> int:
     for number, (name, volume, path) in enumerate(masks):
         done = number * args.count
         images = synthesize(generator, card, volume, vendor=args.vendor, phase=args.phase, group=args.group,
-                            seed=args.seed, steps=steps, sampler=sampler, guidance=args.guidance,
+                            seed=args.seed, steps=args.steps, sampler=args.sampler, guidance=args.guidance,
                             count=args.count, path=path, precision=args.precision, privacy_filter=privacy_filter,
                             callback=lambda d, t, base=done, label=name: progress.update(
                                 base + d * args.count // t, message=f"{label}: step {d} of {t}"))

@@ -44,6 +44,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="LDM: train the autoencoder on random squares of this many pixels (default 96 with "
                             "--field-of-view whole, else whole images)")
     model.add_argument("--init", default=None, help="checkpoint (or starter name) to fine-tune from")
+    model.add_argument("--mask-dropout", type=float, default=None,
+                       help="flow/LDM: share of training samples given no mask and no tokens, so that guidance "
+                            "(--guidance > 1) pulls images towards their mask (default: the --init model's, else 0)")
+    model.add_argument("--guidance", type=float, default=None,
+                       help="flow/LDM: the guidance weight the model samples with by default (default: the --init "
+                            "model's, else 1)")
     run = parser.add_argument_group("optimisation")
     run.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
     run.add_argument("--epochs", type=int, default=None, help="stop after this many epochs (default 100 "
@@ -79,7 +85,8 @@ def run(args, progress) -> int:
         batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule, warmup=args.warmup,
         weight_decay=args.weight_decay, grad_clip=args.grad_clip, ema_decay=args.ema_decay,
         autoencoder_fraction=args.autoencoder_fraction, field_of_view=args.field_of_view,
-        autoencoder_patch=args.autoencoder_patch, seed=args.seed,
+        autoencoder_patch=args.autoencoder_patch, mask_dropout=args.mask_dropout, guidance=args.guidance,
+        seed=args.seed,
         train_patients=args.train_patients, init=args.init, device=args.device, precision=args.precision,
         save_every=args.save_every, force=args.force)
     result = Trainer(config, progress=progress, privacy=privacy.from_args(args)).run()

@@ -269,16 +269,22 @@ def read_checkpoint(path_or_name: str | os.PathLike, *, trainer_state: bool = Fa
     return CheckpointContents(path, card, weights, ema, state)
 
 
-def build_from_card(card: dict, *, path: Path | None = None):
-    """An untrained generator of the card's family and config."""
-    from CMRSynthLib.generators import build_generator, config_from_dict
+def card_config(card: dict, *, path: Path | None = None):
+    """The generator config the card describes (an :class:`InputError` naming the card if it is invalid)."""
+    from CMRSynthLib.generators import config_from_dict
 
     try:
-        config = config_from_dict(card["family"], card["config"])
+        return config_from_dict(card["family"], card["config"])
     except (KeyError, TypeError, ValueError) as exc:
         raise InputError(f"card has an invalid {card.get('family')} config ({exc})",
                          path=None if path is None else path / CARD) from None
-    return build_generator(card["family"], config)
+
+
+def build_from_card(card: dict, *, path: Path | None = None):
+    """An untrained generator of the card's family and config."""
+    from CMRSynthLib.generators import build_generator
+
+    return build_generator(card["family"], card_config(card, path=path))
 
 
 def load_weights(module: torch.nn.Module, weights: Mapping[str, torch.Tensor], *, path: Path) -> None:

@@ -16,6 +16,7 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 PRESETS = ("tiny", "small", "base")
 OPERATIONAL = ("out", "device", "save_every", "force")
+GUIDED_FAMILIES = ("flow", "ldm")  # the families whose config holds p_mask_uncond and a default guidance
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,10 @@ class TrainConfig:
         field_of_view: ``"heart"`` (a heart-centred crop) or ``"whole"`` (the whole field of view; see
         :mod:`CMRSynthLib.data.preprocess`). autoencoder_patch: LDM only, the autoencoder trains on random
         squares of this many pixels (None: 96 for a whole field of view, else whole images).
+        mask_dropout: flow/LDM only, the share of training samples with no condition at all, not even the
+        mask, so that guidance can pull images towards their mask (None: the model's own, 0 for a new one).
+        guidance: flow/LDM only, the guidance weight the model samples with by default (None: the model's own, 1
+        for a new one); above 1 it needs condition dropout, and guides the mask too with ``mask_dropout``.
     """
 
     data: str
@@ -61,6 +66,8 @@ class TrainConfig:
     autoencoder_fraction: float | None = None
     field_of_view: str = "heart"
     autoencoder_patch: int | None = None
+    mask_dropout: float | None = None
+    guidance: float | None = None
     seed: int = 0
     train_patients: int | None = None
     init: str | None = None
@@ -95,6 +102,13 @@ class TrainConfig:
             if self.family != "ldm":
                 raise InputError(f"--autoencoder-patch applies to --generator ldm only, not {self.family}")
             _positive("--autoencoder-patch", self.autoencoder_patch)
+        for flag, value in (("--mask-dropout", self.mask_dropout), ("--guidance", self.guidance)):
+            if value is not None and self.family not in GUIDED_FAMILIES:
+                raise InputError(f"{flag} applies to --generator {' or '.join(GUIDED_FAMILIES)} only, not {self.family}")
+        if self.mask_dropout is not None and not 0 <= self.mask_dropout < 1:
+            raise InputError(f"--mask-dropout must be in [0, 1), got {self.mask_dropout}")
+        if self.guidance is not None and not self.guidance >= 0:
+            raise InputError(f"--guidance must be ≥ 0, got {self.guidance}")
         if self.spacing is not None and not self.spacing > 0:
             raise InputError(f"--spacing must be > 0 mm, got {self.spacing}")
         _choice("--lr-schedule", self.lr_schedule, LR_SCHEDULES)

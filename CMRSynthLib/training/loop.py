@@ -138,19 +138,30 @@ class Trainer:
             if init.card["family"] != c.family:
                 raise InputError(f"--init is a {init.card['family']} model; --generator {c.family} cannot "
                                  "fine-tune it", path=init.path)
-            generator = ckpt.build_from_card(init.card, path=init.path)
+            config = ckpt.card_config(init.card, path=init.path)
+            generator = build_generator(c.family, self._with_guidance(config))
             wanted = None
             if any(v is not None for v in (c.preset, c.image_size, c.spatial_dims)):
                 wanted = preset_config(c.family, c.preset or DEFAULT_PRESET, vocabulary=vocabulary,
                                        image_size=image_size, spatial_dims=c.spatial_dims or DEFAULT_SPATIAL_DIMS)
-            if wanted is not None and config_to_dict(wanted) != init.card["config"]:
+            if wanted is not None and config_to_dict(wanted) != config_to_dict(config):
                 raise InputError("--preset/--image-size/--spatial-dims describe a different model than --init; "
                                  "leave them out to fine-tune the checkpoint's own configuration", path=init.path)
             ckpt.load_weights(generator, init.ema or init.weights, path=init.path / ckpt.WEIGHTS)
             return generator
         config = preset_config(c.family, c.preset or DEFAULT_PRESET, vocabulary=vocabulary,
                                image_size=image_size, spatial_dims=c.spatial_dims or DEFAULT_SPATIAL_DIMS)
-        return build_generator(c.family, self._with_autoencoder_patch(config))
+        return build_generator(c.family, self._with_guidance(self._with_autoencoder_patch(config)))
+
+    def _with_guidance(self, config):
+        """The config with ``--mask-dropout`` and ``--guidance`` where given (weights are unaffected: a
+        fine-tune can learn to go without the mask, and choose the weight it samples with)."""
+        c = self.config
+        given = {k: v for k, v in (("p_mask_uncond", c.mask_dropout), ("guidance", c.guidance)) if v is not None}
+        try:
+            return replace(config, **given) if given else config
+        except ValueError as error:
+            raise InputError(f"--mask-dropout/--guidance: {error}") from None
 
     def _with_autoencoder_patch(self, config):
         """An LDM config whose autoencoder trains on ``--autoencoder-patch`` squares (default: 96 pixels for a
@@ -338,8 +349,9 @@ class Trainer:
                              "--force to replace it or choose another folder", path=out)
         stored = previous.trainer_state.info.get("arguments", {})
         mine = self._identity()
-        if stored != mine and not self.config.force:
-            differ = sorted(k for k in set(stored) | set(mine) if stored.get(k) != mine.get(k))
+        # an argument added after the run started is absent from its record: at its default (None), the same run
+        differ = sorted(k for k in set(stored) | set(mine) if stored.get(k) != mine.get(k))
+        if differ and not self.config.force:
             detail = ", ".join(f"{k}: {stored.get(k)!r} → {mine.get(k)!r}" for k in differ[:4])
             raise InputError(f"--out holds a run with other arguments ({detail}); pass the same arguments to "
                              "resume it, --force to start over, or choose another folder", path=out)

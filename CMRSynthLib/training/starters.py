@@ -57,13 +57,18 @@ REAL_STARTERS: dict[str, dict] = {
     "acdc-anatomy": dict(family="anatomy", preset="small", image_size=96, spacing=2.0, max_steps=1000, batch_size=8,
                          lr=4e-4, warmup=50, lr_schedule="cosine", ema_decay=0.999, seed=0),
 }
-# Real starters trained in two runs: the second fine-tunes the exported first (``--init``, its shipped int8
-# weights) on the same patients with these arguments. The first run's cosine schedule had ended with the latent
-# model still improving; going on from it cost less than a longer run from scratch (the autoencoder is kept).
-CONTINUED: dict[str, dict] = {
-    "acdc-ldm": dict(family="ldm", max_steps=4000, batch_size=8, lr=1e-4, warmup=100, lr_schedule="cosine",
-                     ema_decay=0.999, seed=1),
+# Real starters trained in several runs: each later run fine-tunes the export of the one before (``--init``, its
+# shipped int8 weights) on the same patients with these arguments. acdc-ldm's first run's cosine schedule had
+# ended with the latent model still improving; going on from it cost less than a longer run from scratch (the
+# autoencoder is kept). Its third run learns to go without its mask (a fifth of the samples) so that sampling
+# can guide towards the mask (weight 2): its images had kept too little of the right ventricle the mask asked for.
+CONTINUED: dict[str, list[dict]] = {
+    "acdc-ldm": [dict(family="ldm", max_steps=4000, batch_size=8, lr=1e-4, warmup=100, lr_schedule="cosine",
+                      ema_decay=0.999, seed=1),
+                 dict(family="ldm", max_steps=3000, batch_size=8, lr=1e-4, warmup=100, lr_schedule="cosine",
+                      ema_decay=0.999, seed=2, mask_dropout=0.2, guidance=2.0)],
 }
+RUN_RECORD = ("steps", "wall_seconds", "cpu_seconds", "final_loss", "arguments")  # of each earlier run, in the card
 # The real flow and DDPM starters are the two networks of the real hybrid, trained on the same batches (the
 # hybrid's loss is the sum of theirs): one CPU run gives the three pixel-space families.
 HYBRID_PARTS = {"acdc-flow": "flow", "acdc-ddpm": "ddpm"}
@@ -72,10 +77,10 @@ STORAGE = torch.int8  # parameters_dtype of the shipped weights (save_checkpoint
 STORAGE_NOTE = "int8 kernels/matrices with a float32 scale per output channel, other parameters float16"
 
 
-def export_starter(run: Path, out: Path, *, name: str, data: Path | None = None, first: dict | None = None) -> dict:
+def export_starter(run: Path, out: Path, *, name: str, data: Path | None = None, previous: dict | None = None) -> dict:
     """Ship a finished run: EMA weights (stored as :data:`STORAGE`) and its card, no trainer state. A real
     starter (``data``: its cohort) names the data, its license and the spacing assumption in ``dataset``;
-    ``first``: the card of the first run a :data:`CONTINUED` starter went on from."""
+    ``previous``: the exported card of the run a :data:`CONTINUED` run went on from."""
     contents = ckpt.read_checkpoint(run)
     generator = ckpt.build_from_card(contents.card, path=run)
     ckpt.load_weights(generator, contents.ema or contents.weights, path=run / ckpt.WEIGHTS)
@@ -88,11 +93,11 @@ def export_starter(run: Path, out: Path, *, name: str, data: Path | None = None,
         card["starter"] = {"name": name, "reproduce": f"{COMMAND} --data ACDC_H5_FOLDER --only {name}",
                            "real": True, "storage": STORAGE_NOTE}
         card["training"] = _shippable_training(card["training"])
-        if first is not None:  # same data as the first run: its dataset record, not one "pretrained on" itself
-            card["dataset"] = first["dataset"]
-            card["training"]["arguments"]["init"] = f"{name} (its first run)"
-            card["starter"]["first_run"] = {k: first["training"][k] for k in (
-                "steps", "wall_seconds", "cpu_seconds", "final_loss", "arguments")}
+        if previous is not None:  # same data as the first run: its dataset record, not one "pretrained on" itself
+            earlier = runs_of(previous)
+            card["dataset"] = previous["dataset"]
+            card["training"]["arguments"]["init"] = f"{name} (its run {len(earlier)})"
+            card["starter"]["earlier_runs"] = earlier
     return ckpt.save_checkpoint(out, generator, card, parameters_dtype=STORAGE)
 
 
@@ -147,19 +152,25 @@ def train_starter(name: str, *, data: Path, work: Path, out: Path, progress) -> 
     config = TrainConfig(data=str(data), out=str(work / name), device="cpu", save_every=100 if not real else 250,
                          **arguments)
     Trainer(config, progress=progress).run()
-    if name not in CONTINUED:
-        return export_starter(work / name, out / name, name=name, data=data if real else None)
-    first = export_starter(work / name, work / f"{name}-first", name=name, data=data)
-    config = TrainConfig(data=str(data), out=str(work / f"{name}-continued"), init=str(work / f"{name}-first"),
-                         device="cpu", save_every=250, **CONTINUED[name])
-    Trainer(config, progress=progress).run()
-    return export_starter(work / f"{name}-continued", out / name, name=name, data=data, first=first)
+    run, previous = work / name, None
+    for number, arguments in enumerate(CONTINUED.get(name, ()), start=2):
+        previous = export_starter(run, work / f"{name}-run{number - 1}", name=name, data=data, previous=previous)
+        run = work / f"{name}-run{number}"
+        config = TrainConfig(data=str(data), out=str(run), init=str(work / f"{name}-run{number - 1}"),
+                             device="cpu", save_every=250, **arguments)
+        Trainer(config, progress=progress).run()
+    return export_starter(run, out / name, name=name, data=data if real else None, previous=previous)
+
+
+def runs_of(card: dict) -> list[dict]:
+    """The training record of every run of an exported starter, first to last (:data:`CONTINUED`)."""
+    return [*card.get("starter", {}).get("earlier_runs", ()), {k: card["training"].get(k) for k in RUN_RECORD}]
 
 
 def _row(name: str, folder: Path) -> str:
     card = json.loads((folder / ckpt.CARD).read_text(encoding="utf-8"))
     t = card["training"]
-    runs = [r for r in (card.get("starter", {}).get("first_run"), t) if r]  # a continued starter: both runs
+    runs = runs_of(card)
     size = sum(p.stat().st_size for p in folder.iterdir()) / 1e6
     cpu = " + ".join(f"{r['cpu_seconds'] / 60:.1f}" for r in runs) if all(r.get("cpu_seconds") for r in runs) else "–"
     wall = " + ".join(f"{r['wall_seconds'] / 60:.1f}" for r in runs)

@@ -151,6 +151,18 @@ def test_settings_errors_show_before_any_job_starts(panel):
     assert "mask is empty" in tab.job.status.text() or "model is empty" in tab.job.status.text()
 
 
+def test_guidance_is_the_models_own_until_the_user_sets_one(panel, model):
+    tab = panel.generate
+    choose_model(tab, model)
+    tab.mask.set_path("mask.nii.gz")
+    tab.out.set_path("out")
+    assert tab.guidance.text() == "model default" and "--guidance" not in tab.settings().arguments()
+    tab.guidance.setValue(2.0)
+    arguments = tab.settings().arguments()
+    assert arguments[arguments.index("--guidance") + 1] == "2.0"
+    tab.guidance.setValue(-0.5)
+
+
 def test_generate_offers_only_what_the_model_knows_and_names_its_data(panel, tmp_path):
     folder = tmp_path / "models" / "acdc-flow"
     folder.mkdir(parents=True)

@@ -68,6 +68,32 @@ def test_finished_runs_are_reported_other_arguments_refused(phantom, tmp_path): 
     assert forced.resumed_from == 0 and not forced.already_finished
 
 
+def test_a_run_recorded_before_an_argument_existed_resumes_when_it_is_left_at_its_default(phantom, tmp_path):  # noqa: F811
+    """An interrupted run of an older version has no record of a newer argument (here --mask-dropout and
+    --guidance): left out, it is the same run; given, it is another."""
+    Trainer(train_config(phantom, tmp_path / "run", max_steps=3, save_every=1)).run()
+    state_path = tmp_path / "run" / "trainer_state.json"
+    state = json.loads(state_path.read_text(encoding="utf-8"))
+    for key in ("mask_dropout", "guidance"):
+        del state["arguments"][key]
+    state_path.write_text(json.dumps({**state, "finished": False, "step": 2}))
+    assert Trainer(train_config(phantom, tmp_path / "run", max_steps=3)).run().resumed_from == 2
+    state_path.write_text(json.dumps({**state, "finished": False, "step": 2}))
+    with pytest.raises(InputError, match="other arguments.*mask_dropout: None → 0.1"):
+        Trainer(train_config(phantom, tmp_path / "run", max_steps=3, mask_dropout=0.1)).run()
+
+
+def test_fine_tuning_with_mask_dropout_keeps_the_weights_and_records_the_new_sampling_default(phantom, tmp_path):  # noqa: F811
+    Trainer(train_config(phantom, tmp_path / "base", max_steps=2)).run()
+    Trainer(train_config(phantom, tmp_path / "tuned", max_steps=1, init=str(tmp_path / "base"),
+                         mask_dropout=0.25, guidance=1.5, lr=1e-12, ema_decay=0.0)).run()
+    base, tuned = card_of(tmp_path / "base"), card_of(tmp_path / "tuned")
+    assert base["config"]["p_mask_uncond"] == 0.0 and base["config"]["guidance"] == 1.0
+    assert tuned["config"] == {**base["config"], "p_mask_uncond": 0.25, "guidance": 1.5}
+    generator, _ = ckpt.load_checkpoint(tmp_path / "tuned")
+    assert generator.default_guidance == 1.5
+
+
 def test_a_folder_that_is_not_a_run_is_never_touched(phantom, tmp_path):  # noqa: F811
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("mine")

@@ -77,24 +77,30 @@ def test_hybrid_parts_ship_as_flow_and_ddpm_starters_with_the_same_weights(tmp_p
             assert torch.allclose(loaded.state_dict()[key], value, atol=value.abs().max().item() / 100 + 1e-3)
 
 
-def test_a_continued_starter_is_trained_in_two_runs_and_listed_with_both(phantom, tmp_path, monkeypatch):  # noqa: F811
-    """A :data:`~starters.CONTINUED` starter: the first run is exported, the second fine-tunes that export on
-    the same patients; the card keeps the first run's record and STARTERS.md shows both runs' steps and minutes."""
+def test_a_continued_starter_is_trained_in_runs_and_listed_with_each(phantom, tmp_path, monkeypatch):  # noqa: F811
+    """A :data:`~starters.CONTINUED` starter: each run is exported and the next fine-tunes that export on the
+    same patients (the last one learning to go without its mask and to sample with guidance 2); the card keeps
+    the earlier runs' records and STARTERS.md shows every run's steps and minutes."""
     from CMRSynthLib.jobs.progress import Progress
 
     first = dict(family="flow", preset="tiny", image_size=32, spacing=5.0, max_steps=2, batch_size=2, seed=0)
     monkeypatch.setitem(starters.REAL_STARTERS, "acdc-test", first)
-    monkeypatch.setitem(starters.CONTINUED, "acdc-test", dict(family="flow", max_steps=3, batch_size=2, lr=1e-4, seed=1))
+    monkeypatch.setitem(starters.CONTINUED, "acdc-test", [
+        dict(family="flow", max_steps=3, batch_size=2, lr=1e-4, seed=1),
+        dict(family="flow", max_steps=4, batch_size=2, lr=1e-4, seed=2, mask_dropout=0.2, guidance=2.0)])
     card = starters.train_starter("acdc-test", data=phantom, work=tmp_path / "work", out=tmp_path / "out",
                                   progress=Progress("none"))
-    assert card["starter"]["first_run"]["steps"] == 2 and card["training"]["steps"] == 3
-    assert card["training"]["arguments"]["init"] == "acdc-test (its first run)"
+    assert [r["steps"] for r in card["starter"]["earlier_runs"]] == [2, 3] and card["training"]["steps"] == 4
+    assert [r["steps"] for r in starters.runs_of(card)] == [2, 3, 4]
+    assert card["training"]["arguments"]["init"] == "acdc-test (its run 2)"
+    assert card["config"]["p_mask_uncond"] == 0.2 and card["config"]["guidance"] == 2.0
     assert "pretrained_on" not in card["dataset"]
     assert str(tmp_path) not in json.dumps(card)  # no path of the machine that trained it
-    first_loaded, _ = ckpt.load_checkpoint(tmp_path / "work" / "acdc-test-first")
-    continued, _ = ckpt.load_checkpoint(tmp_path / "out" / "acdc-test")
-    assert any(not torch.equal(a, b) for a, b in zip(first_loaded.state_dict().values(),
-                                                       continued.state_dict().values()))
+    second, second_card = ckpt.load_checkpoint(tmp_path / "work" / "acdc-test-run2")
+    assert second_card["config"]["p_mask_uncond"] == 0.0 and second_card["config"]["guidance"] == 1.0
+    last, _ = ckpt.load_checkpoint(tmp_path / "out" / "acdc-test")
+    assert any(not torch.equal(a, b) for a, b in zip(second.state_dict().values(), last.state_dict().values()))
+    assert last.default_guidance == 2.0
     row = next(line for line in starters.summary(tmp_path / "out").splitlines() if line.startswith("| acdc-test |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[4] == "2 + 3" and cells[5].count(" + ") == 1 and cells[6].count(" + ") == 1
+    assert cells[4] == "2 + 3 + 4" and cells[5].count(" + ") == 2 and cells[6].count(" + ") == 2
