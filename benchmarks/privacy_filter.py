@@ -98,7 +98,7 @@ def run(settings: Settings, context: dict) -> list[Table]:
 # memorise them in 2500 steps (its images were no closer to their own patient's slice than to others), and a
 # model that does not copy has nothing for the filter to catch; a fixed crop is memorised in CPU minutes.
 REAL_SHAPE = {"image_size": 64, "spacing": 3.0, "field_of_view": "whole"}
-REAL_STEPS = {"overfit": 4000, "normal": 1500, "dp": 600}
+REAL_STEPS = {"overfit": 10000, "normal": 1500, "dp": 600}
 
 
 def real(data: str, *, work: Path | None = None, smoke: bool = False, models: tuple[str, ...] = ()) -> Table:
