@@ -92,7 +92,7 @@ class CMRSynthParameterNode:
     seed: Annotated[int, WithinRange(0, 2**31 - 1)] = 0
     steps: Annotated[int, WithinRange(0, 1000)] = 0  # 0: the model's default
     sampler: str = ""
-    guidance: Annotated[float, WithinRange(-0.5, 20.0)] = -0.5  # below 0: the model's default
+    guidance: Annotated[float, WithinRange(controller.GUIDANCE_MODEL_DEFAULT, 20.0)] = controller.GUIDANCE_MODEL_DEFAULT
     device: Annotated[str, Choice(list(controller.DEVICES))] = "auto"
     newAnatomy: Annotated[int, WithinRange(0, 64)] = 0
     group: str = ""  # the pathology group of new anatomy, among those the model knows
@@ -321,7 +321,7 @@ class CMRSynthWidget(ScriptedLoadableModuleWidget):
             job = self.logic.generate(
                 node.segmentation, node.referenceVolume, model=node.model, vendor=node.vendor, count=node.count,
                 seed=node.seed, steps=node.steps or None, sampler=node.sampler,
-                guidance=None if node.guidance < 0 else node.guidance,
+                guidance=controller.chosen_guidance(node.guidance),
                 device=node.device, structures=self.logic.structuresFromParameterNode(node),
                 newAnatomy=node.newAnatomy, group=node.group, wait=False)
             self._follow(job, onDone=self._showFirstVolume)

@@ -23,6 +23,13 @@ from CMRSynthLib.errors import InputError
 GENERATORS = ("ddpm", "ldm", "flow", "hybrid")
 PRESETS = ("tiny", "small", "base")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+# a guidance box's value one step below 0 means "the model's own" (its card's config.guidance): 0 is a weight
+GUIDANCE_MODEL_DEFAULT = -0.5
+
+
+def chosen_guidance(value: float) -> float | None:
+    """A guidance box's value as a sample setting: None (the model's own) for :data:`GUIDANCE_MODEL_DEFAULT`."""
+    return None if value < 0 else value
 ACCOUNTANTS = ("rdp", "prv")
 CHILD_MODULE = "CMRSynthLib.gui.child"
 

@@ -158,8 +158,8 @@ class GenerateTab(QtWidgets.QWidget):
         self.steps = _spin(0, 1000, 0, special="model default")
         self.sampler = QtWidgets.QLineEdit()
         self.sampler.setPlaceholderText("model default")
-        # one step below 0 means "the model's own" (its card's config.guidance): 0 itself is a weight (unconditional)
-        self.guidance = _double(-0.5, 20.0, -0.5, step=0.5, special="model default")
+        self.guidance = _double(controller.GUIDANCE_MODEL_DEFAULT, 20.0, controller.GUIDANCE_MODEL_DEFAULT, step=0.5,
+                                special="model default")
         self.device = _combo(controller.DEVICES)
         self.new_anatomy = _spin(0, 64, 0, special="off (use the mask)")
         self.group = QtWidgets.QComboBox()
@@ -240,8 +240,7 @@ class GenerateTab(QtWidgets.QWidget):
             model=self.model.argument(), mask="" if read(self.new_anatomy, "value") else self.mask.path(),
             out=self.out.path(), vendor=read(self.vendor, "currentText"), count=read(self.count, "value"),
             seed=read(self.seed, "value"), steps=steps or None, sampler=str(read(self.sampler, "text")).strip(),
-            guidance=None if read(self.guidance, "value") < 0 else read(self.guidance, "value"),
-            device=read(self.device, "currentText"),
+            guidance=controller.chosen_guidance(read(self.guidance, "value")), device=read(self.device, "currentText"),
             new_anatomy=read(self.new_anatomy, "value"), group=read(self.group, "currentText"),
             privacy_filter=bool(read(self.privacy_filter, "checked")))
 
