@@ -32,12 +32,15 @@ from CMRSynthLib.models.unet import ConditionalUNet
 @dataclass(frozen=True)
 class AnatomyConfig(FlowConfig):
     """The same fields as :class:`FlowConfig`; the vocabulary's vendors are not used, nor is ``p_mask_uncond``
-    (the model draws masks, it is not given one)."""
+    nor ``heart_coordinates`` (the model draws masks, it is not given one)."""
 
     def __post_init__(self):
         super().__post_init__()
         if self.p_mask_uncond:
             raise ValueError("p_mask_uncond must be 0 for an anatomy model: it is given no mask to drop")
+        if self.heart_coordinates:
+            raise ValueError("heart_coordinates must be off for an anatomy model: it is given no mask to locate "
+                             "the heart in")
 
 
 class AnatomyGenerator(FlowGenerator):

@@ -12,10 +12,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from CMRSynthLib.data.conventions import NUM_CLASSES
 from CMRSynthLib.generators.base import NULL, Conditions
 from CMRSynthLib.models.unet import UNET_PRESETS
 
 PRESETS = tuple(UNET_PRESETS)  # "tiny" (tests), "small" (CPU), "base" (GPU)
+HEART_COORDINATE_UNIT = 64  # image pixels per unit of the heart coordinates: 100 mm at ACDC's 1.5625 mm
 
 
 def check_config(config, *, samplers: tuple[str, ...], factor: int = 1) -> None:
@@ -89,3 +91,33 @@ def guided_output(net: nn.Module, x: torch.Tensor, timesteps: torch.Tensor, mask
                torch.cat([tokens, torch.full_like(tokens, NULL)]))
     cond, uncond = both.chunk(2)
     return uncond + guidance * (cond - uncond)
+
+
+def heart_coordinates(mask: torch.Tensor, unit: float) -> torch.Tensor:
+    """Two channels ``(B, 2, *spatial)``: each pixel's column and row offset from the heart's centroid in its
+    slice (the LV, MYO and RV area-weighted, ``mask`` being ``(B, 4, *spatial)`` one-hot or its pooled fractions),
+    in units of ``unit`` pixels. A slice without heart gets zeros, as does the all-zero mask of an
+    unconditional sample. Why: a whole-field model trains on tiles placed anywhere in the image, so nothing but
+    the heart tells it where the chest wall, lungs, liver and the air around the body lie."""
+    heart = mask[:, 1:].sum(1)  # (B, *rest, H, W)
+    rows = torch.arange(heart.shape[-2], device=mask.device, dtype=mask.dtype).view(-1, 1)
+    cols = torch.arange(heart.shape[-1], device=mask.device, dtype=mask.dtype).view(1, -1)
+    area = heart.sum((-2, -1), keepdim=True)
+    weight = heart / area.clamp_min(1e-6)
+    centre_row = (weight * rows).sum((-2, -1), keepdim=True)
+    centre_col = (weight * cols).sum((-2, -1), keepdim=True)
+    present = (area > 0).to(mask.dtype)
+    offsets = [((cols - centre_col) * present).expand_as(heart), ((rows - centre_row) * present).expand_as(heart)]
+    return torch.stack(offsets, dim=1) / unit
+
+
+def mask_channels(config) -> int:
+    """The channels of a mask-conditioned network's mask input: the one-hot, plus the heart coordinates."""
+    return NUM_CLASSES + 2 * config.heart_coordinates
+
+
+def with_heart_coordinates(mask: torch.Tensor, config, *, unit: float) -> torch.Tensor:
+    """``mask`` with :func:`heart_coordinates` appended when ``config.heart_coordinates``, else ``mask``."""
+    if not config.heart_coordinates:
+        return mask
+    return torch.cat([mask, heart_coordinates(mask, unit)], dim=1)

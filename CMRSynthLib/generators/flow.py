@@ -35,8 +35,9 @@ import torch
 from torch import nn
 
 from CMRSynthLib.generators.base import Conditions, Generator, ProgressCallback, Vocabulary
-from CMRSynthLib.generators.common import (check_config, drop_conditions, drop_tokens, guided_output,
-                                           mse_per_sample, preset_fields, randn, tokens_of)
+from CMRSynthLib.generators.common import (HEART_COORDINATE_UNIT, check_config, drop_conditions, drop_tokens,
+                                           guided_output, mask_channels, mse_per_sample, preset_fields, randn,
+                                           tokens_of, with_heart_coordinates)
 from CMRSynthLib.models.config import FrozenConfig
 from CMRSynthLib.models.unet import ConditionalUNet, UNetConfig, token_counts
 
@@ -99,6 +100,7 @@ class FlowConfig(FrozenConfig):
     p_uncond: float = 0.1
     p_mask_uncond: float = 0.0  # share of fully unconditional training samples (no mask either): mask guidance
     guidance: float = 1.0  # the guidance weight sampling uses unless told otherwise
+    heart_coordinates: bool = False  # the mask input carries each pixel's offset from the heart (common.py)
     t_sampling: str = "logit_normal"
     time_shift: float = 1.0
     sampler: str = "heun"
@@ -136,7 +138,7 @@ class FlowGenerator(Generator):
         self.net = self.build_network(config)
 
     def build_network(self, config: FlowConfig) -> nn.Module:
-        return ConditionalUNet(spatial_dims=config.spatial_dims, channels=1, mask_channels=4,
+        return ConditionalUNet(spatial_dims=config.spatial_dims, channels=1, mask_channels=mask_channels(config),
                                token_counts=token_counts(config.vocabulary), config=config.network)
 
     # ------------------------------------------------------------------ the space the flow lives in (hooks)
@@ -149,8 +151,8 @@ class FlowGenerator(Generator):
         return x.clamp(-1, 1)
 
     def model_mask(self, cond: Conditions) -> torch.Tensor | None:
-        """The mask the network is given: the one-hot mask at image resolution."""
-        return cond.mask
+        """The mask the network is given: the one-hot mask at image resolution (and the heart coordinates)."""
+        return with_heart_coordinates(cond.mask, self.config, unit=HEART_COORDINATE_UNIT)
 
     def model_tokens(self, cond: Conditions) -> torch.Tensor:
         return tokens_of(cond)

@@ -51,6 +51,8 @@ class HybridConfig(FlowConfig):
             raise ValueError(f"t_switch must be in (0, 1), got {self.t_switch}")
         if self.refine_steps < 1:
             raise ValueError(f"refine_steps must be ≥ 1, got {self.refine_steps}")
+        if self.heart_coordinates:  # the DDPM refinement's network has no such input
+            raise ValueError("heart_coordinates must be off for a hybrid model")
         self.ddpm_config()  # the refinement part validates its own fields
 
     @classmethod

@@ -28,6 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from CMRSynthLib.generators.base import Conditions
+from CMRSynthLib.generators.common import HEART_COORDINATE_UNIT, mask_channels, with_heart_coordinates
 from CMRSynthLib.generators.flow import FlowConfig, FlowGenerator
 from CMRSynthLib.models.autoencoder import AUTOENCODER_PRESETS, AutoencoderConfig, SliceAutoencoder
 from CMRSynthLib.models.unet import UNET_PRESETS, ConditionalUNet, UNetConfig, token_counts
@@ -87,7 +88,8 @@ class LDMGenerator(FlowGenerator):
 
     def build_network(self, config: LDMConfig) -> nn.Module:
         return ConditionalUNet(spatial_dims=config.spatial_dims, channels=config.autoencoder.latent_channels,
-                               mask_channels=4, token_counts=token_counts(config.vocabulary), config=config.network)
+                               mask_channels=mask_channels(config), token_counts=token_counts(config.vocabulary),
+                               config=config.network)
 
     # ------------------------------------------------------------------------------------------------- stages
     @property
@@ -124,11 +126,12 @@ class LDMGenerator(FlowGenerator):
         return self.autoencoder.decode(x / self.latent_scale).clamp(-1, 1)
 
     def model_mask(self, cond: Conditions) -> torch.Tensor:
-        """The one-hot mask pooled to the latent grid: the fraction of each label in every latent cell."""
+        """The one-hot mask pooled to the latent grid: the fraction of each label in every latent cell (and the
+        heart coordinates, in the same physical unit as at image resolution)."""
         f = self.config.autoencoder.factor
         kernel = (f, f) if self.config.spatial_dims == 2 else (1, f, f)
         pool = F.avg_pool2d if self.config.spatial_dims == 2 else F.avg_pool3d
-        return pool(cond.mask, kernel)
+        return with_heart_coordinates(pool(cond.mask, kernel), self.config, unit=HEART_COORDINATE_UNIT / f)
 
     def model_shape(self, batch: int, spatial) -> tuple[int, ...]:
         return (batch, self.config.autoencoder.latent_channels, *self.autoencoder.latent_spatial(spatial))

@@ -50,6 +50,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--guidance", type=float, default=None,
                        help="flow/LDM: the guidance weight the model samples with by default (default: the --init "
                             "model's, else 1)")
+    model.add_argument("--heart-coordinates", action="store_const", const=True, default=None,
+                       help="flow/LDM: also give the network each pixel's offset from the heart, so that a whole-field "
+                            "model knows where the chest wall, lungs and air lie (default: the --init model's, else "
+                            "off; a fine-tune of a model without it starts from the same outputs)")
     run = parser.add_argument_group("optimisation")
     run.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
     run.add_argument("--epochs", type=int, default=None, help="stop after this many epochs (default 100 "
@@ -86,7 +90,7 @@ def run(args, progress) -> int:
         weight_decay=args.weight_decay, grad_clip=args.grad_clip, ema_decay=args.ema_decay,
         autoencoder_fraction=args.autoencoder_fraction, field_of_view=args.field_of_view,
         autoencoder_patch=args.autoencoder_patch, mask_dropout=args.mask_dropout, guidance=args.guidance,
-        seed=args.seed,
+        heart_coordinates=args.heart_coordinates, seed=args.seed,
         train_patients=args.train_patients, init=args.init, device=args.device, precision=args.precision,
         save_every=args.save_every, force=args.force)
     result = Trainer(config, progress=progress, privacy=privacy.from_args(args)).run()

@@ -16,7 +16,7 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 PRESETS = ("tiny", "small", "base")
 OPERATIONAL = ("out", "device", "save_every", "force")
-GUIDED_FAMILIES = ("flow", "ldm")  # the families whose config holds p_mask_uncond and a default guidance
+GUIDED_FAMILIES = ("flow", "ldm")  # the families whose config holds p_mask_uncond, guidance, heart_coordinates
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,8 @@ class TrainConfig:
         mask, so that guidance can pull images towards their mask (None: the model's own, 0 for a new one).
         guidance: flow/LDM only, the guidance weight the model samples with by default (None: the model's own, 1
         for a new one); above 1 it needs condition dropout, and guides the mask too with ``mask_dropout``.
+        heart_coordinates: flow/LDM only, give the network each pixel's offset from the heart as two more mask
+        channels (None: the model's own, off for a new one; a fine-tune can switch it on, not off).
     """
 
     data: str
@@ -68,6 +70,7 @@ class TrainConfig:
     autoencoder_patch: int | None = None
     mask_dropout: float | None = None
     guidance: float | None = None
+    heart_coordinates: bool | None = None
     seed: int = 0
     train_patients: int | None = None
     init: str | None = None
@@ -102,7 +105,8 @@ class TrainConfig:
             if self.family != "ldm":
                 raise InputError(f"--autoencoder-patch applies to --generator ldm only, not {self.family}")
             _positive("--autoencoder-patch", self.autoencoder_patch)
-        for flag, value in (("--mask-dropout", self.mask_dropout), ("--guidance", self.guidance)):
+        for flag, value in (("--mask-dropout", self.mask_dropout), ("--guidance", self.guidance),
+                            ("--heart-coordinates", self.heart_coordinates)):
             if value is not None and self.family not in GUIDED_FAMILIES:
                 raise InputError(f"{flag} applies to --generator {' or '.join(GUIDED_FAMILIES)} only, not {self.family}")
         if self.mask_dropout is not None and not 0 <= self.mask_dropout < 1:

@@ -147,21 +147,26 @@ class Trainer:
             if wanted is not None and config_to_dict(wanted) != config_to_dict(config):
                 raise InputError("--preset/--image-size/--spatial-dims describe a different model than --init; "
                                  "leave them out to fine-tune the checkpoint's own configuration", path=init.path)
-            ckpt.load_weights(generator, init.ema or init.weights, path=init.path / ckpt.WEIGHTS)
+            weights = init.ema or init.weights
+            if generator.config.heart_coordinates and not config.heart_coordinates:
+                weights = _with_coordinate_inputs(weights, generator.state_dict())
+            ckpt.load_weights(generator, weights, path=init.path / ckpt.WEIGHTS)
             return generator
         config = preset_config(c.family, c.preset or DEFAULT_PRESET, vocabulary=vocabulary,
                                image_size=image_size, spatial_dims=c.spatial_dims or DEFAULT_SPATIAL_DIMS)
         return build_generator(c.family, self._with_guidance(self._with_autoencoder_patch(config)))
 
     def _with_guidance(self, config):
-        """The config with ``--mask-dropout`` and ``--guidance`` where given (weights are unaffected: a
-        fine-tune can learn to go without the mask, and choose the weight it samples with)."""
+        """The config with ``--mask-dropout``, ``--guidance`` and ``--heart-coordinates`` where given (a
+        fine-tune can learn to go without the mask, choose the weight it samples with, and gain the coordinate
+        inputs: :func:`_with_coordinate_inputs`)."""
         c = self.config
-        given = {k: v for k, v in (("p_mask_uncond", c.mask_dropout), ("guidance", c.guidance)) if v is not None}
+        given = {k: v for k, v in (("p_mask_uncond", c.mask_dropout), ("guidance", c.guidance),
+                                   ("heart_coordinates", c.heart_coordinates)) if v is not None}
         try:
             return replace(config, **given) if given else config
         except ValueError as error:
-            raise InputError(f"--mask-dropout/--guidance: {error}") from None
+            raise InputError(f"--mask-dropout/--guidance/--heart-coordinates: {error}") from None
 
     def _with_autoencoder_patch(self, config):
         """An LDM config whose autoencoder trains on ``--autoencoder-patch`` squares (default: 96 pixels for a
@@ -517,6 +522,20 @@ class Trainer:
         epochs = c.epochs if c.epochs is not None else (None if c.max_steps is not None else DEFAULT_EPOCHS)
         candidates = [n for n in (c.max_steps, epochs and epochs * steps_per_epoch) if n]
         return int(min(candidates))
+
+
+def _with_coordinate_inputs(weights: dict, expected: dict) -> dict:
+    """``weights`` of a model without heart coordinates, its first convolution widened with zero weights for
+    the two coordinate channels (the last inputs: image, mask, coordinates), so that the fine-tune starts from
+    exactly the ``--init`` model's outputs and learns how much to use them."""
+    key = "net.unet.conv_in.conv.weight"
+    if key not in weights or key not in expected:
+        return weights
+    old, new = weights[key], expected[key]
+    if new.shape[1] != old.shape[1] + 2:
+        return weights  # not the model this is for: load_weights names the mismatch
+    zeros = old.new_zeros((old.shape[0], 2, *old.shape[2:]))
+    return {**weights, key: torch.cat([old, zeros], dim=1)}
 
 
 @dataclass
