@@ -47,7 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
         module = importlib.import_module(f"CMRSynthLib.jobs.{module_name}")
         p = sub.add_parser(name, help=module.HELP, description=module.HELP)
         p.add_argument("--progress", choices=MODES, default=None,
-                       help="how to report progress: a bar on a terminal (default), JSON lines for programs, or none")
+                       help="how to report progress: a bar on a terminal (default), plain lines a minute "
+                            "apart (default when stderr is not a terminal: batch jobs, nohup), JSON lines for "
+                            "programs, or none")
         p.add_argument("--debug", action="store_true", help="show the full traceback of a failure")
         module.add_arguments(p)
         p.set_defaults(_module=module)
@@ -61,7 +63,7 @@ def _terminate(signum, frame):  # SIGTERM (GUI Cancel) unwinds like Ctrl-C, so a
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    mode = args.progress or ("bar" if sys.stderr.isatty() else "none")
+    mode = args.progress or ("bar" if sys.stderr.isatty() else "log")
     progress = Progress(mode)
     signal.signal(signal.SIGTERM, _terminate)
     try:

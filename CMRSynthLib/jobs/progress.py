@@ -10,7 +10,10 @@ With ``--progress jsonl`` a job writes one JSON object per line to stdout::
     {"event": "done",     "seconds": 12.3, "result": {...}}
 
 On a terminal (``--progress bar``, the default) the same calls draw a tqdm bar on stderr and print
-warnings and artefacts as lines. ``--progress none`` is silent except for warnings and errors.
+warnings and artefacts as lines. ``--progress log`` (the default when stderr is not a terminal: a batch job's log
+file, ``nohup``) prints a plain line per stage start, at most one progress line per :data:`LOG_INTERVAL` seconds
+and the last step, so that a cluster job's log shows how far it is. ``--progress none`` is silent except for
+warnings and errors.
 Every event carries ``"event"``; readers ignore keys they do not know.
 """
 
@@ -22,7 +25,8 @@ import sys
 import time
 from typing import Any, TextIO
 
-MODES = ("bar", "jsonl", "none")
+MODES = ("bar", "log", "jsonl", "none")
+LOG_INTERVAL = 60.0  # seconds between two progress lines in "log" mode
 
 
 class Progress:
@@ -37,6 +41,8 @@ class Progress:
         self._t0 = time.monotonic()
         self._stage_t0 = self._t0
         self._total: int | None = None
+        self._command = ""
+        self._logged_at = -math.inf
 
     # -- protocol events -------------------------------------------------------------------------
     def start(self, command: str, total: int | None = None, **info: Any) -> None:
@@ -45,6 +51,9 @@ class Progress:
         self._total = total
         self._stage_t0 = time.monotonic()
         self._emit({"event": "start", "command": command, "total": total, "time": time.time(), **info})
+        self._command, self._logged_at = command, -math.inf
+        if self.mode == "log":
+            self._line(f"{command}: started" + (f", {total} steps" if total else ""), quiet_ok=False)
         if self.mode == "bar":
             from tqdm.auto import tqdm
 
@@ -73,6 +82,8 @@ class Progress:
             if message:
                 self._bar.set_description_str(message, refresh=False)
             self._bar.refresh()
+        elif self.mode == "log":
+            self._log_update(step, total, loss, epsilon, eta, message)
 
     def artefact(self, path: str, kind: str) -> None:
         """A finished output file or folder the user (or GUI) can open."""
@@ -91,9 +102,30 @@ class Progress:
 
     def done(self, **result: Any) -> None:
         self._close_bar()
-        self._emit({"event": "done", "seconds": round(time.monotonic() - self._t0, 3), "result": result})
+        seconds = round(time.monotonic() - self._t0, 3)
+        self._emit({"event": "done", "seconds": seconds, "result": result})
+        if self.mode == "log":
+            self._line(f"{self._command or 'job'}: done in {seconds / 60:.1f} min", quiet_ok=False)
 
     # -- plumbing --------------------------------------------------------------------------------
+    def _log_update(self, step, total, loss, epsilon, eta, message) -> None:
+        """One line for ``log`` mode, unless one was printed less than :data:`LOG_INTERVAL` seconds ago
+        (the last step always gets one)."""
+        now = time.monotonic()
+        if now - self._logged_at < LOG_INTERVAL and step != total:
+            return
+        self._logged_at = now
+        parts = [f"{self._command}: step {step}" + (f"/{total} ({100 * step / total:.0f}%)" if total else "")]
+        if loss is not None:
+            parts.append(f"loss {loss:.4g}")
+        if epsilon is not None:
+            parts.append(f"ε {epsilon:.3g}")
+        if eta is not None and step != total:
+            parts.append(f"eta {eta / 60:.1f} min")
+        if message:
+            parts.append(message)
+        self._line(", ".join(parts), quiet_ok=False)
+
     def _emit(self, event: dict) -> None:
         if self.mode == "jsonl":
             out = self.stream or sys.stdout

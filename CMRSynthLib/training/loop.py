@@ -148,7 +148,7 @@ class Trainer:
                 raise InputError("--preset/--image-size/--spatial-dims describe a different model than --init; "
                                  "leave them out to fine-tune the checkpoint's own configuration", path=init.path)
             weights = init.ema or init.weights
-            if generator.config.heart_coordinates and not config.heart_coordinates:
+            if c.heart_coordinates and not config.heart_coordinates:  # c: flow or ldm only (TrainConfig)
                 weights = _with_coordinate_inputs(weights, generator.state_dict())
             ckpt.load_weights(generator, weights, path=init.path / ckpt.WEIGHTS)
             return generator
