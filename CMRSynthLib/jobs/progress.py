@@ -11,9 +11,9 @@ With ``--progress jsonl`` a job writes one JSON object per line to stdout::
 
 On a terminal (``--progress bar``, the default) the same calls draw a tqdm bar on stderr and print
 warnings and artefacts as lines. ``--progress log`` (the default when stderr is not a terminal: a batch job's log
-file, ``nohup``) prints a plain line per stage start, at most one progress line per :data:`LOG_INTERVAL` seconds
-and the last step, so that a cluster job's log shows how far it is. ``--progress none`` is silent except for
-warnings and errors.
+file, ``nohup``) prints the first and the last step of each stage and at most one progress line per
+:data:`LOG_INTERVAL` seconds between them, so that a cluster job's log shows how far it is. ``--progress none``
+is silent except for warnings and errors.
 Every event carries ``"event"``; readers ignore keys they do not know.
 """
 
@@ -52,8 +52,6 @@ class Progress:
         self._stage_t0 = time.monotonic()
         self._emit({"event": "start", "command": command, "total": total, "time": time.time(), **info})
         self._command, self._logged_at = command, -math.inf
-        if self.mode == "log":
-            self._line(f"{command}: started" + (f", {total} steps" if total else ""), quiet_ok=False)
         if self.mode == "bar":
             from tqdm.auto import tqdm
 
