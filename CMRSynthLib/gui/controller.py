@@ -47,10 +47,12 @@ def _integer(name: str, value, minimum: int) -> str:
     return str(value)
 
 
-def _positive(name: str, value, *, below: float = math.inf) -> str:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < below:
+def _positive(name: str, value, *, below: float = math.inf, zero: bool = False) -> str:
+    """``value`` as a command-line number, refused unless above 0 (``zero``: at least 0) and below ``below``."""
+    number = not isinstance(value, bool) and isinstance(value, (int, float))
+    if not number or not (0 <= value if zero else 0 < value) or not value < below:
         limit = f" and below {below:g}" if math.isfinite(below) else ""
-        raise InputError(f"{name} must be a number above 0{limit}, got {value!r}")
+        raise InputError(f"{name} must be a number {'of at least' if zero else 'above'} 0{limit}, got {value!r}")
     return repr(float(value))
 
 
@@ -109,7 +111,8 @@ class SampleSettings:
                  "--seed", _integer("seed", self.seed, 0)]
         args += _optional("--vendor", self.vendor) + _optional_count("--steps", "steps", self.steps)
         args += _optional("--sampler", self.sampler)
-        args += _optional("--guidance", None if self.guidance is None else _positive("guidance", self.guidance))
+        if self.guidance is not None:
+            args += ["--guidance", _positive("guidance", self.guidance, zero=True)]
         args += ["--privacy-filter"] if self.privacy_filter else []
         return args + _device(self.device)
 

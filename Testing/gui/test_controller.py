@@ -17,6 +17,8 @@ def test_sample_arguments_carry_every_choice_in_the_contract_spelling():
                                     "--sampler", "heun", "--guidance", "1.5", "--device", "cpu"]
     minimal = c.SampleSettings(model="flow", mask="m.nii.gz", out="o").arguments()
     assert minimal == ["--model", "flow", "--mask", "m.nii.gz", "--out", "o", "--count", "1", "--seed", "0"]
+    # guidance 0 is a weight (the tokens' unconditional prediction), as on the command line
+    assert c.SampleSettings(model="flow", mask="m", out="o", guidance=0).arguments()[-2:] == ["--guidance", "0.0"]
     anatomy = c.SampleSettings(model="flow", out="o", new_anatomy=3, group="DCM").arguments()
     assert anatomy[:6] == ["--model", "flow", "--new-anatomy", "3", "--group", "DCM"] and "--mask" not in anatomy
 
@@ -34,6 +36,7 @@ def test_job_command_runs_the_child_module_with_jsonl_progress():
     (c.SampleSettings(model="flow", mask="m", out="o", steps=2.5), "steps must be a whole number"),
     (c.SampleSettings(model="flow", mask="m", out="o", device="tpu"), "device must be one of auto, cpu"),
     (c.SampleSettings(model="flow", mask="m", out="o", new_anatomy=2), "either a mask or new anatomy, not both"),
+    (c.SampleSettings(model="flow", mask="m", out="o", guidance=-1.0), "guidance must be a number of at least 0"),
     (c.TrainSettings(data="d", out="o", generator="gan"), "generator must be one of ddpm, ldm, flow, hybrid"),
     (c.TrainSettings(data="d", out="o", dp=True, epsilon=3.0, delta=1.5), "δ must be a number above 0 and below 1"),
     (c.TrainSettings(data="d", out="o", dp=True, delta=1e-5), "target ε must be a number above 0, got None"),
