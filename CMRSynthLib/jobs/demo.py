@@ -191,18 +191,9 @@ def run_real(args, progress) -> int:
                plan.dp_batch, "--epochs", plan.dp_epochs, "--epsilon", EPSILON, "--delta", DELTA)
     dp = ["--dp", "--epsilon", EPSILON, "--delta", DELTA, "--max-grad-norm", MAX_GRAD_NORM, "--batch-size",
           plan.dp_batch, "--epochs", plan.dp_epochs, "--seed", 0, *device]
-    if seen:
-        _say(f"[train-flow-dp] the starter {DEFAULT_MODEL} was trained without DP on {len(seen)} of these patients: "
-             "no fine-tune of it could promise them anything, so the DP model is a whole-field flow model trained "
-             "from scratch")
-        stages.run("train-flow-dp", "train", "--generator", "flow", "--data", data, "--out", models / "flow-dp",
-                   "--preset", "small", "--image-size", REAL_DP_TILE, "--spacing",
-                   starter["preprocessing"]["spacing"][0], "--field-of-view", "whole", *dp)
-        audited.append(models / "flow-dp")
-    else:
-        stages.run("train-ldm-dp", "train", "--generator", "ldm", "--data", data, "--out", models / "ldm-dp",
-                   "--init", DEFAULT_MODEL, *dp)
-        audited.append(models / "ldm-dp")
+    name, argv, dp_model = real_dp_stage(starter, seen, data=data, models=models, dp=dp)
+    stages.run(name, *argv)
+    audited.append(dp_model)
 
     masks = _real_heldout_masks(cohort, read_card(models / "ldm"), out / "heldout-masks", count=plan.heldout_masks)
     stages.run("sample", "sample", "--model", models / "ldm", "--mask", masks, "--out", out / "synthetic", *device)
@@ -219,6 +210,25 @@ def run_real(args, progress) -> int:
     progress.artefact(report, "report")
     progress.done(report=str(report))
     return 0
+
+
+def real_dp_stage(starter: dict, seen: set[str], *, data: Path, models: Path, dp: list) -> tuple[str, list, Path]:
+    """The DP stage of the real walk: (stage name, ``cmrsynth`` argv, model folder). A DP fine-tune of the
+    default starter when it saw none of the cohort's patients (``seen``); else a whole-field flow model from
+    scratch, since no fine-tune of a model trained without DP on a patient can promise that patient anything."""
+    from CMRSynthLib import DEFAULT_MODEL
+
+    if not seen:
+        out = models / "ldm-dp"
+        return "train-ldm-dp", ["train", "--generator", "ldm", "--data", data, "--out", out, "--init",
+                                DEFAULT_MODEL, *dp], out
+    _say(f"[train-flow-dp] the starter {DEFAULT_MODEL} was trained without DP on {len(seen)} of these patients: "
+         "no fine-tune of it could promise them anything, so the DP model is a whole-field flow model trained "
+         "from scratch")
+    out = models / "flow-dp"
+    return "train-flow-dp", ["train", "--generator", "flow", "--data", data, "--out", out, "--preset", "small",
+                             "--image-size", REAL_DP_TILE, "--spacing", starter["preprocessing"]["spacing"][0],
+                             "--field-of-view", "whole", *dp], out
 
 
 def _real_heldout_masks(cohort, card: dict, folder: Path, *, count: int) -> Path:
