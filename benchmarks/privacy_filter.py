@@ -197,10 +197,10 @@ def _row(model: Path, data: Path, *, reid_steps: int, timed: int, settings: Sett
     from CMRSynthLib.reid.model import build_reid, format_rate
     from CMRSynthLib.synthesis import synthesize
     from CMRSynthLib.training.checkpoint import load_checkpoint
-    from CMRSynthLib.training.membership import patient_splits
+    from CMRSynthLib.training.membership import known_splits
 
     generator, card = load_checkpoint(model, device=settings.device)
-    splits = patient_splits(card, model)
+    splits = known_splits(card, model)
     cohort, preprocessing = open_cohort(data), PreprocessConfig.from_dict(card["preprocessing"])
     members = load_slices(cohort, splits["members"], preprocessing, what="member")
     unused = load_slices(cohort, splits["unused"], preprocessing, what="unused") if splits["unused"] else None

@@ -112,10 +112,10 @@ def _judge(model: Path, private: Path, steps: int, settings: Settings):
     from CMRSynthLib.data.cohorts import open_cohort
     from CMRSynthLib.data.preprocess import PreprocessConfig
     from CMRSynthLib.training.checkpoint import read_card
-    from CMRSynthLib.training.membership import patient_splits
+    from CMRSynthLib.training.membership import known_splits
 
     card = read_card(model)
-    splits = patient_splits(card, model)
+    splits = known_splits(card, model)
     cohort, preprocessing = open_cohort(private), PreprocessConfig.from_dict(card["preprocessing"])
     real_m = load_slices(cohort, splits["members"], preprocessing, what="member")
     real_n = load_slices(cohort, splits["validation"] + splits["holdout"], preprocessing, what="non-member")

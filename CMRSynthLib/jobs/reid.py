@@ -44,16 +44,13 @@ def run(args, progress) -> int:
     from CMRSynthLib.training.checkpoint import read_checkpoint
     from CMRSynthLib.training.distributed import World
     from CMRSynthLib.training.loop import resolve_device
-    from CMRSynthLib.training.membership import patient_splits
+    from CMRSynthLib.training.membership import known_splits
 
     device = resolve_device(args.device, World())
     contents = read_checkpoint(args.model)
     card, folder = contents.card, contents.path
-    splits = patient_splits(card, folder)
+    splits = known_splits(card, folder)
     members = splits["members"]
-    if not members:
-        raise InputError("neither the card nor a .PRIVATE-membership.json file beside the folder lists the model's "
-                         "training patients", path=folder)
     calibration = patient_list(args.calibration, flag="--calibration", splits=splits)
     cohort = open_cohort(args.data)
     present = set(cohort.patients())

@@ -67,3 +67,14 @@ def patient_splits(card: dict, checkpoint: str | os.PathLike) -> dict[str, list[
     source = card if any(name in card for name in SPLITS) else read_membership(checkpoint)
     return {name: [str(p) for p in source.get(name) or []] for name in SPLITS}
 
+
+def known_splits(card: dict, checkpoint: str | os.PathLike) -> dict[str, list[str]]:
+    """:func:`patient_splits`, refused when they name no training patient: a DP model's folder copied without
+    its membership file (what needs the members cannot go on; the audit takes ``--members`` instead)."""
+    splits = patient_splits(card, checkpoint)
+    if not splits["members"]:
+        raise InputError(f"neither the card nor {membership_path(checkpoint).name} beside the folder lists the "
+                         "model's training patients (a DP model copied without its membership file?)",
+                         path=checkpoint)
+    return splits
+

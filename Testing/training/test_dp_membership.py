@@ -11,7 +11,8 @@ from CMRSynthLib.audit.run import resolve_patients
 from CMRSynthLib.data.cohorts import open_cohort
 from CMRSynthLib.errors import InputError
 from CMRSynthLib.training.loop import Trainer
-from CMRSynthLib.training.membership import SPLITS, membership_path, patient_splits, read_membership
+from CMRSynthLib.training.membership import (SPLITS, known_splits, membership_path, patient_splits,
+                                             read_membership)
 from CMRSynthLib.training.privacy import DPConfig, DPTraining, init_privacy
 from training_fixtures import PATIENTS, SHAPE, phantom, train_config  # noqa: F401 - fixtures
 
@@ -69,6 +70,11 @@ def test_a_copy_without_its_membership_file_still_loads_and_composes_on_the_safe
     composed, _ = init_privacy(str(copy), str(phantom), unit="patient")
     assert composed.history == tuple(map(tuple, card["privacy"]["history"]))
     assert init_privacy(str(out), str(phantom), unit="patient")[0] is not None  # the original: same data, composed
+    # what needs the members (reid, the privacy benchmarks) names the missing file instead of failing later
+    with pytest.raises(InputError, match=r"shared\.PRIVATE-membership\.json beside the folder") as refused:
+        known_splits(loaded, copy)
+    assert str(copy) in str(refused.value)
+    assert known_splits(card, out)["members"] == read_membership(out)["members"]
 
 
 def test_a_dp_fine_tune_keeps_its_public_models_intensity_record(phantom, tmp_path):  # noqa: F811
