@@ -37,9 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "with --dp: Siemens, Philips, GE, Canon, as the card must not reveal the patients' vendors)")
     model.add_argument("--spacing", type=float, default=None,
                        help="prepared in-plane pixel size in mm (default: a 192 mm field of view)")
-    model.add_argument("--field-of-view", choices=("heart", "whole"), default="heart",
-                       help="heart: learn and generate a heart-centred crop; whole: learn from tiles of the whole "
-                            "field of view (--image-size) and generate the reference's entire field of view")
+    model.add_argument("--field-of-view", choices=("heart", "whole"), default=None,
+                       help="heart (default for a new model): learn and generate a heart-centred crop; whole: learn "
+                            "from tiles of the whole field of view (--image-size) and generate the reference's "
+                            "entire field of view; a fine-tune keeps its --init model's")
     model.add_argument("--autoencoder-patch", type=int, default=None,
                        help="LDM: train the autoencoder on random squares of this many pixels (default 96 with "
                             "--field-of-view whole, else whole images)")

@@ -37,7 +37,7 @@ class TrainConfig:
         checkpoints (0: only at the end). autoencoder_fraction: LDM only, the share of the steps spent on
         the autoencoder stage before the latent diffusion stage (default 0.3).
         field_of_view: ``"heart"`` (a heart-centred crop) or ``"whole"`` (the whole field of view; see
-        :mod:`CMRSynthLib.data.preprocess`). autoencoder_patch: LDM only, the autoencoder trains on random
+        :mod:`CMRSynthLib.data.preprocess`); None: the ``init`` model's, ``"heart"`` for a new one. autoencoder_patch: LDM only, the autoencoder trains on random
         squares of this many pixels (None: 96 for a whole field of view, else whole images).
         mask_dropout: flow/LDM only, the share of training samples with no condition at all, not even the
         mask, so that guidance can pull images towards their mask (None: the model's own, 0 for a new one).
@@ -66,7 +66,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     ema_decay: float = 0.999
     autoencoder_fraction: float | None = None
-    field_of_view: str = "heart"
+    field_of_view: str | None = None
     autoencoder_patch: int | None = None
     mask_dropout: float | None = None
     guidance: float | None = None
@@ -100,7 +100,8 @@ class TrainConfig:
                 raise InputError(f"--autoencoder-fraction applies to --generator ldm only, not {self.family}")
             if not 0 < self.autoencoder_fraction < 1:
                 raise InputError(f"--autoencoder-fraction must be in (0, 1), got {self.autoencoder_fraction}")
-        _choice("--field-of-view", self.field_of_view, ("heart", "whole"))
+        if self.field_of_view is not None:
+            _choice("--field-of-view", self.field_of_view, ("heart", "whole"))
         if self.autoencoder_patch is not None:
             if self.family != "ldm":
                 raise InputError(f"--autoencoder-patch applies to --generator ldm only, not {self.family}")

@@ -511,11 +511,16 @@ class Trainer:
     def _preprocessing(self, init):
         from CMRSynthLib.data.preprocess import PreprocessConfig
 
+        wanted = self.config.field_of_view
         if init is not None:
-            return PreprocessConfig.from_dict(init.card["preprocessing"])
+            preprocessing = PreprocessConfig.from_dict(init.card["preprocessing"])
+            if wanted not in (None, preprocessing.field_of_view):
+                raise InputError(f"--field-of-view {wanted}: --init is a {preprocessing.field_of_view} field-of-view "
+                                 "model; leave it out to fine-tune the checkpoint's own", path=init.path)
+            return preprocessing
         size = self.config.image_size or DEFAULT_IMAGE_SIZE
         spacing = self.config.spacing or round(FIELD_OF_VIEW_MM / size, 4)
-        return PreprocessConfig(spacing=(spacing, spacing), size=(size, size), field_of_view=self.config.field_of_view)
+        return PreprocessConfig(spacing=(spacing, spacing), size=(size, size), field_of_view=wanted or "heart")
 
     def _total_steps(self, steps_per_epoch: int) -> int:
         c = self.config

@@ -61,3 +61,18 @@ def test_card_of_a_jsonl_run_is_plain_json(run_cli, phantom, tmp_path):  # noqa:
     assert run_cli("train", "--data", phantom, "--out", out, *TINY, "--max-steps", "1", "--train-patients", "1")[0] == 0
     card = json.loads((out / "card.json").read_text(encoding="utf-8"))
     assert len(card["members"]) == 1 and card["privacy"] is None
+
+
+def test_a_fine_tune_keeps_its_init_models_field_of_view_and_refuses_another(run_cli, phantom, tmp_path):  # noqa: F811
+    whole = tmp_path / "whole"
+    assert run_cli("train", "--data", phantom, "--out", whole, *TINY, "--max-steps", "1",
+                   "--field-of-view", "whole")[0] == 0
+    tuned = ("train", "--data", phantom, "--generator", "flow", "--batch-size", "4", "--device", "cpu",
+             "--max-steps", "1", "--init", whole)
+    code, _, err = run_cli(*tuned, "--out", tmp_path / "heart", "--field-of-view", "heart")
+    assert code == 2 and "--init is a whole field-of-view model" in err and str(whole) in err
+    assert not (tmp_path / "heart").exists()
+    assert run_cli(*tuned, "--out", tmp_path / "tuned")[0] == 0
+    card = json.loads((tmp_path / "tuned" / "card.json").read_text(encoding="utf-8"))
+    # the card records what was asked (nothing: the init's) and what was built (whole), never a default it ignored
+    assert card["preprocessing"]["field_of_view"] == "whole" and card["training"]["arguments"]["field_of_view"] is None
