@@ -352,8 +352,8 @@ class Trainer:
                 return None
             raise InputError("--out holds a checkpoint without trainer state (it cannot be resumed); use "
                              "--force to replace it or choose another folder", path=out)
-        stored = previous.trainer_state.info.get("arguments", {})
-        mine = self._identity()
+        stored = _effective_field_of_view(previous.trainer_state.info.get("arguments", {}))
+        mine = _effective_field_of_view(self._identity())
         # an argument added after the run started is absent from its record: at its default (None), the same run
         differ = sorted(k for k in set(stored) | set(mine) if stored.get(k) != mine.get(k))
         if differ and not self.config.force:
@@ -527,6 +527,14 @@ class Trainer:
         epochs = c.epochs if c.epochs is not None else (None if c.max_steps is not None else DEFAULT_EPOCHS)
         candidates = [n for n in (c.max_steps, epochs and epochs * steps_per_epoch) if n]
         return int(min(candidates))
+
+
+def _effective_field_of_view(arguments: dict) -> dict:
+    """A run's arguments with the field of view it builds: a fine-tune's init's (None), else the value or
+    "heart". Runs recorded before ``--field-of-view`` lost its default hold "heart" where a fine-tune ignored it:
+    they resume as the same run."""
+    field = None if arguments.get("init") else arguments.get("field_of_view") or "heart"
+    return {**arguments, "field_of_view": field}
 
 
 def _with_coordinate_inputs(weights: dict, expected: dict) -> dict:

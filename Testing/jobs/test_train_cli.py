@@ -76,3 +76,10 @@ def test_a_fine_tune_keeps_its_init_models_field_of_view_and_refuses_another(run
     card = json.loads((tmp_path / "tuned" / "card.json").read_text(encoding="utf-8"))
     # the card records what was asked (nothing: the init's) and what was built (whole), never a default it ignored
     assert card["preprocessing"]["field_of_view"] == "whole" and card["training"]["arguments"]["field_of_view"] is None
+    # a fine-tune recorded when --field-of-view defaulted to "heart" (and was ignored) is still the same run
+    state_file = tmp_path / "tuned" / "trainer_state.json"
+    state = json.loads(state_file.read_text(encoding="utf-8"))
+    state["arguments"]["field_of_view"] = "heart"
+    state_file.write_text(json.dumps(state), encoding="utf-8")
+    code, _, err = run_cli(*tuned, "--out", tmp_path / "tuned")
+    assert code == 0 and "already holds a finished run" in err
