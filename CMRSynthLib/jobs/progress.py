@@ -103,7 +103,8 @@ class Progress:
         seconds = round(time.monotonic() - self._t0, 3)
         self._emit({"event": "done", "seconds": seconds, "result": result})
         if self.mode == "log":
-            self._line(f"{self._command or 'job'}: done in {seconds / 60:.1f} min", quiet_ok=False)
+            job = self._command.split(":")[0] or "job"  # stages are named "job: stage"; the time is the job's
+            self._line(f"{job}: done in {seconds / 60:.1f} min", quiet_ok=False)
 
     # -- plumbing --------------------------------------------------------------------------------
     def _log_update(self, step, total, loss, epsilon, eta, message) -> None:

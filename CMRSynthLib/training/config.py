@@ -37,8 +37,9 @@ class TrainConfig:
         checkpoints (0: only at the end). autoencoder_fraction: LDM only, the share of the steps spent on
         the autoencoder stage before the latent diffusion stage (default 0.3).
         field_of_view: ``"heart"`` (a heart-centred crop) or ``"whole"`` (the whole field of view; see
-        :mod:`CMRSynthLib.data.preprocess`); None: the ``init`` model's, ``"heart"`` for a new one. autoencoder_patch: LDM only, the autoencoder trains on random
-        squares of this many pixels (None: 96 for a whole field of view, else whole images).
+        :mod:`CMRSynthLib.data.preprocess`); None: the ``init`` model's, ``"heart"`` for a new one.
+        autoencoder_patch: LDM only, the autoencoder trains on random squares of this many pixels (None: 96 for
+        a whole field of view, else whole images).
         mask_dropout: flow/LDM only, the share of training samples with no condition at all, not even the
         mask, so that guidance can pull images towards their mask (None: the model's own, 0 for a new one).
         guidance: flow/LDM only, the guidance weight the model samples with by default (None: the model's own, 1

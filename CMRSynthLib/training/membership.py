@@ -77,4 +77,3 @@ def known_splits(card: dict, checkpoint: str | os.PathLike) -> dict[str, list[st
                          "model's training patients (a DP model copied without its membership file?)",
                          path=checkpoint)
     return splits
-

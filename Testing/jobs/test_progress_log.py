@@ -22,6 +22,9 @@ def test_log_lines_are_throttled_and_the_last_step_always_shows(monkeypatch, cap
                                                            "train: step 4/4 (100%)"]
     assert "loss 0.9" in lines[0] and "ε 1.5" in lines[0] and "eta" in lines[0] and "eta" not in lines[2]
     assert lines[3].startswith("train: done in") and len(lines) == 4
+    log.start("audit: fidelity")
+    log.done()
+    assert capsys.readouterr().err.startswith("audit: done in")  # the job's time, not the last stage's
 
 
 def test_cli_defaults_to_log_lines_off_a_terminal(run_cli, phantom, tmp_path):  # noqa: F811
