@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {  # in the order of DESIGN §9
     "phantom": "phantom",
     "inspect": "inspect",
     "train": "train",
+    "cascade": "cascade",
     "sample": "sample",
     "restyle": "restyle",
     "audit": "audit",

@@ -72,6 +72,9 @@ def _typed(value: Any, hint: Any, where: str) -> Any:
     """``value`` read from JSON, converted to the annotated type ``hint`` (dataclasses and tuples)."""
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, where)
+    optional = [a for a in typing.get_args(hint) if a is not type(None)]
+    if type(None) in typing.get_args(hint) and len(optional) == 1:  # ``X | None``: null, or read as X
+        return None if value is None else _typed(value, optional[0], where)
     if typing.get_origin(hint) is tuple:
         if not isinstance(value, (list, tuple)):
             raise InputError(f"{where} must be a list, got {value!r}")

@@ -70,6 +70,15 @@ CONTINUED: dict[str, list[dict]] = {
                       ema_decay=0.999, seed=2, mask_dropout=0.2, guidance=2.0, heart_coordinates=True)],
 }
 RUN_RECORD = ("steps", "wall_seconds", "cpu_seconds", "final_loss", "arguments")  # of each earlier run, in the card
+# Real starters with a coarse stage (generators/ldm.py): a flow model trained on the same patients at the latent
+# grid's pixel size (6.25 mm: 48 px tiles of 300 mm, like the latent model's 192 px), joined to the last run; the
+# latent flow starts from its image noised to ``start``.
+COARSE: dict[str, dict] = {
+    "acdc-ldm": dict(family="flow", preset="small", image_size=48, spacing=6.25, field_of_view="whole",
+                     heart_coordinates=True, mask_dropout=0.2, guidance=2.0, max_steps=4000, batch_size=16, lr=4e-4,
+                     warmup=100, lr_schedule="cosine", ema_decay=0.999, seed=0),
+}
+COARSE_START = {"acdc-ldm": 0.85}
 # The real flow and DDPM starters are the two networks of the real hybrid, trained on the same batches (the
 # hybrid's loss is the sum of theirs): one CPU run gives the three pixel-space families.
 HYBRID_PARTS = {"acdc-flow": "flow", "acdc-ddpm": "ddpm"}
@@ -78,14 +87,22 @@ STORAGE = torch.int8  # parameters_dtype of the shipped weights (save_checkpoint
 STORAGE_NOTE = "int8 kernels/matrices with a float32 scale per output channel, other parameters float16"
 
 
-def export_starter(run: Path, out: Path, *, name: str, data: Path | None = None, previous: dict | None = None) -> dict:
+def export_starter(run: Path, out: Path, *, name: str, data: Path | None = None, previous: dict | None = None,
+                   coarse: Path | None = None) -> dict:
     """Ship a finished run: EMA weights (stored as :data:`STORAGE`) and its card, no trainer state. A real
     starter (``data``: its cohort) names the data, its license and the spacing assumption in ``dataset``;
-    ``previous``: the exported card of the run a :data:`CONTINUED` run went on from."""
+    ``previous``: the exported card of the run a :data:`CONTINUED` run went on from; ``coarse``: the finished
+    run of its coarse stage (:data:`COARSE`), joined to it."""
+    from CMRSynthLib.training.cascade import join
+
     contents = ckpt.read_checkpoint(run)
     generator = ckpt.build_from_card(contents.card, path=run)
     ckpt.load_weights(generator, contents.ema or contents.weights, path=run / ckpt.WEIGHTS)
     card = {k: v for k, v in contents.card.items() if k not in ("model_id", "created")}
+    if coarse is not None:
+        generator, joined = join(coarse, run, COARSE_START[name])
+        record = joined["cascade"]
+        card["cascade"] = {**record, "coarse_training": _shippable_training(record["coarse_training"])}
     if data is None:
         card["starter"] = {"name": name, "reproduce": f"{COMMAND} --only {name}", "phantom": {
             **PHANTOM, "shape": list(PHANTOM["shape"])}, "storage": STORAGE_NOTE}
@@ -160,7 +177,12 @@ def train_starter(name: str, *, data: Path, work: Path, out: Path, progress) -> 
         config = TrainConfig(data=str(data), out=str(run), init=str(work / f"{name}-run{number - 1}"),
                              device="cpu", save_every=250, **arguments)
         Trainer(config, progress=progress).run()
-    return export_starter(run, out / name, name=name, data=data if real else None, previous=previous)
+    coarse = None
+    if name in COARSE:
+        coarse = work / f"{name}-coarse"
+        Trainer(TrainConfig(data=str(data), out=str(coarse), device="cpu", save_every=250, **COARSE[name]),
+                progress=progress).run()
+    return export_starter(run, out / name, name=name, data=data if real else None, previous=previous, coarse=coarse)
 
 
 def runs_of(card: dict) -> list[dict]:
@@ -171,12 +193,15 @@ def runs_of(card: dict) -> list[dict]:
 def _row(name: str, folder: Path) -> str:
     card = json.loads((folder / ckpt.CARD).read_text(encoding="utf-8"))
     t = card["training"]
-    runs = runs_of(card)
+    runs = runs_of(card) + ([card["cascade"]["coarse_training"]] if card.get("cascade") else [])
     size = sum(p.stat().st_size for p in folder.iterdir()) / 1e6
     cpu = " + ".join(f"{r['cpu_seconds'] / 60:.1f}" for r in runs) if all(r.get("cpu_seconds") for r in runs) else "–"
     wall = " + ".join(f"{r['wall_seconds'] / 60:.1f}" for r in runs)
     part_of = card.get("starter", {}).get("part_of")
     family = f"{card['family']} (a network of {part_of}: its run and loss)" if part_of else card["family"]
+    if card.get("cascade"):
+        size_mm = card["cascade"]["coarse_preprocessing"]["spacing"][0]
+        family += f" with a coarse flow stage at {size_mm:g} mm (its last run)"
     return (f"| {name} | {family} | {runs[0]['arguments']['preset']} | "
             f"{'×'.join(map(str, card['preprocessing']['size']))} | {' + '.join(str(r['steps']) for r in runs)} | "
             f"{wall} | {cpu} | {t['final_loss']:.4f} | "

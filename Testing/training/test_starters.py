@@ -104,3 +104,30 @@ def test_a_continued_starter_is_trained_in_runs_and_listed_with_each(phantom, tm
     row = next(line for line in starters.summary(tmp_path / "out").splitlines() if line.startswith("| acdc-test |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[4] == "2 + 3 + 4" and cells[5].count(" + ") == 2 and cells[6].count(" + ") == 2
+
+
+def test_a_starter_with_a_coarse_stage_ships_both_networks_and_lists_the_coarse_run(phantom, tmp_path,  # noqa: F811
+                                                                                     monkeypatch):
+    """A :data:`~starters.COARSE` starter: its coarse flow model is trained on the same patients at the latent
+    grid's pixel size and joined to the last run; the shipped card records it and STARTERS.md lists its run."""
+    from CMRSynthLib.jobs.progress import Progress
+
+    whole = dict(preset="tiny", field_of_view="whole", batch_size=2, seed=0)
+    monkeypatch.setitem(starters.REAL_STARTERS, "acdc-test",
+                        dict(family="ldm", image_size=32, spacing=5.0, max_steps=4, autoencoder_fraction=0.5, **whole))
+    monkeypatch.setitem(starters.COARSE, "acdc-test", dict(family="flow", image_size=8, spacing=20.0, max_steps=3,
+                                                           **whole))
+    monkeypatch.setitem(starters.COARSE_START, "acdc-test", 0.7)
+    card = starters.train_starter("acdc-test", data=phantom, work=tmp_path / "work", out=tmp_path / "out",
+                                  progress=Progress("none"))
+    model, shipped = ckpt.load_checkpoint(tmp_path / "out" / "acdc-test")
+    coarse, coarse_card = ckpt.load_checkpoint(tmp_path / "work" / "acdc-test-coarse")
+    assert model.coarse is not None and model.config.coarse_start == 0.7 == card["cascade"]["start"]
+    for key, value in coarse.state_dict().items():
+        assert torch.allclose(model.coarse.state_dict()[key], value, atol=value.abs().max().item() / 100 + 1e-3)
+    assert shipped["cascade"]["coarse_model_id"] == coarse_card["model_id"]
+    assert shipped["cascade"]["coarse_training"]["steps"] == 3
+    assert str(tmp_path) not in json.dumps(shipped)  # no path of the machine that trained it
+    row = next(line for line in starters.summary(tmp_path / "out").splitlines() if line.startswith("| acdc-test |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert "coarse flow stage at 20 mm" in cells[1] and cells[4] == "4 + 3"
