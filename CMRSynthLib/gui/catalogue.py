@@ -93,7 +93,8 @@ class ModelInfo:
             data = f"trained on {counted}" if counted else "training data unknown"
         privacy = (f"DP ε = {self.epsilon:.3g}" + (f", δ = {self.delta:.1e}" if self.delta else "")
                    if self.epsilon is not None else "no differential privacy")
-        return f"{self.family} · {data} · {privacy} · {origin}"
+        family = f"{self.family} with a coarse stage" if self.card.get("cascade") else self.family
+        return f"{family} · {data} · {privacy} · {origin}"
 
     def details(self) -> str:
         """Several lines for a tooltip: the data's citation, link and spacing assumption, and what the model knows."""
@@ -105,6 +106,12 @@ class ModelInfo:
             for key, label in (("citation", "Cite"), ("url", "Source"), ("spacing_assumption", "Spacing")):
                 if self.dataset.get(key):
                     lines.append(f"{label}: {self.dataset[key]}")
+        cascade = self.card.get("cascade")
+        if isinstance(cascade, dict):
+            spacing = (cascade.get("coarse_preprocessing") or {}).get("spacing")
+            at = f" at {spacing[0]:g} mm" if isinstance(spacing, list) and isinstance(spacing[0], (int, float)) else ""
+            lines.append(f"Coarse stage: a flow model draws the whole field{at} first; the latent model refines it "
+                         f"from t = {cascade.get('start', '?')}")
         for label, values in (("Vendors", self.vendors), ("Pathology groups", self.groups), ("Phases", self.phases)):
             lines.append(f"{label}: {', '.join(values) if values else 'none (unconditional)'}")
         return "\n".join(lines)

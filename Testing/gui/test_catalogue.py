@@ -70,6 +70,21 @@ def test_a_real_data_model_names_its_data_license_and_what_it_knows(tmp_path):
         "Phases: ED, ES"]
 
 
+def test_a_cascade_says_it_draws_the_whole_field_first(tmp_path):
+    folder = checkpoint(tmp_path / "acdc-ldm", family="ldm", vendors=("Siemens",))
+    card = json.loads((folder / "card.json").read_text())
+    card["cascade"] = {"start": 0.85, "coarse_preprocessing": {"spacing": [6.25, 6.25]}}
+    (folder / "card.json").write_text(json.dumps(card))
+    info = catalogue.read_model(folder)
+    assert info.describe().startswith("ldm with a coarse stage · ")
+    assert ("Coarse stage: a flow model draws the whole field at 6.25 mm first; the latent model refines it from "
+            "t = 0.85") in info.details().splitlines()
+    card["cascade"] = {"coarse_preprocessing": {"spacing": "odd"}}  # a hand-edited card still lists
+    (folder / "card.json").write_text(json.dumps(card))
+    assert "Coarse stage: a flow model draws the whole field first; the latent model refines it from t = ?" in (
+        catalogue.read_model(folder).details())
+
+
 def test_data_without_a_license_and_unknown_data_say_so(tmp_path):
     named = checkpoint(tmp_path / "named", simulated=False)
     card = json.loads((named / "card.json").read_text())
