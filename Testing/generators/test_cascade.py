@@ -17,7 +17,7 @@ from CMRSynthLib.generators.flow import FlowConfig, FlowGenerator
 from CMRSynthLib.generators.ldm import LDMConfig, LDMGenerator
 from CMRSynthLib.training.checkpoint import load_checkpoint, save_checkpoint
 
-VOCABULARY = Vocabulary(vendors=("Siemens",))
+VOCABULARY = Vocabulary(vendors=("Siemens", "Philips", "GE", "Canon"))  # the phantom cohort's
 MEMBERS, HOLDOUT = ["p1", "p2", "p3"], ["p4"]
 
 
@@ -175,3 +175,24 @@ def test_cascade_command_refuses_a_pair_that_cannot_make_one_honest_model(pair, 
                            "--start", start, "--progress", "none")
     assert code == 2 and match in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_cascade_fine_tunes_with_dp_on_other_patients_and_keeps_its_coarse_stage(pair, run_cli, tmp_path):
+    """DP fine-tuning trains the latent network only: the coarse stage (trained on the init's patients, none of
+    them in the new cohort) stays as it was, and the model still starts from it."""
+    from CMRSynthLib.data.phantom import write_phantom_cohort
+
+    coarse, refiner_path = pair
+    assert run_cli("cascade", "--coarse", coarse, "--refiner", refiner_path, "--out", tmp_path / "cascade",
+                   "--progress", "none")[0] == 0
+    cohort = write_phantom_cohort(tmp_path / "cohort", 4, seed=0, shape=(3, 48, 48))
+    code, _, err = run_cli("train", "--data", cohort, "--generator", "ldm", "--init", tmp_path / "cascade", "--out",
+                           tmp_path / "dp", "--dp", "--noise-multiplier", 1.0, "--delta", 1e-3, "--max-grad-norm", 1.0,
+                           "--max-steps", 2, "--batch-size", 2, "--progress", "none")
+    assert code == 0, err
+    before, _ = load_checkpoint(tmp_path / "cascade")
+    after, card = load_checkpoint(tmp_path / "dp")
+    assert card["privacy"]["epsilon"] > 0 and after.config.coarse == before.config.coarse
+    for key, value in before.coarse.state_dict().items():
+        assert torch.equal(after.coarse.state_dict()[key], value), key
+    assert any(not torch.equal(after.net.state_dict()[k], v) for k, v in before.net.state_dict().items())
