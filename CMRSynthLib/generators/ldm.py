@@ -31,7 +31,7 @@ with the autoencoder: training trains the latent network only.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -180,8 +180,6 @@ class LDMGenerator(FlowGenerator):
     # ------------------------------------------------------------------------------------ the coarse stage
     def with_coarse(self, coarse: FlowGenerator, start: float) -> "LDMGenerator":
         """A copy of this model with ``coarse`` (a trained 2D flow model) as its coarse stage, from ``start``."""
-        from dataclasses import replace
-
         cascade = LDMGenerator(replace(self.config, coarse=coarse.config, coarse_start=start))
         cascade.load_state_dict({**self.state_dict(), **{f"coarse.{k}": v for k, v in coarse.state_dict().items()}})
         cascade.stage = self.stage
