@@ -10,6 +10,8 @@ image's grid (``synthesize``, seed 0, the model's only vendor). Printed and writ
   synthetic (a cartoon heart in a black frame scores far above the real images);
 - intensity outside the heart: mean and standard deviation of the normalised intensity away from the mask,
   real vs synthetic (chest wall, lungs, liver: is there anatomy, and how much contrast);
+- slice-to-slice agreement of the body: Dice of the not-near-black regions of neighbouring slices, averaged
+  over the stack, real vs synthetic (a 2D model draws each slice on its own; real bodies change smoothly);
 - seconds per 10-slice stack (wall and CPU) and the stack's field of view;
 - peak resident memory while the model generates (:class:`benchmarks.common.PeakRSS`: the model and torch
   included, the other models' peaks reset).
@@ -45,8 +47,10 @@ def unit_range(array: np.ndarray) -> np.ndarray:
 def volume_stats(image: np.ndarray, mask: np.ndarray) -> dict:
     scaled = unit_range(image)
     outside = scaled[mask == 0]
+    body = scaled >= NEAR_BLACK
+    neighbours = [2 * (a & b).sum() / max(a.sum() + b.sum(), 1) for a, b in zip(body[:-1], body[1:])]
     return {"near_black": float((scaled < NEAR_BLACK).mean()), "outside_mean": float(outside.mean()),
-            "outside_std": float(outside.std())}
+            "outside_std": float(outside.std()), "neighbours": float(np.mean(neighbours)) if neighbours else 1.0}
 
 
 def held_out_cases(data: str, card: dict):
@@ -102,7 +106,8 @@ def run(data: str, models: list[str], out: Path) -> str:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     out.mkdir(parents=True, exist_ok=True)
     lines = ["| model | cases | near-black real | near-black synthetic | outside-heart mean / sd real | "
-             "synthetic | s per 10-slice stack (wall / CPU) | field of view | peak RSS |", "|" + " --- |" * 9]
+             "synthetic | neighbour-slice body Dice real / synthetic | s per 10-slice stack (wall / CPU) | "
+             "field of view | peak RSS |", "|" + " --- |" * 10]
     cases = None
     for model in models:
         generator, card = load_checkpoint(model)
@@ -123,7 +128,8 @@ def run(data: str, models: list[str], out: Path) -> str:
         lines.append(f"| {Path(model).name} | {len(cases)} | {mean(real, 'near_black'):.3f} | "
                      f"{mean(synthetic, 'near_black'):.3f} | {mean(real, 'outside_mean'):.2f} / "
                      f"{mean(real, 'outside_std'):.2f} | {mean(synthetic, 'outside_mean'):.2f} / "
-                     f"{mean(synthetic, 'outside_std'):.2f} | {np.median([t[0] for t in times]):.1f} / "
+                     f"{mean(synthetic, 'outside_std'):.2f} | {mean(real, 'neighbours'):.3f} / "
+                     f"{mean(synthetic, 'neighbours'):.3f} | {np.median([t[0] for t in times]):.1f} / "
                      f"{np.median([t[1] for t in times]):.1f} | {fov[0]:.0f}×{fov[1]:.0f} mm | "
                      f"{max(peaks) / 2**20:.0f} MiB |")
     table = "\n".join(lines)

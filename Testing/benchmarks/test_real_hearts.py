@@ -20,9 +20,10 @@ def test_real_hearts_writes_its_table_and_figure(phantom, tiny_flow, tmp_path): 
                          encoding="utf-8", timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert run.returncode == 0, run.stderr[-3000:]
     header, _, row = (out / "real_hearts.md").read_text(encoding="utf-8").splitlines()
-    assert header.count("|") == row.count("|") == 10 and "peak RSS" in header
+    assert header.count("|") == row.count("|") == 11 and "peak RSS" in header
     held_out = json.loads((Path(tiny_flow) / "card.json").read_text(encoding="utf-8"))["holdout"]
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[0] == Path(tiny_flow).name and int(cells[1]) == 2 * len(held_out)  # ED and ES of each
     assert all(0 <= float(cells[k]) <= 1 for k in (2, 3))  # near-black shares
+    assert all(0 <= float(v) <= 1 for v in cells[6].split(" / "))  # neighbour-slice agreement
     assert (out / f"real_vs_synthetic_{Path(tiny_flow).name}.png").stat().st_size > 10_000
