@@ -109,7 +109,8 @@ class ModelInfo:
         cascade = self.card.get("cascade")
         if isinstance(cascade, dict):
             spacing = (cascade.get("coarse_preprocessing") or {}).get("spacing")
-            at = f" at {spacing[0]:g} mm" if isinstance(spacing, list) and isinstance(spacing[0], (int, float)) else ""
+            known = isinstance(spacing, list) and spacing and isinstance(spacing[0], (int, float))
+            at = f" at {spacing[0]:g} mm" if known else ""
             lines.append(f"Coarse stage: a flow model draws the whole field{at} first; the latent model refines it "
                          f"from t = {cascade.get('start', '?')}")
         for label, values in (("Vendors", self.vendors), ("Pathology groups", self.groups), ("Phases", self.phases)):

@@ -37,8 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--phase", default=None, help="cardiac phase ED or ES (default: unconditional)")
     parser.add_argument("--group", default=None, help="pathology group NOR, DCM, HCM, MINF, ARV")
     parser.add_argument("--count", type=int, default=1, help="images per mask (seeds seed, seed+1, ...)")
-    parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's; a model with a coarse stage takes them "
-                             "from its start time, its coarse stage its own)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="sampler steps (default: the model's; a model with a coarse stage takes them from its "
+                             "start time, its coarse stage its own)")
     parser.add_argument("--sampler", default=None, help="sampler name (default: the model's)")
     parser.add_argument("--guidance", type=float, default=None,
                         help="classifier-free guidance weight (≥ 0; default: the model's own, its card's config.guidance)")

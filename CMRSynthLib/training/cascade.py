@@ -46,24 +46,24 @@ def check_pair(coarse_card: dict, refiner_card: dict, *, coarse_path=None, refin
         if card.get("privacy") is not None:
             raise InputError("was trained with DP: a cascade's ε would need both ledgers composed, which CMRSynth "
                              "does not do; join models trained without DP", path=path)
+    refiner = card_config(refiner_card)
     try:
-        check_coarse(card_config(coarse_card), card_config(refiner_card))
+        check_coarse(card_config(coarse_card), refiner)
     except ValueError as exc:
         raise InputError(str(exc), path=coarse_path) from None
     for key in ("members", "holdout"):
         if sorted(coarse_card.get(key) or []) != sorted(refiner_card.get(key) or []):
             raise InputError(f"was trained on other patients than the refiner (its {key} differ): one card must "
                              "name the patients of both networks", path=coarse_path)
-    _check_grids(coarse_card, refiner_card, coarse_path)
+    _check_grids(coarse_card["preprocessing"], refiner_card["preprocessing"], refiner.autoencoder.factor,
+                 coarse_path)
 
 
-def _check_grids(coarse_card: dict, refiner_card: dict, coarse_path) -> None:
-    """The coarse model's pixel is the refiner's latent cell, and its images were prepared the same way."""
+def _check_grids(coarse: dict, refiner: dict, factor: int, coarse_path) -> None:
+    """The coarse model's pixel (preprocessing ``coarse``) is the refiner's latent cell (its pixel × ``factor``),
+    and its images were prepared the same way."""
     from CMRSynthLib.errors import InputError
-    from CMRSynthLib.training.checkpoint import card_config
 
-    coarse, refiner = coarse_card["preprocessing"], refiner_card["preprocessing"]
-    factor = card_config(refiner_card).autoencoder.factor
     wanted = [s * factor for s in refiner["spacing"]]
     if any(abs(c - w) > SPACING_TOLERANCE * w for c, w in zip(coarse["spacing"], wanted)):
         raise InputError(f"has {coarse['spacing']} mm pixels; the refiner's latent cells are {wanted} mm (its "

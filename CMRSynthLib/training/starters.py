@@ -96,10 +96,11 @@ def export_starter(run: Path, out: Path, *, name: str, data: Path | None = None,
     from CMRSynthLib.training.cascade import join
 
     contents = ckpt.read_checkpoint(run)
-    generator = ckpt.build_from_card(contents.card, path=run)
-    ckpt.load_weights(generator, contents.ema or contents.weights, path=run / ckpt.WEIGHTS)
     card = {k: v for k, v in contents.card.items() if k not in ("model_id", "created")}
-    if coarse is not None:
+    if coarse is None:
+        generator = ckpt.build_from_card(contents.card, path=run)
+        ckpt.load_weights(generator, contents.ema or contents.weights, path=run / ckpt.WEIGHTS)
+    else:  # the run's EMA weights too, with the coarse run's
         generator, joined = join(coarse, run, COARSE_START[name])
         record = joined["cascade"]
         card["cascade"] = {**record, "coarse_training": _shippable_training(record["coarse_training"])}

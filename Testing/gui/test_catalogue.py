@@ -79,10 +79,11 @@ def test_a_cascade_says_it_draws_the_whole_field_first(tmp_path):
     assert info.describe().startswith("ldm with a coarse stage · ")
     assert ("Coarse stage: a flow model draws the whole field at 6.25 mm first; the latent model refines it from "
             "t = 0.85") in info.details().splitlines()
-    card["cascade"] = {"coarse_preprocessing": {"spacing": "odd"}}  # a hand-edited card still lists
-    (folder / "card.json").write_text(json.dumps(card))
-    assert "Coarse stage: a flow model draws the whole field first; the latent model refines it from t = ?" in (
-        catalogue.read_model(folder).details())
+    for odd in ("odd", []):  # a hand-edited card still lists
+        card["cascade"] = {"coarse_preprocessing": {"spacing": odd}}
+        (folder / "card.json").write_text(json.dumps(card))
+        assert "Coarse stage: a flow model draws the whole field first; the latent model refines it from t = ?" in (
+            catalogue.read_model(folder).details())
 
 
 def test_data_without_a_license_and_unknown_data_say_so(tmp_path):
