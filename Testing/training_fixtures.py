@@ -15,6 +15,22 @@ from CMRSynthLib.data.volume import Volume
 PATIENTS, SHAPE = 6, (4, 48, 48)
 
 
+def run_stopped_at_step(trainer, step: int) -> None:
+    """Run ``trainer`` as if its process were killed at its ``step``-th training step (counted from 1; the steps
+    before it done): what a resume must recover from."""
+    original, calls = trainer._train_step, []
+
+    def killed(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == step:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    trainer._train_step = killed
+    with pytest.raises(KeyboardInterrupt):
+        trainer.run()
+
+
 def train_config(data, out, **overrides):
     """A TrainConfig for a tiny flow at 32×32 that runs in about a second."""
     from CMRSynthLib.training.config import TrainConfig

@@ -6,6 +6,10 @@ Two stages, switched by the trainer through :attr:`LDMGenerator.stage`:
    (:mod:`CMRSynthLib.models.autoencoder`); only the autoencoder trains.
 2. ``"diffusion"`` (after :meth:`~LDMGenerator.freeze_autoencoder`): the autoencoder is frozen and
    :meth:`~LDMGenerator.loss` is the flow-matching loss on the scaled latents ``z = μ(x) · latent_scale``.
+3. ``"decoder"`` (optional, a fine-tune: ``cmrsynth train --stage decoder``): only the autoencoder's decoder
+   trains, adversarially (:meth:`SliceAutoencoder.adversarial_loss
+   <CMRSynthLib.models.autoencoder.SliceAutoencoder.adversarial_loss>`, through the trainer, which holds the
+   discriminator); the encoder, the latent network and the coarse stage stay frozen, so the latents do not move.
 
 The latent diffusion is flow matching, not DDPM: a few-step ODE sampler keeps sampling cheap, and the ODE
 is invertible, so :meth:`restyle` works here too. Everything of :mod:`.flow` applies, in latent space: the mask
@@ -43,7 +47,7 @@ from CMRSynthLib.generators.flow import FlowConfig, FlowGenerator
 from CMRSynthLib.models.autoencoder import AUTOENCODER_PRESETS, AutoencoderConfig, SliceAutoencoder
 from CMRSynthLib.models.unet import UNET_PRESETS, ConditionalUNet, UNetConfig, token_counts
 
-STAGES = ("autoencoder", "diffusion")
+STAGES = ("autoencoder", "diffusion", "decoder")
 # The latent grid is 16× smaller than the image, so the latent network can afford more width than the
 # pixel-space "small" preset: 32×32 latents of a 128×128 slice cost about 0.9 GFLOPs per forward.
 LATENT_UNET_PRESETS = {
@@ -122,7 +126,8 @@ class LDMGenerator(FlowGenerator):
     # ------------------------------------------------------------------------------------------------- stages
     @property
     def stage(self) -> str:
-        """``"autoencoder"`` (training the autoencoder) or ``"diffusion"`` (training the latent flow)."""
+        """``"autoencoder"`` (training the autoencoder), ``"diffusion"`` (training the latent flow) or ``"decoder"``
+        (fine-tuning the decoder alone)."""
         return STAGES[int(self.stage_index)]
 
     @stage.setter
@@ -135,6 +140,8 @@ class LDMGenerator(FlowGenerator):
     def _sync_trainable(self) -> None:
         """Only the current stage's parameters require gradients (optimisers and Opacus see just those)."""
         self.autoencoder.requires_grad_(self.stage == "autoencoder")
+        for parameter in self.autoencoder.decoder_parameters() if self.stage == "decoder" else ():
+            parameter.requires_grad_(True)
         self.net.requires_grad_(self.stage == "diffusion")
         if self.coarse is not None:
             self.coarse.requires_grad_(False)
@@ -172,7 +179,10 @@ class LDMGenerator(FlowGenerator):
         return self.autoencoder.loss(images, generator=generator)
 
     def loss(self, images: torch.Tensor, cond: Conditions, *, generator: torch.Generator | None = None) -> torch.Tensor:
-        """The current stage's per-sample loss ``(B,)``: the autoencoder's, or the latent flow's."""
+        """The current stage's per-sample loss ``(B,)``: the autoencoder's, or the latent flow's (the decoder
+        stage's needs the trainer's discriminator: :meth:`SliceAutoencoder.adversarial_loss`)."""
+        if self.stage == "decoder":
+            raise RuntimeError("the decoder stage's loss is adversarial: train it with cmrsynth train --stage decoder")
         if self.stage == "autoencoder":
             return self.autoencoder_loss(images, generator=generator)
         return super().loss(images, cond, generator=generator)

@@ -55,6 +55,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="flow/LDM: also give the network each pixel's offset from the heart, so that a whole-field "
                             "model knows where the chest wall, lungs and air lie (default: the --init model's, else "
                             "off; a fine-tune of a model without it starts from the same outputs)")
+    model.add_argument("--stage", choices=("diffusion", "decoder"), default=None,
+                       help="ldm with --init: what the fine-tune trains: diffusion (the latent network, default) or "
+                            "decoder (the autoencoder's decoder alone, against a PatchGAN discriminator, which "
+                            "sharpens the images; the encoder, latent network and coarse stage stay as they are)")
+    model.add_argument("--adversarial-weight", type=float, default=None,
+                       help="--stage decoder: weight of the adversarial term beside L1 (default 0.05)")
     run = parser.add_argument_group("optimisation")
     run.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
     run.add_argument("--epochs", type=int, default=None, help="stop after this many epochs (default 100 "
@@ -91,7 +97,8 @@ def run(args, progress) -> int:
         weight_decay=args.weight_decay, grad_clip=args.grad_clip, ema_decay=args.ema_decay,
         autoencoder_fraction=args.autoencoder_fraction, field_of_view=args.field_of_view,
         autoencoder_patch=args.autoencoder_patch, mask_dropout=args.mask_dropout, guidance=args.guidance,
-        heart_coordinates=args.heart_coordinates, seed=args.seed,
+        heart_coordinates=args.heart_coordinates, stage=args.stage, adversarial_weight=args.adversarial_weight,
+        seed=args.seed,
         train_patients=args.train_patients, init=args.init, device=args.device, precision=args.precision,
         save_every=args.save_every, force=args.force)
     result = Trainer(config, progress=progress, privacy=privacy.from_args(args)).run()

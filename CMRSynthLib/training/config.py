@@ -17,6 +17,8 @@ PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 PRESETS = ("tiny", "small", "base")
 OPERATIONAL = ("out", "device", "save_every", "force")
 GUIDED_FAMILIES = ("flow", "ldm")  # the families whose config holds p_mask_uncond, guidance, heart_coordinates
+STAGES = ("diffusion", "decoder")  # what an LDM fine-tune may train (its autoencoder stage belongs to a new model)
+DEFAULT_ADVERSARIAL_WEIGHT = 0.05
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,9 @@ class TrainConfig:
         for a new one); above 1 it needs condition dropout, and guides the mask too with ``mask_dropout``.
         heart_coordinates: flow/LDM only, give the network each pixel's offset from the heart as two more mask
         channels (None: the model's own, off for a new one; a fine-tune can switch it on, not off).
+        stage: LDM fine-tunes only, what trains: ``"diffusion"`` (the latent network; the default) or ``"decoder"``
+        (the autoencoder's decoder alone, adversarially: :mod:`CMRSynthLib.models.autoencoder`).
+        adversarial_weight: the decoder stage's weight of the adversarial term beside L1 (None: 0.05).
     """
 
     data: str
@@ -72,6 +77,8 @@ class TrainConfig:
     mask_dropout: float | None = None
     guidance: float | None = None
     heart_coordinates: bool | None = None
+    stage: str | None = None
+    adversarial_weight: float | None = None
     seed: int = 0
     train_patients: int | None = None
     init: str | None = None
@@ -115,6 +122,15 @@ class TrainConfig:
             raise InputError(f"--mask-dropout must be in [0, 1), got {self.mask_dropout}")
         if self.guidance is not None and not self.guidance >= 0:
             raise InputError(f"--guidance must be ≥ 0, got {self.guidance}")
+        if self.stage is not None:
+            _choice("--stage", self.stage, STAGES)
+            if self.family != "ldm" or self.init is None:
+                raise InputError("--stage chooses what a fine-tune of an LDM trains: give --generator ldm and --init")
+        if self.adversarial_weight is not None:
+            if self.stage != "decoder":
+                raise InputError("--adversarial-weight applies to --stage decoder only")
+            if not self.adversarial_weight >= 0:
+                raise InputError(f"--adversarial-weight must be ≥ 0, got {self.adversarial_weight}")
         if self.spacing is not None and not self.spacing > 0:
             raise InputError(f"--spacing must be > 0 mm, got {self.spacing}")
         _choice("--lr-schedule", self.lr_schedule, LR_SCHEDULES)

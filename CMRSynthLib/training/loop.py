@@ -50,7 +50,7 @@ from CMRSynthLib.errors import InputError
 from CMRSynthLib.generators.base import Conditions, Vocabulary
 from CMRSynthLib.training import checkpoint as ckpt
 from CMRSynthLib.training import distributed
-from CMRSynthLib.training.config import TrainConfig
+from CMRSynthLib.training.config import DEFAULT_ADVERSARIAL_WEIGHT, TrainConfig
 from CMRSynthLib.training.ema import EMA
 from CMRSynthLib.training.membership import SPLITS, membership_path, read_membership, write_membership
 
@@ -59,6 +59,7 @@ DEFAULT_PRESET, DEFAULT_IMAGE_SIZE, DEFAULT_SPATIAL_DIMS = "small", 64, 2
 DEFAULT_AUTOENCODER_FRACTION = 0.3
 PUBLIC_VENDORS = tuple(MNMS_VENDORS.values())  # a DP model's vocabulary unless --vendors or --init says otherwise
 WHOLE_FIELD_AUTOENCODER_PATCH = 96
+DISCRIMINATOR_LR_SCALE = 4.0
 FIELD_OF_VIEW_MM = 192.0  # default in-plane field of view: spacing = FIELD_OF_VIEW_MM / image_size
 
 
@@ -82,6 +83,20 @@ class LossModel(nn.Module):
     def forward(self, images: torch.Tensor, mask: torch.Tensor, vendor: torch.Tensor, phase: torch.Tensor,
                 group: torch.Tensor, noise: torch.Generator | None = None) -> torch.Tensor:
         return self.generator.loss(images, Conditions(mask, vendor, phase, group), generator=noise)
+
+
+class DecoderLossModel(LossModel):
+    """An LDM's decoder stage: ``forward`` is the decoder's and the discriminator's per-sample loss ``(B,)``
+    (:meth:`~CMRSynthLib.models.autoencoder.SliceAutoencoder.adversarial_loss`). The discriminator is training
+    state, like the optimizer's: it is saved with the trainer state, not in the model."""
+
+    def __init__(self, generator: nn.Module, discriminator: nn.Module, weight: float):
+        super().__init__(generator)
+        self.discriminator, self.weight = discriminator, weight
+
+    def forward(self, images: torch.Tensor, mask: torch.Tensor, vendor: torch.Tensor, phase: torch.Tensor,
+                group: torch.Tensor, noise: torch.Generator | None = None) -> torch.Tensor:
+        return self.generator.autoencoder.adversarial_loss(images, self.discriminator, self.weight, generator=noise)
 
 
 def resolve_device(name: str, world: distributed.World) -> torch.device:
@@ -122,6 +137,7 @@ class Trainer:
         self.progress = progress if (progress is not None and self.world.is_main) else Progress("none")
         self.privacy = privacy
         self.out = Path(config.out)
+        self.discriminator: nn.Module | None = None  # an LDM decoder stage's (make_model)
 
     # -- the factories (hooks) -------------------------------------------------------------------
     def make_generator(self, vocabulary, init: ckpt.CheckpointContents | None, *, depth: int | None = None):
@@ -151,6 +167,8 @@ class Trainer:
             if c.heart_coordinates and not config.heart_coordinates:  # c: flow or ldm only (TrainConfig)
                 weights = _with_coordinate_inputs(weights, generator.state_dict())
             ckpt.load_weights(generator, weights, path=init.path / ckpt.WEIGHTS)
+            if c.stage is not None or getattr(generator, "stage", None) == "decoder":
+                generator.stage = c.stage or "diffusion"  # a fine-tune trains the latent network unless told
             return generator
         config = preset_config(c.family, c.preset or DEFAULT_PRESET, vocabulary=vocabulary,
                                image_size=image_size, spatial_dims=c.spatial_dims or DEFAULT_SPATIAL_DIMS)
@@ -181,14 +199,29 @@ class Trainer:
             raise InputError(f"--autoencoder-patch {patch}: {error}") from None
 
     def make_model(self, generator: nn.Module) -> nn.Module:
-        model = LossModel(generator).to(self.device)
+        if getattr(generator, "stage", None) == "decoder":
+            from CMRSynthLib.models.autoencoder import patch_discriminator
+
+            self.discriminator = self.discriminator or patch_discriminator()
+            weight = self.config.adversarial_weight
+            model = DecoderLossModel(generator, self.discriminator,
+                                     DEFAULT_ADVERSARIAL_WEIGHT if weight is None else weight).to(self.device)
+        else:
+            model = LossModel(generator).to(self.device)
         if self.privacy is not None:  # DP-SGD reduces clipped, noised gradients itself (privacy.attach)
             return model
         return distributed.wrap(model, self.world, self.device)
 
     def make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        c = self.config
+        if self.discriminator is not None:  # the GAN convention: β1 0.5, the discriminator learns 4× faster
+            theirs = list(self.discriminator.parameters())
+            ids = {id(p) for p in theirs}
+            groups = [{"params": [p for p in model.parameters() if p.requires_grad and id(p) not in ids]},
+                      {"params": theirs, "lr_scale": DISCRIMINATOR_LR_SCALE}]
+            return torch.optim.AdamW(groups, lr=c.lr, betas=(0.5, 0.9), weight_decay=c.weight_decay)
         params = [p for p in model.parameters() if p.requires_grad]
-        return torch.optim.AdamW(params, lr=self.config.lr, weight_decay=self.config.weight_decay)
+        return torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
 
     def make_loader(self, dataset) -> torch.utils.data.DataLoader:
         from CMRSynthLib.data.datasets import collate
@@ -241,6 +274,8 @@ class Trainer:
                 if private.get("step") == info["step"]:  # else it is from a save that did not complete
                     info.update(history=private["loss_curve"], window=private["window"])
         model = self.make_model(generator)
+        if resume is not None and "discriminator" in info:
+            self.discriminator.load_state_dict(ckpt.unpack_state(info["discriminator"], resume.trainer_state.tensors))
         optimizer = self.make_optimizer(model)
         loader = self.make_loader(data.dataset)
         steps_per_epoch = len(loader)
@@ -252,6 +287,9 @@ class Trainer:
         if resume is not None:
             optimizer.load_state_dict(ckpt.unpack_state(info["optimizer"], resume.trainer_state.tensors))
         if self.privacy is not None:
+            if self.discriminator is not None:
+                raise InputError("--dp cannot train --stage decoder: its discriminator learns from the private "
+                                 "images without DP; sharpen the decoder on public data, then fine-tune with --dp")
             if self.switch_step is not None:
                 raise InputError("--dp cannot train an LDM's autoencoder stage; pre-train the LDM without DP "
                                  "(public data) and fine-tune it with --init")
@@ -319,7 +357,8 @@ class Trainer:
         noise.manual_seed(step_seed(c.seed, step, self.world.rank) + 1)
         start, end = self._stage_bounds(step, total)
         for group in parts.optimizer.param_groups:
-            group["lr"] = lr_at(step - start, base=c.lr, total=end - start, warmup=c.warmup, schedule=c.lr_schedule)
+            group["lr"] = group.get("lr_scale", 1.0) * lr_at(step - start, base=c.lr, total=end - start,
+                                                             warmup=c.warmup, schedule=c.lr_schedule)
         with torch.autocast(self.device.type, dtype=parts.precision, enabled=parts.precision != torch.float32):
             losses = parts.model(images, cond.mask, cond.vendor, cond.phase, cond.group, noise)
         loss = losses.float().mean()
@@ -392,6 +431,8 @@ class Trainer:
                     "arguments": self._identity(), "ema_updates": parts.ema.updates,
                     "optimizer": ckpt.pack_state(parts.optimizer.state_dict(), tensors, "optimizer"),
                     "scaler": ckpt.pack_state(parts.scaler.state_dict(), tensors, "scaler")}
+            if self.discriminator is not None:
+                info["discriminator"] = ckpt.pack_state(self.discriminator.state_dict(), tensors, "discriminator")
             card = self._card(parts, step=step, total=total, steps_per_epoch=steps_per_epoch, history=history)
             if self.privacy is not None:
                 info["privacy"] = self.privacy.state_dict()
@@ -419,7 +460,7 @@ class Trainer:
         from CMRSynthLib import __version__
 
         data, c = parts.data, self.config
-        return {
+        card = {
             "vocabulary": data.vocabulary.to_dict(), "preprocessing": data.preprocessing.to_dict(),
             "dataset": self._dataset(parts),
             "data": data.fingerprint, "members": list(data.members), "validation": list(data.validation),
@@ -437,6 +478,9 @@ class Trainer:
                              "python": sys.version.split()[0]},
             },
         }
+        if parts.init is not None and parts.init.card.get("cascade"):  # a fine-tune keeps its init's coarse stage
+            card["cascade"] = parts.init.card["cascade"]
+        return card
 
     def _dataset(self, parts: "_Parts") -> dict | None:
         """The card's "dataset": the training data's source; a fine-tune also names its --init model's."""

@@ -79,6 +79,12 @@ COARSE: dict[str, dict] = {
                      warmup=100, lr_schedule="cosine", ema_decay=0.999, seed=0),
 }
 COARSE_START = {"acdc-ldm": 0.85}
+# Real starters whose decoder is then sharpened (models/autoencoder.py): a decoder-stage fine-tune of the exported
+# cascade against a PatchGAN discriminator; the encoder, the latent network and the coarse stage are kept.
+DECODER: dict[str, dict] = {
+    "acdc-ldm": dict(family="ldm", stage="decoder", adversarial_weight=0.05, max_steps=3000, batch_size=8, lr=5e-5,
+                     warmup=100, lr_schedule="cosine", ema_decay=0.999, seed=4),
+}
 # The real flow and DDPM starters are the two networks of the real hybrid, trained on the same batches (the
 # hybrid's loss is the sum of theirs): one CPU run gives the three pixel-space families.
 HYBRID_PARTS = {"acdc-flow": "flow", "acdc-ddpm": "ddpm"}
@@ -183,7 +189,15 @@ def train_starter(name: str, *, data: Path, work: Path, out: Path, progress) -> 
         coarse = work / f"{name}-coarse"
         Trainer(TrainConfig(data=str(data), out=str(coarse), device="cpu", save_every=250, **COARSE[name]),
                 progress=progress).run()
-    return export_starter(run, out / name, name=name, data=data if real else None, previous=previous, coarse=coarse)
+    if name not in DECODER:
+        return export_starter(run, out / name, name=name, data=data if real else None, previous=previous,
+                              coarse=coarse)
+    cascade = export_starter(run, work / f"{name}-cascade", name=name, data=data if real else None,
+                             previous=previous, coarse=coarse)
+    decoder = work / f"{name}-decoder"
+    Trainer(TrainConfig(data=str(data), out=str(decoder), init=str(work / f"{name}-cascade"), device="cpu",
+                        save_every=250, **DECODER[name]), progress=progress).run()
+    return export_starter(decoder, out / name, name=name, data=data if real else None, previous=cascade)
 
 
 def runs_of(card: dict) -> list[dict]:
@@ -203,6 +217,9 @@ def _row(name: str, folder: Path) -> str:
     if card.get("cascade"):
         size_mm = card["cascade"]["coarse_preprocessing"]["spacing"][0]
         family += f" with a coarse flow stage at {size_mm:g} mm (its last run)"
+    decoder = [i + 1 for i, r in enumerate(runs) if (r.get("arguments") or {}).get("stage") == "decoder"]
+    if decoder:
+        family += f", its decoder sharpened adversarially (run {', '.join(map(str, decoder))})"
     return (f"| {name} | {family} | {runs[0]['arguments']['preset']} | "
             f"{'×'.join(map(str, card['preprocessing']['size']))} | {' + '.join(str(r['steps']) for r in runs)} | "
             f"{wall} | {cpu} | {t['final_loss']:.4f} | "

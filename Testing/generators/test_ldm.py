@@ -54,7 +54,7 @@ def test_stages_switch_loss_and_trainable_parameters():
     assert not any(p.requires_grad for p in model.autoencoder.parameters())
     assert all(p.requires_grad for p in model.net.parameters())
     with pytest.raises(ValueError, match="stage"):
-        model.stage = "decoder"
+        model.stage = "encoder"
 
 
 def test_latent_scale_whitens_the_latents_and_the_loss_is_the_latent_flow_loss():

@@ -42,6 +42,8 @@ def test_train_reports_progress_and_writes_a_loadable_checkpoint(run_cli, phanto
     (("--precision", "fp16"), "--precision fp16 needs --device cuda"),
     (("--lr", "-1"), "--lr must be > 0"),
     (("--init", "missing-model"), "no checkpoint folder or starter model"),
+    (("--stage", "decoder"), "--stage chooses what a fine-tune of an LDM trains"),
+    (("--adversarial-weight", "0.1"), "--adversarial-weight applies to --stage decoder only"),
 ])
 def test_bad_input_exits_2_and_writes_nothing(run_cli, phantom, tmp_path, extra, message):  # noqa: F811
     code, stdout, err = run_cli("train", "--data", phantom, "--out", tmp_path / "model", *TINY, "--max-steps", "1",

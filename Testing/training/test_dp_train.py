@@ -14,7 +14,7 @@ from CMRSynthLib.training.loop import Trainer
 from CMRSynthLib.training.membership import read_membership
 from CMRSynthLib.training.privacy import DPConfig, DPTraining
 from CMRSynthLib.training.privacy_planner import epsilon_of
-from training_fixtures import PATIENTS, SHAPE, phantom, tiny_flow, train_config  # noqa: F401 - fixtures
+from training_fixtures import PATIENTS, SHAPE, phantom, run_stopped_at_step, tiny_flow, train_config  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.filterwarnings("ignore:Full backward hook is firing")
 COMMON = ["--generator", "flow", "--batch-size", "2", "--lr", "2e-3", "--device", "cpu", "--seed", "3"]
@@ -167,18 +167,7 @@ def test_a_resumed_dp_run_continues_its_ledger(phantom, tmp_path):  # noqa: F811
         privacy = DPTraining(DPConfig(delta=1e-2, max_grad_norm=1.0, noise_multiplier=1.2))
         return Trainer(train_config(phantom, out, max_steps=4, batch_size=2, **overrides), privacy=privacy)
 
-    interrupted, calls = run(tmp_path / "parts", save_every=2), []
-    original = interrupted._train_step
-
-    def killed_at_the_third_step(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return original(*args, **kwargs)
-
-    interrupted._train_step = killed_at_the_third_step
-    with pytest.raises(KeyboardInterrupt):
-        interrupted.run()
+    run_stopped_at_step(run(tmp_path / "parts", save_every=2), 3)
     saved = Ledger.from_dict(card_of(tmp_path / "parts")["privacy"])
     assert card_of(tmp_path / "parts")["training"]["steps"] == 2 and saved.steps >= 2
     assert run(tmp_path / "parts", save_every=2).run().resumed_from == 2

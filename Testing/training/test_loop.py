@@ -9,7 +9,7 @@ import torch
 from CMRSynthLib.errors import InputError
 from CMRSynthLib.training import checkpoint as ckpt
 from CMRSynthLib.training.loop import Trainer, lr_at
-from training_fixtures import phantom, train_config  # noqa: F401 - fixture
+from training_fixtures import phantom, run_stopped_at_step, train_config  # noqa: F401 - fixture
 
 
 def card_of(path):
@@ -33,18 +33,7 @@ def test_loss_goes_down_and_card_records_the_run(phantom, tmp_path):  # noqa: F8
 
 def test_resume_ends_identical_to_an_uninterrupted_run(phantom, tmp_path):  # noqa: F811
     Trainer(train_config(phantom, tmp_path / "whole", max_steps=9)).run()
-    interrupted = Trainer(train_config(phantom, tmp_path / "parts", max_steps=9, save_every=4))
-    original, calls = interrupted._train_step, []
-
-    def killed_at_the_seventh_step(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 7:
-            raise KeyboardInterrupt
-        return original(*args, **kwargs)
-
-    interrupted._train_step = killed_at_the_seventh_step
-    with pytest.raises(KeyboardInterrupt):
-        interrupted.run()
+    run_stopped_at_step(Trainer(train_config(phantom, tmp_path / "parts", max_steps=9, save_every=4)), 7)
     state = json.loads((tmp_path / "parts" / "trainer_state.json").read_text(encoding="utf-8"))
     assert state["step"] == 4 and not state["finished"]
     resumed = Trainer(train_config(phantom, tmp_path / "parts", max_steps=9, save_every=4)).run()
@@ -131,18 +120,7 @@ def test_learning_rate_schedule():
 def test_ldm_trains_its_autoencoder_first_and_resumes_across_the_switch(phantom, tmp_path):  # noqa: F811
     kwargs = dict(family="ldm", max_steps=6, autoencoder_fraction=0.5)
     Trainer(train_config(phantom, tmp_path / "whole", **kwargs)).run()
-    interrupted = Trainer(train_config(phantom, tmp_path / "parts", save_every=2, **kwargs))
-    original, calls = interrupted._train_step, []
-
-    def killed_after_the_switch(*args, **kw):
-        calls.append(1)
-        if len(calls) == 5:
-            raise KeyboardInterrupt
-        return original(*args, **kw)
-
-    interrupted._train_step = killed_after_the_switch
-    with pytest.raises(KeyboardInterrupt):
-        interrupted.run()
+    run_stopped_at_step(Trainer(train_config(phantom, tmp_path / "parts", save_every=2, **kwargs)), 5)  # after the switch
     assert Trainer(train_config(phantom, tmp_path / "parts", save_every=2, **kwargs)).run().resumed_from == 4
     whole, parts = ckpt.read_checkpoint(tmp_path / "whole"), ckpt.read_checkpoint(tmp_path / "parts")
     assert whole.card["training"]["autoencoder_steps"] == 3

@@ -106,10 +106,8 @@ def test_a_continued_starter_is_trained_in_runs_and_listed_with_each(phantom, tm
     assert cells[4] == "2 + 3 + 4" and cells[5].count(" + ") == 2 and cells[6].count(" + ") == 2
 
 
-def test_a_starter_with_a_coarse_stage_ships_both_networks_and_lists_the_coarse_run(phantom, tmp_path,  # noqa: F811
-                                                                                     monkeypatch):
-    """A :data:`~starters.COARSE` starter: its coarse flow model is trained on the same patients at the latent
-    grid's pixel size and joined to the last run; the shipped card records it and STARTERS.md lists its run."""
+def train_cascade_starter(phantom, tmp_path, monkeypatch, **decoder) -> dict:  # noqa: F811
+    """A tiny real starter with a coarse stage (and, given ``decoder`` arguments, a decoder stage after it)."""
     from CMRSynthLib.jobs.progress import Progress
 
     whole = dict(preset="tiny", field_of_view="whole", batch_size=2, seed=0)
@@ -118,8 +116,17 @@ def test_a_starter_with_a_coarse_stage_ships_both_networks_and_lists_the_coarse_
     monkeypatch.setitem(starters.COARSE, "acdc-test", dict(family="flow", image_size=8, spacing=20.0, max_steps=3,
                                                            **whole))
     monkeypatch.setitem(starters.COARSE_START, "acdc-test", 0.7)
-    card = starters.train_starter("acdc-test", data=phantom, work=tmp_path / "work", out=tmp_path / "out",
+    if decoder:
+        monkeypatch.setitem(starters.DECODER, "acdc-test", dict(family="ldm", stage="decoder", **decoder))
+    return starters.train_starter("acdc-test", data=phantom, work=tmp_path / "work", out=tmp_path / "out",
                                   progress=Progress("none"))
+
+
+def test_a_starter_with_a_coarse_stage_ships_both_networks_and_lists_the_coarse_run(phantom, tmp_path,  # noqa: F811
+                                                                                     monkeypatch):
+    """A :data:`~starters.COARSE` starter: its coarse flow model is trained on the same patients at the latent
+    grid's pixel size and joined to the last run; the shipped card records it and STARTERS.md lists its run."""
+    card = train_cascade_starter(phantom, tmp_path, monkeypatch)
     model, shipped = ckpt.load_checkpoint(tmp_path / "out" / "acdc-test")
     coarse, coarse_card = ckpt.load_checkpoint(tmp_path / "work" / "acdc-test-coarse")
     assert model.coarse is not None and model.config.coarse_start == 0.7 == card["cascade"]["start"]
@@ -131,3 +138,22 @@ def test_a_starter_with_a_coarse_stage_ships_both_networks_and_lists_the_coarse_
     row = next(line for line in starters.summary(tmp_path / "out").splitlines() if line.startswith("| acdc-test |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert "coarse flow stage at 20 mm" in cells[1] and cells[4] == "4 + 3"
+
+
+def test_a_starter_with_a_decoder_stage_ships_the_sharpened_decoder_on_the_same_latents(phantom, tmp_path,  # noqa: F811
+                                                                                       monkeypatch):
+    """A :data:`~starters.DECODER` starter: the exported cascade's decoder is fine-tuned adversarially; the shipped
+    model keeps its encoder, latent network and coarse stage, its card the cascade record, and STARTERS.md says so."""
+    card = train_cascade_starter(phantom, tmp_path, monkeypatch, max_steps=2, batch_size=2, seed=0)
+    cascade, _ = ckpt.load_checkpoint(tmp_path / "work" / "acdc-test-cascade")
+    shipped, _ = ckpt.load_checkpoint(tmp_path / "out" / "acdc-test")
+    before, after = cascade.state_dict(), shipped.state_dict()
+    decoder = [k for k in after if k.startswith("autoencoder.kl.decoder.")]
+    assert any(not torch.equal(before[k], after[k]) for k in decoder)
+    for key in after:  # both stored as int8: what the decoder stage did not train comes back to the same bits
+        if not key.startswith(("autoencoder.kl.decoder.", "autoencoder.kl.post_quant_conv.", "stage_index")):
+            assert torch.equal(before[key], after[key]), key
+    assert card["cascade"]["start"] == 0.7 and card["training"]["arguments"]["stage"] == "decoder"
+    row = next(line for line in starters.summary(tmp_path / "out").splitlines() if line.startswith("| acdc-test |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert "decoder sharpened adversarially (run 2)" in cells[1] and cells[4] == "4 + 2 + 3"
