@@ -173,6 +173,33 @@ def load_slices(cohort, patients: Sequence[str], preprocessing, *, what: str,
     return Slices.cat(parts)
 
 
+def audited_slices(name: str, model, card: dict, cohort, plan: AuditPlan, *, members=None, holdout=None,
+                   holdout_cohort=None, warnings: list[str]) -> tuple[Slices, Slices, tuple[Slices, Slices]]:
+    """The real slices an audit of ``model`` works on: its members and held-out patients (the card's unless
+    ``members``/``holdout`` say otherwise), capped and matched by vendor and group as ``plan`` says, and every
+    member and held-out patient for the membership attacks. Returns ``(members, held_out, (all members,
+    all held out))``; too few patients for intervals become ``warnings``."""
+    from CMRSynthLib.data.preprocess import PreprocessConfig
+    from CMRSynthLib.training.checkpoint import resolve_model
+
+    preprocessing = PreprocessConfig.from_dict(card["preprocessing"])
+    ids_m, ids_n = resolve_patients(patient_splits(card, resolve_model(model)), cohort, members=members,
+                                    holdout=holdout, holdout_cohort=holdout_cohort, warnings=warnings)
+    strata = {r.patient: (r.vendor, r.group) for c in (cohort, holdout_cohort) if c for r in c.records}
+    every_m, every_n = ids_m, ids_n
+    ids_m, ids_n = subsample_matched(ids_m, ids_n, strata, plan.max_patients, plan.seed)
+    for side, ids in (("member", ids_m), ("held-out", ids_n)):
+        if len(ids) < MIN_PATIENTS_FOR_CI:
+            warnings.append(f"{name}: only {len(ids)} {side} patients; confidence intervals are unreliable "
+                            f"below {MIN_PATIENTS_FOR_CI}")
+    # The attacks only evaluate losses, which is cheap: they get every patient, as a capped audit
+    # would otherwise leave them a handful per side and no chance of a significant result.
+    attacked = (load_slices(cohort, every_m, preprocessing, what="member", slices_per_case=plan.slices_per_case),
+                load_slices(holdout_cohort or cohort, every_n, preprocessing, what="held-out",
+                            slices_per_case=plan.slices_per_case))
+    return attacked[0].of_patients(ids_m), attacked[1].of_patients(ids_n), attacked
+
+
 def generate(generator, vocabulary, source: Slices, *, seed: int, batch_size: int, progress, label: str,
              vendors: np.ndarray | None = None) -> Slices:
     """One synthetic image per ``source`` slice, conditioned on its mask, vendor (or ``vendors``), phase, group.
@@ -356,7 +383,7 @@ def run_audit(models: Sequence[str], data, out, *, synthetic=None, members=None,
     from CMRSynthLib.data.cohorts import open_cohort
     from CMRSynthLib.data.preprocess import PreprocessConfig
     from CMRSynthLib.jobs.progress import Progress
-    from CMRSynthLib.training.checkpoint import load_checkpoint, resolve_model
+    from CMRSynthLib.training.checkpoint import load_checkpoint
 
     progress = progress or Progress("none")
     plan = plan or (AuditPlan.quick() if quick else AuditPlan())
@@ -384,22 +411,9 @@ def run_audit(models: Sequence[str], data, out, *, synthetic=None, members=None,
             preprocessing = PreprocessConfig.from_dict(card["preprocessing"])
             if card["config"].get("spatial_dims", 2) != 2:
                 raise InputError(f"{name} is a 3D model; the audit handles 2D (slice-wise) models")
-            ids_m, ids_n = resolve_patients(patient_splits(card, resolve_model(model)), cohort, members=members,
-                                            holdout=holdout, holdout_cohort=holdout_cohort, warnings=warnings)
-            strata = {r.patient: (r.vendor, r.group) for c in (cohort, holdout_cohort) if c for r in c.records}
-            every_m, every_n = ids_m, ids_n
-            ids_m, ids_n = subsample_matched(ids_m, ids_n, strata, plan.max_patients, plan.seed)
-            for side, ids in (("member", ids_m), ("held-out", ids_n)):
-                if len(ids) < MIN_PATIENTS_FOR_CI:
-                    warnings.append(f"{name}: only {len(ids)} {side} patients; confidence intervals are unreliable "
-                                    f"below {MIN_PATIENTS_FOR_CI}")
-            # The attacks only evaluate losses, which is cheap: they get every patient, as a capped audit
-            # would otherwise leave them a handful per side and no chance of a significant result.
-            attacked = (load_slices(cohort, every_m, preprocessing, what="member",
-                                    slices_per_case=plan.slices_per_case),
-                        load_slices(holdout_cohort or cohort, every_n, preprocessing, what="held-out",
-                                    slices_per_case=plan.slices_per_case))
-            real_m, real_n = attacked[0].of_patients(ids_m), attacked[1].of_patients(ids_n)
+            real_m, real_n, attacked = audited_slices(name, model, card, cohort, plan, members=members,
+                                                      holdout=holdout, holdout_cohort=holdout_cohort,
+                                                      warnings=warnings)
             synth = None
             if synthetic is not None:
                 synth_cohort = open_cohort(synthetic)
