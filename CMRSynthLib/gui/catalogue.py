@@ -113,6 +113,11 @@ class ModelInfo:
             at = f" at {spacing[0]:g} mm" if known else ""
             lines.append(f"Coarse stage: a flow model draws the whole field{at} first; the latent model refines it "
                          f"from t = {cascade.get('start', '?')}")
+        runs = [*(self.card.get("starter") or {}).get("earlier_runs", ()), self.card.get("training") or {}]
+        decoder = [r for r in runs if isinstance(r, dict) and (r.get("arguments") or {}).get("stage") == "decoder"]
+        if decoder:
+            lines.append(f"Decoder: sharpened against a discriminator ({decoder[-1].get('steps', '?')} steps), on the "
+                         "same latents")
         for label, values in (("Vendors", self.vendors), ("Pathology groups", self.groups), ("Phases", self.phases)):
             lines.append(f"{label}: {', '.join(values) if values else 'none (unconditional)'}")
         return "\n".join(lines)

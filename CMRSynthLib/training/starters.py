@@ -246,7 +246,9 @@ def summary(out: Path) -> str:
              f"real patients; hence the `phantom-` names) by `{COMMAND}` (one starter: add `--only NAME`); see "
              "`CMRSynthLib/training/starters.py`.\n\n" + "\n".join(HEADER + phantom))
     return (text + f"\n\nWeights: the EMA weights, stored as {STORAGE_NOTE}; loading rebuilds float32 weights. "
-            "CPU minutes: the training process's CPU time (– where the run predates that record).\n")
+            "CPU minutes: the training process's CPU time (– where the run predates that record). Final loss: "
+            "the last run's (a decoder stage's is its L1 + weighted adversarial term plus the discriminator's own "
+            "loss, not comparable with a diffusion loss).\n")
 
 
 def _spacing_note() -> str:

@@ -86,6 +86,19 @@ def test_a_cascade_says_it_draws_the_whole_field_first(tmp_path):
             catalogue.read_model(folder).details())
 
 
+def test_a_sharpened_decoder_is_named_in_the_tooltip_whichever_run_it_was(tmp_path):
+    folder = checkpoint(tmp_path / "acdc-ldm", family="ldm", vendors=("Siemens",))
+    card = json.loads((folder / "card.json").read_text())
+    assert not any(line.startswith("Decoder") for line in catalogue.read_model(folder).details().splitlines())
+    sharpened = {"steps": 3000, "arguments": {"stage": "decoder"}}
+    for where in ("last", "earlier"):
+        card["training"] = sharpened if where == "last" else {"steps": 5, "arguments": {}}
+        card["starter"] = {"earlier_runs": [sharpened] if where == "earlier" else []}
+        (folder / "card.json").write_text(json.dumps(card))
+        assert "Decoder: sharpened against a discriminator (3000 steps), on the same latents" in (
+            catalogue.read_model(folder).details().splitlines()), where
+
+
 def test_data_without_a_license_and_unknown_data_say_so(tmp_path):
     named = checkpoint(tmp_path / "named", simulated=False)
     card = json.loads((named / "card.json").read_text())
