@@ -167,6 +167,9 @@ class Trainer:
             if c.heart_coordinates and not config.heart_coordinates:  # c: flow or ldm only (TrainConfig)
                 weights = _with_coordinate_inputs(weights, generator.state_dict())
             ckpt.load_weights(generator, weights, path=init.path / ckpt.WEIGHTS)
+            if c.stage is not None and generator.stage == "autoencoder":
+                raise InputError("--stage: --init has not finished training its autoencoder (a run stopped before "
+                                 "its latent stage); resume that run instead", path=init.path)
             if c.stage is not None or getattr(generator, "stage", None) == "decoder":
                 generator.stage = c.stage or "diffusion"  # a fine-tune trains the latent network unless told
             return generator

@@ -112,3 +112,14 @@ def test_dp_never_trains_the_decoder_stage(phantom, latent_model, tmp_path):  # 
     with pytest.raises(InputError, match="--dp cannot train --stage decoder"):
         Trainer(config, privacy=privacy).run()
     assert not (tmp_path / "dp" / "card.json").exists()
+
+
+def test_a_stage_is_refused_for_an_init_whose_autoencoder_is_unfinished(phantom, tmp_path):  # noqa: F811
+    unfinished = tmp_path / "unfinished"
+    run_stopped_at_step(Trainer(train_config(phantom, unfinished, family="ldm", max_steps=6, autoencoder_fraction=0.5,
+                                             save_every=1)), 2)
+    assert ckpt.load_checkpoint(unfinished)[0].stage == "autoencoder"
+    for stage in ("decoder", "diffusion"):
+        config = train_config(phantom, tmp_path / stage, family="ldm", init=str(unfinished), stage=stage, max_steps=2)
+        with pytest.raises(InputError, match="has not finished training its autoencoder"):
+            Trainer(config).run()
