@@ -5,7 +5,7 @@
 A latent model draws every image through its decoder, so no latent network can be closer to the real images than
 the decoder's reconstructions of them. This benchmark treats those reconstructions as the synthetic set and scores
 them as ``cmrsynth audit`` scores a model, on the same slices and with the same judge: the members' and held-out
-patients of the first model's card (ACDC: ``val.list`` held out, ``test.list`` never read), capped and matched as
+patients of each model's card (ACDC: ``val.list`` held out, ``test.list`` never read), capped and matched as
 with ``--patients``/``--slices-per-case``, the segmenter trained ``--segmenter-steps`` on the real members. Printed
 and written to ``DIR/autoencoder_ceiling.md``, one row per model:
 

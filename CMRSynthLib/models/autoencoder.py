@@ -120,6 +120,15 @@ class SliceAutoencoder(nn.Module):
         """Latents ``(B, c, *latent_spatial)`` → images ``(B, 1, *spatial)``."""
         return self._per_slice(self.kl.decode, latents)
 
+    def _posterior_draw(self, images: torch.Tensor, generator: torch.Generator | None):
+        """The training input (one ``train_patch`` square per image when configured), the encoder's posterior
+        ``μ, σ`` and a reparameterised draw ``z = μ + σ·ε`` from ``generator``."""
+        images = self._patch(images, generator)
+        self.latent_spatial(images.shape[2:])
+        mu, sigma = self._per_slice(lambda x: torch.cat(self.kl.encode(x), dim=1), images).chunk(2, dim=1)
+        return images, mu, sigma, mu + sigma * torch.randn(mu.shape, generator=generator, device=mu.device,
+                                                            dtype=mu.dtype)
+
     def decoder_parameters(self) -> list[nn.Parameter]:
         """What the decoder stage trains: the decoder and the convolution from the latent into it."""
         return [*self.kl.post_quant_conv.parameters(), *self.kl.decoder.parameters()]
@@ -132,11 +141,8 @@ class SliceAutoencoder(nn.Module):
         discriminator's term the decoder only through detached reconstructions: each learns only from its own
         objective. The latent is a draw of the frozen encoder's posterior, as in :meth:`loss`.
         """
-        images = self._patch(images, generator)
-        self.latent_spatial(images.shape[2:])
         with torch.no_grad():
-            mu, sigma = self._per_slice(lambda x: torch.cat(self.kl.encode(x), dim=1), images).chunk(2, dim=1)
-            z = mu + sigma * torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+            images, _, _, z = self._posterior_draw(images, generator)
         fake = self.decode(z)
         frozen = {name: p.detach() for name, p in discriminator.named_parameters()}
         judged = functional_call(discriminator, frozen, (fake,))[-1]
@@ -149,10 +155,7 @@ class SliceAutoencoder(nn.Module):
     def loss(self, images: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
         """Per-sample ``L1 + kl_weight · KL`` ``(B,)`` with a reparameterised latent draw from ``generator``
         (on one random ``train_patch`` square of each image when configured)."""
-        images = self._patch(images, generator)
-        self.latent_spatial(images.shape[2:])
-        mu, sigma = self._per_slice(lambda x: torch.cat(self.kl.encode(x), dim=1), images).chunk(2, dim=1)
-        z = mu + sigma * torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        images, mu, sigma, z = self._posterior_draw(images, generator)
         l1 = (self.decode(z) - images).abs().flatten(1).mean(1)
         kl = 0.5 * (mu.pow(2) + sigma.pow(2) - 2 * torch.log(sigma) - 1).flatten(1).sum(1)
         return l1 + self.config.kl_weight * kl
