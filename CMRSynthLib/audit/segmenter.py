@@ -36,8 +36,10 @@ def cache_dir() -> Path:
 class SegmenterConfig(FrozenConfig):
     """A MONAI UNet and how long to train it (Adam on Dice + cross-entropy, fixed seed)."""
 
-    channels: tuple[int, ...] = (16, 32, 64, 128)
-    strides: tuple[int, ...] = (2, 2, 2)
+    # Four down-samplings: on whole-field 192-px ACDC slices the judge must see the chest around the heart to
+    # tell it from other round bright structures (see :meth:`quick` for what fewer cost).
+    channels: tuple[int, ...] = (16, 32, 64, 128, 128)
+    strides: tuple[int, ...] = (2, 2, 2, 2)
     num_res_units: int = 1
     steps: int = 800
     batch_size: int = 16
@@ -56,9 +58,19 @@ class SegmenterConfig(FrozenConfig):
 
     @classmethod
     def quick(cls, **changes) -> "SegmenterConfig":
-        """A small, fast setting for ``--quick`` runs and tests. Not smaller: with channels (8, 16, 32), three
-        seeds on the same 64-px phantom data gave mean Dice 0.70-0.85; with (16, 32, 64), 0.88-0.89 at +20 % cost."""
-        return cls(**{"channels": (16, 32, 64), "strides": (2, 2), "steps": 250, "batch_size": 8, **changes})
+        """The full network with fewer steps and a smaller batch, for ``--quick`` runs and tests.
+
+        Its depth is the full one's because whole-field images need it: trained 1500 steps on 560 slices of 70
+        ACDC training patients and tested on the 10 val.list patients, with two down-samplings (16, 32, 64) it
+        reached mean Dice 0.57 over LV, MYO and RV (HD95 83-118 mm: far false positives), with three 0.79 (HD95
+        26-38 mm), with four 0.80 (HD95 14-21 mm), in 208, 211 and 241 s; trained on acdc-ldm's images of the
+        same masks instead, 0.41, 0.59 and 0.68."""
+        return cls(**{"steps": 250, "batch_size": 8, **changes})
+
+    @property
+    def multiple(self) -> int:
+        """Image sides must be multiples of this for the UNet's skip connections to line up."""
+        return int(np.prod(self.strides))
 
 
 def _network(config: SegmenterConfig):
@@ -91,6 +103,7 @@ class Segmenter:
     def _batches(self, images: np.ndarray, batch_size: int = 64):
         import torch
 
+        images = padded(images, self.config.multiple, value=-1.0)
         for start in range(0, len(images), batch_size):
             yield torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size], dtype=np.float32))[:, None]
 
@@ -101,7 +114,8 @@ class Segmenter:
         out = [np.zeros((0, *images.shape[1:]), np.uint8)]
         with torch.no_grad():
             for batch in self._batches(images):
-                out.append(self.network(batch.to(self.device)).argmax(1).cpu().numpy().astype(np.uint8))
+                labels = self.network(batch.to(self.device)).argmax(1)[:, :images.shape[1], :images.shape[2]]
+                out.append(labels.cpu().numpy().astype(np.uint8))
         return np.concatenate(out)
 
     def encode(self, images: np.ndarray) -> np.ndarray:
@@ -122,6 +136,12 @@ class Segmenter:
             for hook in hooks:
                 hook.remove()
         return np.concatenate(out) if out else np.zeros((0, sum(self.config.channels[-2:])))
+
+
+def padded(array: np.ndarray, multiple: int, *, value: float) -> np.ndarray:
+    """``(N, H, W)`` padded at the bottom and right with ``value`` to sides that are multiples of ``multiple``."""
+    pad = [(0, 0)] + [(0, -side % multiple) for side in array.shape[1:]]
+    return np.pad(array, pad, constant_values=value) if any(p for _, p in pad) else array
 
 
 def _encoder_levels(network) -> list:
@@ -169,8 +189,8 @@ def _fit(network, train: Slices, config: SegmenterConfig, *, device: str, progre
 
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    images = torch.from_numpy(train.images)[:, None]
-    masks = torch.from_numpy(train.masks.astype(np.int64))[:, None]
+    images = torch.from_numpy(padded(train.images, config.multiple, value=-1.0))[:, None]
+    masks = torch.from_numpy(padded(train.masks.astype(np.int64), config.multiple, value=0))[:, None]
     network.to(device).train()
     optimiser = torch.optim.Adam(network.parameters(), lr=config.learning_rate)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=config.steps)
