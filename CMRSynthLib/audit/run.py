@@ -399,8 +399,8 @@ def run_audit(models: Sequence[str], data, out, *, synthetic=None, members=None,
     holdout_cohort = open_cohort(holdout) if holdout is not None and os.path.isdir(holdout) else None
     warnings: list[str] = [f"data: {p}" for p in cohort.problems[:5]]
     if quick:
-        warnings.append("quick run: small segmenters, attacks and discriminator, few bootstrap draws; use the full "
-                        "audit for decisions")
+        warnings.append("quick run: briefly trained segmenters, small attacks and discriminator, few bootstrap "
+                        "draws; use the full audit for decisions")
     if plan.max_patients is not None or plan.slices_per_case is not None:
         warnings.append(f"capped run: at most {plan.max_patients or 'all'} members and as many held-out patients "
                         f"(the membership attacks use all of them), {plan.slices_per_case or 'all'} heart slices "

@@ -21,8 +21,8 @@ The demo is a script over the public commands: every stage is the ``cmrsynth`` c
 printed before it runs. Re-running reuses what is done (each stage leaves a marker with its command line;
 the train command itself resumes unfinished runs). ``--quick`` fine-tunes the bundled starter models briefly
 (minutes on a laptop CPU); the full demo trains from scratch. Both audit with ``--quick`` (a few patients a side,
-three slices per image, small segmenters): the report says so, and ``cmrsynth audit`` without it is the audit to
-base decisions on.
+three slices per image, briefly trained segmenters): the report says so, and ``cmrsynth audit`` without it is the
+audit to base decisions on.
 """
 
 from __future__ import annotations
