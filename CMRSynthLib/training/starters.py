@@ -85,13 +85,6 @@ DECODER: dict[str, dict] = {
     "acdc-ldm": dict(family="ldm", stage="decoder", adversarial_weight=0.05, max_steps=3000, batch_size=8, lr=5e-5,
                      warmup=100, lr_schedule="cosine", ema_decay=0.999, seed=4),
 }
-# Real starters whose sampling defaults were chosen afterwards on the val.list patients, by the audit's utility
-# (a segmenter trained only on images from the training masks, tested on real val.list images): the guidance weight
-# of the latent flow and of its coarse stage. acdc-ldm (both trained with guidance 2): mean Dice 0.75 with both at
-# 1 (no guidance), 0.72 with the coarse stage at 2, 0.68 with both at 2; trained on the real images 0.80.
-SAMPLING: dict[str, dict] = {
-    "acdc-ldm": dict(guidance=1.0, coarse_guidance=1.0),
-}
 # The real flow and DDPM starters are the two networks of the real hybrid, trained on the same batches (the
 # hybrid's loss is the sum of theirs): one CPU run gives the three pixel-space families.
 HYBRID_PARTS = {"acdc-flow": "flow", "acdc-ddpm": "ddpm"}
@@ -101,11 +94,11 @@ STORAGE_NOTE = "int8 kernels/matrices with a float32 scale per output channel, o
 
 
 def export_starter(run: Path, out: Path, *, name: str, data: Path | None = None, previous: dict | None = None,
-                   coarse: Path | None = None, sampling: dict | None = None) -> dict:
+                   coarse: Path | None = None) -> dict:
     """Ship a finished run: EMA weights (stored as :data:`STORAGE`) and its card, no trainer state. A real
     starter (``data``: its cohort) names the data, its license and the spacing assumption in ``dataset``;
     ``previous``: the exported card of the run a :data:`CONTINUED` run went on from; ``coarse``: the finished
-    run of its coarse stage (:data:`COARSE`), joined to it; ``sampling``: its :data:`SAMPLING` defaults."""
+    run of its coarse stage (:data:`COARSE`), joined to it."""
     from CMRSynthLib.training.cascade import join
 
     contents = ckpt.read_checkpoint(run)
@@ -117,8 +110,6 @@ def export_starter(run: Path, out: Path, *, name: str, data: Path | None = None,
         generator, joined = join(coarse, run, COARSE_START[name])
         record = joined["cascade"]
         card["cascade"] = {**record, "coarse_training": _shippable_training(record["coarse_training"])}
-    if sampling:
-        generator = with_sampling(generator, **sampling)
     if data is None:
         card["starter"] = {"name": name, "reproduce": f"{COMMAND} --only {name}", "phantom": {
             **PHANTOM, "shape": list(PHANTOM["shape"])}, "storage": STORAGE_NOTE}
@@ -133,20 +124,6 @@ def export_starter(run: Path, out: Path, *, name: str, data: Path | None = None,
             card["training"]["arguments"]["init"] = f"{name} (its run {len(earlier)})"
             card["starter"]["earlier_runs"] = earlier
     return ckpt.save_checkpoint(out, generator, card, parameters_dtype=STORAGE)
-
-
-def with_sampling(generator, *, guidance: float, coarse_guidance: float | None = None):
-    """The same weights with other default guidance weights (the latent flow's and its coarse stage's)."""
-    from CMRSynthLib.generators import build_generator
-
-    config = replace(generator.config, guidance=guidance)
-    if coarse_guidance is not None:
-        if config.coarse is None:
-            raise ValueError("coarse_guidance is for a model with a coarse stage")
-        config = replace(config, coarse=replace(config.coarse, guidance=coarse_guidance))
-    chosen = build_generator(generator.family, config)
-    chosen.load_state_dict(generator.state_dict())
-    return chosen
 
 
 def export_hybrid_part(run: Path, out: Path, *, name: str, data: Path) -> dict:
@@ -214,14 +191,13 @@ def train_starter(name: str, *, data: Path, work: Path, out: Path, progress) -> 
                 progress=progress).run()
     if name not in DECODER:
         return export_starter(run, out / name, name=name, data=data if real else None, previous=previous,
-                              coarse=coarse, sampling=SAMPLING.get(name))
+                              coarse=coarse)
     cascade = export_starter(run, work / f"{name}-cascade", name=name, data=data if real else None,
                              previous=previous, coarse=coarse)
     decoder = work / f"{name}-decoder"
     Trainer(TrainConfig(data=str(data), out=str(decoder), init=str(work / f"{name}-cascade"), device="cpu",
                         save_every=250, **DECODER[name]), progress=progress).run()
-    return export_starter(decoder, out / name, name=name, data=data if real else None, previous=cascade,
-                          sampling=SAMPLING.get(name))
+    return export_starter(decoder, out / name, name=name, data=data if real else None, previous=cascade)
 
 
 def runs_of(card: dict) -> list[dict]:

@@ -3,7 +3,6 @@ how to rebuild it; STARTERS.md lists what is shipped."""
 
 import json
 
-import pytest
 import torch
 
 from CMRSynthLib.generators import build_generator, preset_config
@@ -105,11 +104,11 @@ def test_a_continued_starter_is_trained_in_runs_and_listed_with_each(phantom, tm
     row = next(line for line in starters.summary(tmp_path / "out").splitlines() if line.startswith("| acdc-test |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[4] == "2 + 3 + 4" and cells[5].count(" + ") == 2 and cells[6].count(" + ") == 2
+    assert cells[8].endswith(", guidance 2")  # the default sampler with the guidance the model samples with
 
 
-def train_cascade_starter(phantom, tmp_path, monkeypatch, sampling=None, **decoder) -> dict:  # noqa: F811
-    """A tiny real starter with a coarse stage (and, given ``decoder`` arguments, a decoder stage after it;
-    given ``sampling``, those :data:`~starters.SAMPLING` defaults)."""
+def train_cascade_starter(phantom, tmp_path, monkeypatch, **decoder) -> dict:  # noqa: F811
+    """A tiny real starter with a coarse stage (and, given ``decoder`` arguments, a decoder stage after it)."""
     from CMRSynthLib.jobs.progress import Progress
 
     whole = dict(preset="tiny", field_of_view="whole", batch_size=2, seed=0)
@@ -120,8 +119,6 @@ def train_cascade_starter(phantom, tmp_path, monkeypatch, sampling=None, **decod
     monkeypatch.setitem(starters.COARSE_START, "acdc-test", 0.7)
     if decoder:
         monkeypatch.setitem(starters.DECODER, "acdc-test", dict(family="ldm", stage="decoder", **decoder))
-    if sampling:
-        monkeypatch.setitem(starters.SAMPLING, "acdc-test", sampling)
     return starters.train_starter("acdc-test", data=phantom, work=tmp_path / "work", out=tmp_path / "out",
                                   progress=Progress("none"))
 
@@ -148,8 +145,7 @@ def test_a_starter_with_a_decoder_stage_ships_the_sharpened_decoder_on_the_same_
                                                                                        monkeypatch):
     """A :data:`~starters.DECODER` starter: the exported cascade's decoder is fine-tuned adversarially; the shipped
     model keeps its encoder, latent network and coarse stage, its card the cascade record, and STARTERS.md says so."""
-    card = train_cascade_starter(phantom, tmp_path, monkeypatch, dict(guidance=1.5, coarse_guidance=3.0),
-                                 max_steps=2, batch_size=2, seed=0)
+    card = train_cascade_starter(phantom, tmp_path, monkeypatch, max_steps=2, batch_size=2, seed=0)
     cascade, _ = ckpt.load_checkpoint(tmp_path / "work" / "acdc-test-cascade")
     shipped, _ = ckpt.load_checkpoint(tmp_path / "out" / "acdc-test")
     before, after = cascade.state_dict(), shipped.state_dict()
@@ -162,17 +158,4 @@ def test_a_starter_with_a_decoder_stage_ships_the_sharpened_decoder_on_the_same_
     row = next(line for line in starters.summary(tmp_path / "out").splitlines() if line.startswith("| acdc-test |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert "decoder sharpened adversarially (run 2)" in cells[1] and cells[4] == "4 + 2 + 3"
-    # the sampling defaults chosen afterwards reach the shipped model only
-    assert (shipped.default_guidance, shipped.coarse.default_guidance) == (1.5, 3.0)
-    assert (cascade.default_guidance, cascade.coarse.default_guidance) == (1.0, 1.0)
-    assert cells[8].endswith(", guidance 1.5 / coarse 3")
-
-
-def test_sampling_defaults_keep_the_weights_and_refuse_a_coarse_weight_without_a_coarse_stage(tmp_path):
-    model, _ = ckpt.load_checkpoint("phantom-ldm")
-    chosen = starters.with_sampling(model, guidance=2.5)
-    assert chosen.default_guidance == 2.5 and model.default_guidance == 1.0
-    for (key, value), other in zip(model.state_dict().items(), chosen.state_dict().values()):
-        assert torch.equal(value, other), key
-    with pytest.raises(ValueError, match="coarse stage"):
-        starters.with_sampling(model, guidance=1.0, coarse_guidance=2.0)
+    assert cells[8].endswith(", guidance 1 / coarse 1")
