@@ -16,7 +16,8 @@ with the adversarial term put back (a PatchGAN discriminator, least squares; Iso
 2022): the encoder stays frozen, so the latents, and every network trained on them, stay valid (the decoder-only
 fine-tune of Stable Diffusion's released ft-MSE/ft-EMA autoencoders does the same). On the same patients the
 acdc-ldm starter's sharpened decoder reconstructs at FD-seg 36 and AUC 0.59, and its samples lie at FD-seg 53
-(``benchmarks.autoencoder_ceiling``, ``cmrsynth audit``).
+(``benchmarks.autoencoder_ceiling``, ``cmrsynth audit``; FD-seg in the feature space of the audit's earlier,
+two-down-sampling segmenter, real vs real 28).
 """
 
 from __future__ import annotations
