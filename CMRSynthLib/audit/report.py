@@ -193,10 +193,11 @@ def _arms_table(study: dict) -> str:
     rows = []
     for arm, summary in study["arms"].items():
         diff = study["differences"].get(arm)
-        rows.append([html.escape(arm), str(study["n_train_slices"][arm])] +
+        steps = study.get("n_train_steps", {}).get(arm, "–")  # reports before the per-arm steps lack them
+        rows.append([html.escape(arm), str(study["n_train_slices"][arm]), str(steps)] +
                     [fmt(summary[s]["dice"]) for s in STRUCTURES] + [fmt(summary["mean"]["dice"]),
                                                                     fmt(diff, 3) if diff else "baseline"])
-    table = _table(["trained on", "slices", "Dice LV", "Dice MYO", "Dice RV", "mean Dice",
+    table = _table(["trained on", "slices", "steps", "Dice LV", "Dice MYO", "Dice RV", "mean Dice",
                     f"Δ mean Dice vs {html.escape(study['baseline'])}"], rows)
     noise = study.get("training_noise")
     if noise is None:

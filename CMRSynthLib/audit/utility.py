@@ -2,7 +2,12 @@
 
 Three arms train the same MONAI segmenter (:mod:`.segmenter`) on real training patients, on synthetic
 images, and on both; each is tested on real held-out patients (Dice and HD95 per structure, patient-level
-bootstrap CIs). The paired per-patient difference "real + synthetic − real" says whether adding synthetic
+bootstrap CIs). Every arm sees each of its images as often as the baseline does: an arm with more slices than
+the baseline trains proportionally more steps (:func:`steps_for`). With a fixed number of steps, "real +
+synthetic" would see each real image half as often as "real": on the ACDC receipt (560 real slices of 70
+training patients, 10 val.list test patients, one segmenter each) real gained nothing from twice the steps
+(mean Dice 0.800 at 1500, 0.797 at 3000) while real + synthetic went from 0.818 to 0.839, so the fixed budget
+measured the mixed arm's training length, not its data. The paired per-patient difference "real + synthetic − real" says whether adding synthetic
 data helps, with its own interval. That interval covers the test patients only; the randomness of training a
 segmenter is measured beside it: the baseline arm is trained a second time with another seed, and the paired
 difference between the two ("training noise") is what any arm difference must clearly exceed.
@@ -39,15 +44,17 @@ def compare_training_sets(arms: dict[str, Slices], test: Slices, config: Segment
                           cache=None, device: str = "cpu", progress=None, n_boot: int = 1000) -> dict:
     """Train one segmenter per arm and test each on ``test`` (real held-out slices).
 
-    Returns ``{"arms": {name: summary}, "n_train_slices": {name: n}, "differences": {name: Estimate},
-    "training_noise": Estimate | None}``: per-structure Dice/HD95 estimates per arm; for every arm but
+    Returns ``{"arms": {name: summary}, "n_train_slices": {name: n}, "n_train_steps": {name: steps},
+    "differences": {name: Estimate}, "training_noise": Estimate | None}``: per-structure Dice/HD95 estimates per arm; for every arm but
     ``baseline`` the paired per-patient difference of mean Dice to the baseline arm; and the same difference
     between the baseline and a second baseline segmenter trained with another seed.
     """
-    results, n_train, mean_dice = {}, {}, {}
+    results, n_train, n_steps, mean_dice = {}, {}, {}, {}
 
     def scores_of(train: Slices, name: str, seed_config: SegmenterConfig) -> dict:
-        segmenter = train_segmenter(train, seed_config, cache=cache, device=device, progress=progress,
+        arm_config = replace(seed_config, steps=steps_for(len(train), len(arms.get(baseline, ())), seed_config.steps))
+        n_steps[name] = arm_config.steps
+        segmenter = train_segmenter(train, arm_config, cache=cache, device=device, progress=progress,
                                     label=f"segmenter on {name}")
         return segmentation_scores(segmenter.predict(test.images), test.masks, test.patients, spacing=test.spacing)
 
@@ -72,8 +79,17 @@ def compare_training_sets(arms: dict[str, Slices], test: Slices, config: Segment
             noise = mean_estimate(_mean_dice(again) - mean_dice[baseline], n_boot=n_boot,
                                   method=f"paired per-patient difference of mean Dice between two segmenters trained "
                                          f"on {baseline} with seeds {config.seed + 1} and {config.seed}: training noise")
-    return {"arms": results, "n_train_slices": n_train, "differences": differences, "training_noise": noise,
+    return {"arms": results, "n_train_slices": n_train, "n_train_steps": n_steps, "differences": differences,
+            "training_noise": noise,
             "test_patients": len(test.patient_ids()), "baseline": baseline}
+
+
+def steps_for(slices: int, baseline_slices: int, baseline_steps: int) -> int:
+    """Training steps for an arm of ``slices`` images: as many passes over them as the baseline's
+    ``baseline_steps`` make over its ``baseline_slices``, and never fewer steps than the baseline's."""
+    if baseline_slices < 1:
+        return baseline_steps
+    return max(baseline_steps, round(baseline_steps * slices / baseline_slices))
 
 
 def utility_study(real_train: Slices, synthetic: Slices, test: Slices, config: SegmenterConfig, **kwargs) -> dict:

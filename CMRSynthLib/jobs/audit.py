@@ -29,7 +29,8 @@ def add_arguments(parser) -> None:
                              "--quick")
     parser.add_argument("--segmenter-steps", type=int, metavar="S",
                         help="training steps of the audit's segmenters (default 800, 250 with --quick); real "
-                             "whole-field images need more than the phantom")
+                             "whole-field images need more than the phantom; a utility arm with more images "
+                             "(real + synthetic) trains proportionally longer")
     parser.add_argument("--redact", action="store_true",
                         help="draw outlines instead of real images in the nearest-neighbour gallery")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "mps"))
