@@ -5,10 +5,11 @@ images, and on both; each is tested on real held-out patients (Dice and HD95 per
 bootstrap CIs). Every arm sees each of its images as often as the baseline does: an arm with more slices than
 the baseline trains proportionally more steps (:func:`steps_for`). With a fixed number of steps, "real +
 synthetic" would see each real image half as often as "real": on the ACDC receipt (560 real slices of 70
-training patients, 10 val.list test patients, one segmenter each) real gained nothing from twice the steps
-(mean Dice 0.800 at 1500, 0.797 at 3000) while real + synthetic went from 0.818 to 0.839, so the fixed budget
-measured the mixed arm's training length, not its data. The paired per-patient difference "real + synthetic − real" says whether adding synthetic
-data helps, with its own interval. That interval covers the test patients only; the randomness of training a
+training patients, 10 val.list test patients, one segmenter per seed) real gained nothing from twice the steps
+(mean Dice over seeds 0-2: 0.800 / 0.823 / 0.827 at 1500, 0.797 / 0.827 / 0.818 at 3000) while real +
+synthetic went from 0.818 at 1500 to 0.839 / 0.844 at 3000 (seeds 0, 1), so the fixed budget measured the
+mixed arm's training length, not its data. The paired per-patient difference "real + synthetic − real"
+says whether adding synthetic data helps, with its own interval. That interval covers the test patients only; the randomness of training a
 segmenter is measured beside it: the baseline arm is trained a second time with another seed, and the paired
 difference between the two ("training noise") is what any arm difference must clearly exceed.
 
