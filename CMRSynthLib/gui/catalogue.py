@@ -15,9 +15,9 @@ from pathlib import Path
 
 from CMRSynthLib import DEFAULT_MODEL
 from CMRSynthLib.errors import InputError
+from CMRSynthLib.training.card import CARD, decoder_runs, runs_of
 from CMRSynthLib.training.ledger import patient_level
 
-CARD = "card.json"
 USER_MODELS_ENV = "CMRSYNTH_MODEL_FOLDER"
 STARTER_MODELS_ENV = "CMRSYNTH_MODELS"  # the starter-model override of training.checkpoint.models_dir()
 
@@ -113,10 +113,11 @@ class ModelInfo:
             at = f" at {spacing[0]:g} mm" if known else ""
             lines.append(f"Coarse stage: a flow model draws the whole field{at} first; the latent model refines it "
                          f"from t = {cascade.get('start', '?')}")
-        runs = [*(self.card.get("starter") or {}).get("earlier_runs", ()), self.card.get("training") or {}]
-        decoder = [r for r in runs if isinstance(r, dict) and (r.get("arguments") or {}).get("stage") == "decoder"]
+        runs = runs_of(self.card)
+        decoder = decoder_runs(runs)
         if decoder:
-            lines.append(f"Decoder: sharpened against a discriminator ({decoder[-1].get('steps', '?')} steps), on the "
+            steps = runs[decoder[-1] - 1].get("steps") or "?"
+            lines.append(f"Decoder: sharpened against a discriminator ({steps} steps), on the "
                          "same latents")
         for label, values in (("Vendors", self.vendors), ("Pathology groups", self.groups), ("Phases", self.phases)):
             lines.append(f"{label}: {', '.join(values) if values else 'none (unconditional)'}")

@@ -43,10 +43,10 @@ import torch
 
 from CMRSynthLib.errors import InputError
 from CMRSynthLib.files import atomic_dir
+from CMRSynthLib.training.card import CARD
 
 FORMAT = "cmrsynth-checkpoint"
 VERSION = 1
-CARD = "card.json"
 WEIGHTS = "model.safetensors"
 STATE_TENSORS = "trainer_state.safetensors"
 STATE_JSON = "trainer_state.json"

@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 from CMRSynthLib.training import checkpoint as ckpt
+from CMRSynthLib.training.card import decoder_runs, runs_of
 
 PHANTOM = {"patients": 40, "seed": 0, "shape": (12, 128, 128)}
 _SMALL = dict(preset="small", image_size=64, spacing=2.5, batch_size=8, lr=4e-4, warmup=50, lr_schedule="cosine",
@@ -69,7 +70,6 @@ CONTINUED: dict[str, list[dict]] = {
                  dict(family="ldm", max_steps=2500, batch_size=8, lr=1e-4, warmup=100, lr_schedule="cosine",
                       ema_decay=0.999, seed=2, mask_dropout=0.2, guidance=2.0, heart_coordinates=True)],
 }
-RUN_RECORD = ("steps", "wall_seconds", "cpu_seconds", "final_loss", "arguments")  # of each earlier run, in the card
 # Real starters with a coarse stage (generators/ldm.py): a flow model trained on the same patients at the latent
 # grid's pixel size (6.25 mm: 48 px tiles of 300 mm, like the latent model's 192 px), joined to the last run; the
 # latent flow starts from its image noised to ``start``.
@@ -200,11 +200,6 @@ def train_starter(name: str, *, data: Path, work: Path, out: Path, progress) -> 
     return export_starter(decoder, out / name, name=name, data=data if real else None, previous=cascade)
 
 
-def runs_of(card: dict) -> list[dict]:
-    """The training record of every run of an exported starter, first to last (:data:`CONTINUED`)."""
-    return [*card.get("starter", {}).get("earlier_runs", ()), {k: card["training"].get(k) for k in RUN_RECORD}]
-
-
 def _row(name: str, folder: Path) -> str:
     card = json.loads((folder / ckpt.CARD).read_text(encoding="utf-8"))
     t = card["training"]
@@ -217,7 +212,7 @@ def _row(name: str, folder: Path) -> str:
     if card.get("cascade"):
         size_mm = card["cascade"]["coarse_preprocessing"]["spacing"][0]
         family += f" with a coarse flow stage at {size_mm:g} mm (its last run)"
-    decoder = [i + 1 for i, r in enumerate(runs) if (r.get("arguments") or {}).get("stage") == "decoder"]
+    decoder = decoder_runs(runs)
     if decoder:
         family += f", its decoder sharpened adversarially (run {', '.join(map(str, decoder))})"
     return (f"| {name} | {family} | {runs[0]['arguments']['preset']} | "

@@ -97,6 +97,9 @@ def test_a_sharpened_decoder_is_named_in_the_tooltip_whichever_run_it_was(tmp_pa
         (folder / "card.json").write_text(json.dumps(card))
         assert "Decoder: sharpened against a discriminator (3000 steps), on the same latents" in (
             catalogue.read_model(folder).details().splitlines()), where
+    del card["training"], card["starter"]  # a hand-made card without its training record still reads
+    (folder / "card.json").write_text(json.dumps(card))
+    assert not any(line.startswith("Decoder") for line in catalogue.read_model(folder).details().splitlines())
 
 
 def test_data_without_a_license_and_unknown_data_say_so(tmp_path):

@@ -9,6 +9,7 @@ from CMRSynthLib.generators import build_generator, preset_config
 from CMRSynthLib.generators.base import Vocabulary
 from CMRSynthLib.training import checkpoint as ckpt
 from CMRSynthLib.training import starters
+from CMRSynthLib.training.card import runs_of
 from training_fixtures import phantom  # noqa: F401 - fixture
 
 VOCABULARY = Vocabulary(vendors=("A",))
@@ -91,7 +92,7 @@ def test_a_continued_starter_is_trained_in_runs_and_listed_with_each(phantom, tm
     card = starters.train_starter("acdc-test", data=phantom, work=tmp_path / "work", out=tmp_path / "out",
                                   progress=Progress("none"))
     assert [r["steps"] for r in card["starter"]["earlier_runs"]] == [2, 3] and card["training"]["steps"] == 4
-    assert [r["steps"] for r in starters.runs_of(card)] == [2, 3, 4]
+    assert [r["steps"] for r in runs_of(card)] == [2, 3, 4]
     assert card["training"]["arguments"]["init"] == "acdc-test (its run 2)"
     assert card["config"]["p_mask_uncond"] == 0.2 and card["config"]["guidance"] == 2.0
     assert "pretrained_on" not in card["dataset"]
