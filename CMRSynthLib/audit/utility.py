@@ -9,9 +9,10 @@ training patients, 10 val.list test patients, one segmenter per seed) real gaine
 (mean Dice over seeds 0-2: 0.800 / 0.823 / 0.827 at 1500, 0.797 / 0.827 / 0.818 at 3000) while real +
 synthetic went from 0.818 at 1500 to 0.839 / 0.844 at 3000 (seeds 0, 1), so the fixed budget measured the
 mixed arm's training length, not its data. The paired per-patient difference "real + synthetic − real"
-says whether adding synthetic data helps, with its own interval. That interval covers the test patients only; the randomness of training a
-segmenter is measured beside it: the baseline arm is trained a second time with another seed, and the paired
-difference between the two ("training noise") is what any arm difference must clearly exceed.
+says whether adding synthetic data helps, with its own interval. That interval covers the test patients only;
+the randomness of training a segmenter is measured beside it: the baseline arm is trained a second time with
+another seed, and the paired difference between the two ("training noise") is what any arm difference must
+clearly exceed.
 
 Cross-vendor protocol: the vendors are split into *seen* and *unseen*. The segmenter is trained on real
 patients of the seen vendors only, with and without synthetic images rendered in the unseen vendors' style
