@@ -6,6 +6,10 @@ the mean over each unit's rows ``(G, *p.shape)``: the unit's gradient of its ave
 each unit's gradient to C, sums, adds N(0, σ²C²) noise and divides by the expected number of units per step.
 Nothing else of DPOptimizer changes (this aggregation is what Opacus lacks, hence the subclass).
 
+The units' gradients are summed in fp32 whatever the autocast dtype: Opacus takes the clipping norms from these
+tensors, and norms of bf16 gradients let a clipped gradient reach 1.006-1.0085 × C, beyond the sensitivity the
+accountant assumes (measured; ``test_clipping_is_exact_under_bf16_autocast``).
+
 Rows of group ``FILLER`` (-1, see :mod:`.patient_sampling`) are dropped before clipping: a process of a
 multi-process run whose share of a step's patients is empty still runs one forward/backward pass (so every
 process takes the same collective steps) on one filler row whose gradient must count for nothing.
@@ -60,14 +64,14 @@ class PatientDPOptimizer(DPOptimizer):
                 raise RuntimeError("per-sample gradients were accumulated over several backward passes; "
                                    "DP-SGD here needs optimizer.step() after every backward")
             if sample is None:  # a trainable parameter the forward pass did not use: every row's gradient is 0
-                p.grad_sample = torch.zeros((n_groups, *p.shape), dtype=p.dtype, device=p.device)
+                p.grad_sample = torch.zeros((n_groups, *p.shape), dtype=torch.float32, device=p.device)
                 continue
             if sample.shape[0] != len(groups):
                 raise RuntimeError(f"{sample.shape[0]} per-sample gradients but {len(groups)} rows in the draw")
-            summed = torch.zeros((n_groups, *sample.shape[1:]), dtype=sample.dtype, device=sample.device)
-            summed.index_add_(0, groups[counted].to(sample.device), sample[counted.to(sample.device)])
+            summed = torch.zeros((n_groups, *sample.shape[1:]), dtype=torch.float32, device=sample.device)
+            summed.index_add_(0, groups[counted].to(sample.device), sample[counted.to(sample.device)].float())
             shape = (n_groups,) + (1,) * (sample.dim() - 1)
-            p.grad_sample = summed / counts.to(sample.device, sample.dtype).reshape(shape)
+            p.grad_sample = summed / counts.to(sample.device, torch.float32).reshape(shape)
 
 
 class DistributedPatientDPOptimizer(PatientDPOptimizer, DistributedDPOptimizer):

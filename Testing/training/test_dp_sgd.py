@@ -140,6 +140,30 @@ def test_one_patient_moves_the_update_by_at_most_C(rows):
     assert torch.allclose(update / update.norm(), raw / raw.norm(), atol=1e-4)  # clipped, not changed
 
 
+def test_clipping_is_exact_under_bf16_autocast():
+    """Privacy integrity II item 2: under bf16 autocast Opacus's per-sample gradients are bf16, and a patient's
+    rows were summed and their norm taken in bf16: clipped norms reached 1.0085 × C (ε understated). Summed and
+    clipped in fp32 whatever the autocast dtype, one patient moves the update by at most C to fp32 precision."""
+    C, worst = 0.01, 0.0
+    for seed in range(6):
+        model = make_model(seed)
+        attach_hooks(model)
+        data = PatientSlices(patients=1, slices=3, seed=seed)
+        images, masks, _ = collate([data[i] for i in range(3)])
+        optimizer = PatientDPOptimizer(torch.optim.SGD(model.parameters(), lr=0.0), noise_multiplier=0.0,
+                                       max_grad_norm=C, expected_batch_size=1)
+        optimizer.set_groups(torch.zeros(3, dtype=torch.long))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            losses = model(images, masks, torch.Generator().manual_seed(seed))
+        losses.float().mean().backward()
+        assert any(p.grad_sample.dtype == torch.bfloat16 for p in optimizer.params)  # the case under test
+        optimizer.pre_step()
+        clipped = torch.cat([p.summed_grad.flatten() for p in optimizer.params])
+        assert clipped.dtype == torch.float32
+        worst = max(worst, float(clipped.norm()) / C)
+    assert 0.99 < worst <= 1 + 1e-5
+
+
 def test_noise_only_step_has_the_calibrated_scale():
     """A draw with no patient still moves the weights by pure noise N(0, (σC/B)²) (lr 1 makes it visible)."""
     model = make_model()
