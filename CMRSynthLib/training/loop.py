@@ -23,7 +23,8 @@ The trainer builds its parts in small factory methods a subclass or the privacy 
 
 ``Trainer(config, privacy=P)`` with ``P`` implementing::
 
-    P.attach(model, optimizer, loader, *, steps, epochs) -> (model, optimizer, loader)  # e.g. Opacus make_private
+    P.attach(model, optimizer, loader, *, steps) -> (model, optimizer, loader)  # e.g. Opacus make_private
+    P.steps_for(loader, epochs) -> int  # the steps of `epochs` epochs, as the DP planner counts them
     P.epsilon() -> float               # spent so far, reported with every progress update
     P.ledger() -> dict                 # stored as card["privacy"]
     P.state_dict() -> dict             # JSON-able; stored in trainer_state.json["privacy"] for resuming
@@ -31,7 +32,8 @@ The trainer builds its parts in small factory methods a subclass or the privacy 
     P.identity() -> dict               # DP arguments that are part of the run's identity (resume check)
 
 When ``P`` is given the trainer does not clip the aggregated gradient (DP-SGD clips per sample), and
-``len(loader)`` after ``attach`` is the number of steps per epoch.
+``len(loader)`` after ``attach`` is the number of steps per epoch. The DP loader yields ``None`` for a Poisson
+draw with no patient: a step all the same, taken as the optimizer's ``noise_only_step`` (no loss is recorded).
 """
 
 from __future__ import annotations
@@ -284,8 +286,7 @@ class Trainer:
         steps_per_epoch = len(loader)
         if steps_per_epoch == 0:
             raise InputError("the training set is empty after preprocessing", path=c.data)
-        # under DP an epoch is 1/q steps (each patient drawn once on average), as `cmrsynth privacy-budget` counts
-        total = self._total_steps(steps_per_epoch if self.privacy is None else self.privacy.epoch_steps(loader))
+        total = self._total_steps(loader, steps_per_epoch)
         self.switch_step = info["switch_step"] if resume is not None else self._switch_step(generator, total)
         if resume is not None:
             optimizer.load_state_dict(ckpt.unpack_state(info["optimizer"], resume.trainer_state.tensors))
@@ -296,8 +297,7 @@ class Trainer:
             if self.switch_step is not None:
                 raise InputError("--dp cannot train an LDM's autoencoder stage; pre-train the LDM without DP "
                                  "(public data) and fine-tune it with --init")
-            model, optimizer, loader = self.privacy.attach(model, optimizer, loader, steps=total,
-                                                           epochs=total / steps_per_epoch)
+            model, optimizer, loader = self.privacy.attach(model, optimizer, loader, steps=total)
             steps_per_epoch = len(loader)
             if resume is not None and "privacy" in info:
                 self.privacy.load_state_dict(info["privacy"])
@@ -320,9 +320,7 @@ class Trainer:
         self.progress.start("train", total=total, family=c.family, resumed_from=start)
         parts.generator.train()
         while step < total:
-            epoch, offset = divmod(step, steps_per_epoch)
-            if getattr(parts.loader, "sampler", None) is getattr(self, "sampler", False):
-                self.sampler.start_epoch(epoch, skip=offset * c.batch_size)
+            self._start_epoch(parts, step, steps_per_epoch)
             drawn = False
             for batch in parts.loader:
                 drawn = True
@@ -330,11 +328,12 @@ class Trainer:
                     self._start_diffusion_stage(parts, batch[0])
                 loss = self._train_step(parts, batch, step, noise, total=total)
                 step += 1
-                self.window_sum, self.window_n = self.window_sum + loss, self.window_n + 1
+                if loss is not None:
+                    self.window_sum, self.window_n = self.window_sum + loss, self.window_n + 1
                 if step % window == 0 or step == total:
-                    mean = distributed.mean_across(self.world, self.window_sum / self.window_n, self.device)
-                    history.append([step, mean])
-                    self.window_sum, self.window_n = 0.0, 0
+                    mean = self._window_mean()
+                    if mean is not None:
+                        history.append([step, mean])
                     epsilon = self.privacy.epsilon() if self.privacy is not None else None
                     self.progress.update(step, loss=mean, epsilon=epsilon)
                 if step == total or (c.save_every and step % c.save_every == 0):
@@ -352,16 +351,37 @@ class Trainer:
         self.progress.done(out=str(self.out), steps=step, final_loss=final)
         return TrainResult(self.out, step, total, final, start)
 
-    def _train_step(self, parts: "_Parts", batch, step: int, noise: torch.Generator, *, total: int) -> float:
+    def _start_epoch(self, parts: "_Parts", step: int, steps_per_epoch: int) -> None:
+        """Tell the data where the run is: the resumable sampler's epoch and skip, or under DP (Poisson draws,
+        no sampler of ours) the dataset's epoch alone, so that whole-field tiles move from epoch to epoch."""
+        epoch, offset = divmod(step, steps_per_epoch)
+        if getattr(parts.loader, "sampler", None) is getattr(self, "sampler", False):
+            self.sampler.start_epoch(epoch, skip=offset * self.config.batch_size)
+        elif hasattr(parts.loader.dataset, "epoch"):
+            parts.loader.dataset.epoch = epoch
+
+    def _window_mean(self) -> float | None:
+        """The mean loss of the steps since the last point of the loss curve (None if all were noise-only)."""
+        total, n = self.window_sum, self.window_n
+        self.window_sum, self.window_n = 0.0, 0
+        return distributed.mean_across(self.world, total / n, self.device) if n else None
+
+    def _train_step(self, parts: "_Parts", batch, step: int, noise: torch.Generator, *,
+                    total: int) -> float | None:
+        """One optimizer step on ``batch``; its mean loss, or None for a DP noise-only step (``batch`` None)."""
         c = self.config
-        images, cond, _ = batch
-        images, cond = images.to(self.device), cond.to(self.device)
-        torch.manual_seed(step_seed(c.seed, step, self.world.rank))
-        noise.manual_seed(step_seed(c.seed, step, self.world.rank) + 1)
         start, end = self._stage_bounds(step, total)
         for group in parts.optimizer.param_groups:
             group["lr"] = group.get("lr_scale", 1.0) * lr_at(step - start, base=c.lr, total=end - start,
                                                              warmup=c.warmup, schedule=c.lr_schedule)
+        if batch is None:  # a Poisson draw with no patient: DP-SGD's step of noise alone
+            parts.optimizer.noise_only_step()
+            parts.ema.update(parts.generator)
+            return None
+        images, cond, _ = batch
+        images, cond = images.to(self.device), cond.to(self.device)
+        torch.manual_seed(step_seed(c.seed, step, self.world.rank))
+        noise.manual_seed(step_seed(c.seed, step, self.world.rank) + 1)
         with torch.autocast(self.device.type, dtype=parts.precision, enabled=parts.precision != torch.float32):
             losses = parts.model(images, cond.mask, cond.vendor, cond.phase, cond.group, noise)
         loss = losses.float().mean()
@@ -569,11 +589,14 @@ class Trainer:
         spacing = self.config.spacing or round(FIELD_OF_VIEW_MM / size, 4)
         return PreprocessConfig(spacing=(spacing, spacing), size=(size, size), field_of_view=wanted or "heart")
 
-    def _total_steps(self, steps_per_epoch: int) -> int:
+    def _total_steps(self, loader, steps_per_epoch: int) -> int:
+        """``--max-steps`` or the steps of ``--epochs``, whichever is fewer. Under DP an epoch is 1/q steps
+        (each patient drawn once on average), counted as ``cmrsynth privacy-budget`` counts them."""
         c = self.config
         epochs = c.epochs if c.epochs is not None else (None if c.max_steps is not None else DEFAULT_EPOCHS)
-        candidates = [n for n in (c.max_steps, epochs and epochs * steps_per_epoch) if n]
-        return int(min(candidates))
+        by_epochs = epochs and (self.privacy.steps_for(loader, epochs) if self.privacy is not None
+                                else epochs * steps_per_epoch)
+        return int(min(n for n in (c.max_steps, by_epochs) if n))
 
 
 def _effective_field_of_view(arguments: dict) -> dict:

@@ -96,22 +96,22 @@ class UnitLoader:
     Each draw uses ``next_generator()`` (under DP a secret generator: :func:`~.privacy.secret_generator`). Before
     yielding a batch it
     calls ``on_draw(draw)`` (the optimizer needs the rows' groups), so the groups always belong to the batch
-    just handed out. An empty draw is not yielded: ``on_empty()`` is called instead (DP-SGD must still take a
-    noise-only step, or skipping would reveal that nobody was drawn). Iteration ends early once ``stop()``;
+    just handed out. An empty draw yields ``None``: it is a step like any other (the accountant counts it, and
+    DP-SGD must take it as a noise-only step, or skipping it would reveal that nobody was drawn), so the
+    trainer counts the same steps as the planner. Iteration ends early once ``stop()``;
     a pass that yields nothing therefore means the run is over. With ``world`` > 1 each batch is this
     process's :func:`shard` of the draw (an empty draw is empty for every process, so they stay in step).
     """
 
     def __init__(self, dataset, sampler: PoissonUnitSampler, collate_fn: Callable, *, steps_per_epoch: int,
                  next_generator: Callable[[], torch.Generator], on_draw: Callable[[Draw], None],
-                 on_empty: Callable[[], None], stop: Callable[[], bool], rank: int = 0, world: int = 1):
+                 stop: Callable[[], bool], rank: int = 0, world: int = 1):
         self.dataset = dataset
         self.sampler = sampler
         self.collate_fn = collate_fn
         self.steps_per_epoch = int(steps_per_epoch)
         self.next_generator = next_generator
         self.on_draw = on_draw
-        self.on_empty = on_empty
         self.stop = stop
         self.rank, self.world = int(rank), int(world)
 
@@ -122,10 +122,10 @@ class UnitLoader:
         handed = 0
         while handed < self.steps_per_epoch and not self.stop():
             draw = self.sampler.draw(self.next_generator())
+            handed += 1
             if not draw.rows:
-                self.on_empty()
+                yield None
                 continue
             draw = shard(draw, rank=self.rank, world=self.world)
             self.on_draw(draw)
-            handed += 1
             yield self.collate_fn([self.dataset[i] for i in draw.rows])

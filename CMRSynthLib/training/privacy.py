@@ -9,7 +9,8 @@ What one step does (DESIGN §5; the privacy unit is the patient):
    (:class:`opacus.grad_sample.GradSampleHooks`, ``grad_sample_mode="hooks"``) record per-row gradients.
 3. :class:`~.dp_optimizer.PatientDPOptimizer` averages each patient's rows into one gradient, and Opacus clips
    it to ``max_grad_norm`` C, sums, adds N(0, σ²C²) and divides by the expected patients per step; an
-   RDP/PRV accountant of Opacus is stepped with (σ, q). A draw with no patient still takes a noise-only step.
+   RDP/PRV accountant of Opacus is stepped with (σ, q). A draw with no patient is a step too: the loader yields
+   ``None`` and the trainer takes the optimizer's noise-only step, so trainer, accountant and planner count alike.
 
 grad_sample_mode: "hooks". Measured on this project's 2-core CPU, one DP step of a tiny MONAI
 DiffusionModelUNet (channels 16/32, attention at 16², batch 8 of 32×32, 5 input channels): non-DP 83 ms,
@@ -48,7 +49,7 @@ from CMRSynthLib.errors import InputError
 from CMRSynthLib.models.config import FrozenConfig
 from CMRSynthLib.training.ledger import Ledger, make_ledger
 from CMRSynthLib.training.privacy_planner import (ACCOUNTANTS, calibrate_noise, check_inputs, epsilon_of,
-                                                  max_steps)
+                                                  max_steps, steps_for)
 
 GRAD_SAMPLE_MODE = "hooks"
 
@@ -126,12 +127,12 @@ class DPTraining:
         self._epsilon_cache: tuple[int, float] | None = None
 
     # -- the Trainer's hooks -------------------------------------------------------------------------
-    def attach(self, model, optimizer, loader, *, steps: int, epochs: float | None = None):
+    def attach(self, model, optimizer, loader, *, steps: int):
         """Make ``model``/``optimizer``/``loader`` patient-level DP-SGD for a run of ``steps`` steps.
 
         ``model`` returns per-row losses ``(R,)`` whose MEAN the trainer back-propagates; ``loader`` is a
         DataLoader over a dataset with ``patient_index()``; its ``batch_size`` is the expected number of
-        patients (slices with ``--slice-level``) per step. ``epochs`` is not needed: ``steps`` fixes the run.
+        patients (slices with ``--slice-level``) per step.
         Returns the same model (Opacus hooks attached), a :class:`PatientDPOptimizer` and a patient loader
         whose ``len`` is the steps of one epoch (each patient drawn once on average).
         """
@@ -183,15 +184,15 @@ class DPTraining:
                                      multiplicity=c.noise_multiplicity)
         sampling = _shared_secret_generator(world)
         dp_loader = UnitLoader(dataset, sampler, loader.collate_fn, steps_per_epoch=max(1, round(1 / self.sample_rate)),
-                               next_generator=lambda: sampling, on_draw=self._on_draw,
-                               on_empty=self.optimizer.noise_only_step, stop=self.exhausted, rank=rank,
-                               world=world)
+                               next_generator=lambda: sampling, on_draw=self._on_draw, stop=self.exhausted,
+                               rank=rank, world=world)
         return model, self.optimizer, dp_loader
 
-    def epoch_steps(self, loader) -> float:
-        """Steps of one DP epoch over ``loader`` (before :meth:`attach`): 1/q, each unit drawn once on average."""
+    def steps_for(self, loader, epochs: float) -> int:
+        """Steps of ``epochs`` DP epochs over ``loader`` (before :meth:`attach`), counted as ``cmrsynth
+        privacy-budget`` counts them (:func:`~.privacy_planner.steps_for`; an epoch is 1/q steps)."""
         units = len(loader.dataset) if self.config.slice_level else len(loader.dataset.patient_index())
-        return units / loader.batch_size
+        return steps_for(epochs, units, loader.batch_size)
 
     def epsilon(self) -> float:
         """ε spent so far (composed budget included), from Opacus's accountant."""

@@ -3,8 +3,9 @@
 Semantics (DESIGN §5): the privacy unit is the patient. One DP-SGD step samples every patient independently
 with probability ``q = batch_size / patients`` (Poisson sampling, so ``batch_size`` is the *expected* number of
 patients per step) and adds Gaussian noise of standard deviation ``noise_multiplier · max_grad_norm`` to the
-sum of per-patient clipped gradients. A run of ``E`` epochs takes ``steps = int(E / q)`` steps, rounded exactly
-as :func:`opacus.accountants.utils.get_noise_multiplier` does.
+sum of per-patient clipped gradients. A run of ``E`` epochs takes ``steps = ⌊E · patients / batch_size⌋`` steps
+(:func:`steps_for`, the one count the planner and the trainer share); every step is a step for the accountant,
+a draw with no patient included (it is a noise-only step).
 
 An accountant *history* is Opacus's own: a sequence of ``(noise_multiplier, sample_rate, steps)``. All ε
 values come from ``opacus.accountants`` (RDP or PRV); nothing here re-implements accounting. The only search
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from fractions import Fraction
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
@@ -67,9 +69,12 @@ def sample_rate(patients: int, batch_size: float) -> float:
     return float(batch_size) / float(patients)
 
 
-def steps_for(epochs: float, rate: float) -> int:
-    """Steps of ``epochs`` epochs at sampling rate ``rate``, rounded as Opacus's ``get_noise_multiplier``."""
-    return int(epochs / rate)
+def steps_for(epochs: float, units: int, batch_size: float) -> int:
+    """Steps of ``epochs`` epochs over ``units`` patients (slices with --slice-level) at ``batch_size`` expected per
+    step: ``⌊epochs · units / batch_size⌋``, in exact arithmetic on the numbers as written (in floating point the
+    planner's ``int(epochs / q)`` gave 63 for 45 epochs of 7 patients in batches of 5, the trainer's
+    ``epochs · (units / batch_size)`` 62)."""
+    return math.floor(Fraction(str(epochs)) * units / Fraction(str(batch_size)))
 
 
 # -- the two questions a user asks ----------------------------------------------------------------------
@@ -171,7 +176,7 @@ def _checked_schedule(*, patients: int, batch_size: float, epochs: float, **inpu
     """``(q, steps)`` of a planned run, after :func:`check_inputs` (``inputs``: its remaining arguments)."""
     check_inputs(patients=patients, batch_size=batch_size, epochs=epochs, **inputs)
     q = sample_rate(patients, batch_size)
-    steps = steps_for(epochs, q)
+    steps = steps_for(epochs, patients, batch_size)
     if steps < 1:
         raise InputError(f"the run has {steps} steps (epochs × patients / batch size < 1); raise --epochs")
     return q, steps

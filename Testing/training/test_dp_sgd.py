@@ -217,11 +217,15 @@ def run_dp(steps, *, state=None, target=None, noise=1.0, slice_level=False, mode
         privacy.load_state_dict(saved)
     taken = 0
     while taken < steps and not privacy.exhausted():
-        for images, masks, _ in loader:
-            losses = model(images, masks, torch.Generator().manual_seed(1000 + privacy.run_steps))
-            optimizer.zero_grad()
-            losses.mean().backward()
-            optimizer.step()
+        for batch in loader:
+            if batch is None:  # a draw with no patient: the trainer's noise-only step
+                optimizer.noise_only_step()
+            else:
+                images, masks, _ = batch
+                losses = model(images, masks, torch.Generator().manual_seed(1000 + privacy.run_steps))
+                optimizer.zero_grad()
+                losses.mean().backward()
+                optimizer.step()
             taken += 1
             if taken == steps:
                 break
@@ -231,7 +235,7 @@ def run_dp(steps, *, state=None, target=None, noise=1.0, slice_level=False, mode
 def test_accounting_follows_the_steps_and_the_ledger_reproduces_epsilon():
     privacy, _, taken = run_dp(5)
     history = privacy.accountant.history
-    assert history == [(1.0, 2 / 6, privacy.run_steps)] and privacy.run_steps >= taken == 5
+    assert history == [(1.0, 2 / 6, privacy.run_steps)] and privacy.run_steps == taken == 5
     assert privacy.epsilon() == epsilon_of(history, delta=1e-3, accountant="rdp") > 0
     ledger = Ledger.from_dict(privacy.ledger())
     assert ledger.unit == "patient" and ledger.patients == 6 and ledger.steps == privacy.run_steps
@@ -397,3 +401,17 @@ def test_an_ldm_is_dp_trained_only_in_its_diffusion_stage():
     ldm.freeze_autoencoder()
     privacy.attach(holder, torch.optim.SGD([p for p in ldm.parameters() if p.requires_grad], lr=0.1), loader,
                    steps=10)
+
+
+@pytest.mark.parametrize("patients,batch,epochs", [(7, 5, 45), (6, 2, 3), (10, 3, 0.7), (35, 4, 12.5), (3, 1, 1),
+                                                   (70, 8, 9), (11, 7, 2.2), (100, 3, 0.3)])
+def test_the_trainer_counts_the_steps_the_planner_counts(patients, batch, epochs):
+    """Privacy integrity II item 4: one count for both (before, in floating point: 45 epochs of 7 patients in
+    batches of 5 were 63 steps for `privacy-budget`, int(45 / (5/7)), and 62 for the trainer, int(45 · 1.4))."""
+    from CMRSynthLib.training.privacy_planner import plan_epsilon
+
+    loader = torch.utils.data.DataLoader(PatientSlices(patients=patients, slices=1), batch_size=batch,
+                                         collate_fn=collate)
+    privacy = DPTraining(DPConfig(delta=1e-3 / patients, max_grad_norm=1.0, noise_multiplier=1.0))
+    planned = plan_epsilon(patients, batch, epochs, 1.0, 1e-3 / patients)
+    assert privacy.steps_for(loader, epochs) == planned.steps == int(round(epochs * patients / batch, 9))

@@ -73,7 +73,8 @@ def test_calibrated_noise_never_overshoots(patients, batch_fraction, epochs, tar
         plan = plan_noise(patients, batch, epochs, target, delta, "rdp")
     except InputError:  # unreachable: check that it really is
         q = batch / patients
-        assert epsilon_of([(MAX_NOISE, q, steps_for(epochs, q))], delta=delta, accountant="rdp") > target
+        assert epsilon_of([(MAX_NOISE, q, steps_for(epochs, patients, batch))], delta=delta,
+                          accountant="rdp") > target
         return
     assert plan.epsilon <= target
     assert epsilon_of([(plan.noise_multiplier, plan.sample_rate, plan.steps)], delta=delta, accountant="rdp") <= target
