@@ -239,3 +239,22 @@ def test_refusals_that_protect_the_guarantee(phantom, tiny_flow, tmp_path, run_c
     code, _, err = run_cli("train", "--data", phantom, "--out", tmp_path / "b", "--generator", "ldm", "--max-steps",
                            "2", *DP, "--epsilon", "8")
     assert code == 2 and "--init" in err and "autoencoder" in err
+
+
+def test_whole_field_dp_training_moves_its_tiles_from_epoch_to_epoch(phantom, tmp_path, monkeypatch):  # noqa: F811
+    """Privacy integrity II (minor): the DP loader has no sampler of ours, so the dataset's epoch stayed 0 and a
+    slice always gave the same tile (before: one epoch value seen over three epochs)."""
+    from CMRSynthLib.data.datasets import SliceDataset
+
+    seen, original = set(), SliceDataset.__getitem__
+
+    def recorded(self, index):
+        seen.add(self.epoch)
+        return original(self, index)
+
+    monkeypatch.setattr(SliceDataset, "__getitem__", recorded)
+    privacy = DPTraining(DPConfig(delta=1e-2, max_grad_norm=1.0, noise_multiplier=1.0))
+    trainer = Trainer(train_config(phantom, tmp_path / "m", field_of_view="whole", batch_size=2, epochs=3,
+                                   max_steps=None), privacy=privacy)
+    trainer.run()
+    assert len(seen) >= 2
