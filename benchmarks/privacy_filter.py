@@ -170,7 +170,7 @@ def _train(data: Path, out: Path, *, steps: int, batch: int, settings: Settings,
     folder. ``shape``: the preprocessing of a new model (default 32×32 tiles at 5 mm, cropped on the heart)."""
     from CMRSynthLib.training.config import TrainConfig
     from CMRSynthLib.training.loop import Trainer
-    from CMRSynthLib.training.privacy import DPConfig, DPTraining
+    from CMRSynthLib.training.privacy import DPConfig, DPTraining, init_privacy
 
     shape = {} if init is not None else {"preset": "tiny", "image_size": 32, **(shape or {})}
     config = TrainConfig(data=str(data), family="flow", out=str(out), max_steps=steps, batch_size=batch, lr=LR,
@@ -179,7 +179,7 @@ def _train(data: Path, out: Path, *, steps: int, batch: int, settings: Settings,
     privacy = None
     if not math.isinf(epsilon):
         privacy = DPTraining(DPConfig(delta=DELTA, max_grad_norm=MAX_GRAD_NORM, target_epsilon=epsilon),
-                             init_checkpoint=None if init is None else str(init))
+                             init=None if init is None else init_privacy(str(init), str(data), unit="patient"))
     Trainer(config, privacy=privacy).run()
     return out
 

@@ -1,12 +1,16 @@
 """The arguments of one training run, as a frozen dataclass (what ``cmrsynth train`` parses into).
 
 A run's *identity* is every field except the operational ones (``out``, ``device``, ``save_every``,
-``force``): resuming an unfinished run requires the same identity, and the card records it.
+``force``): resuming an unfinished run requires the same identity, and the card records it. The identity names
+its data and ``--init`` folders and does not locate them (:func:`without_path`): a card is shared, and the
+training machine's paths are not the recipient's business (a DP run keeps them in its private record).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
+from pathlib import PurePath
 
 from CMRSynthLib.errors import InputError
 from CMRSynthLib.models.config import strict_from_dict
@@ -150,8 +154,9 @@ class TrainConfig:
             raise InputError("--depth applies to 3D training only (--spatial-dims 3)")
 
     def identity(self) -> dict:
-        """The fields that define the run (see the module docstring)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items() if k not in OPERATIONAL}
+        """The fields that define the run (see the module docstring), ``data`` and ``init`` by name."""
+        return named({k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()
+                      if k not in OPERATIONAL})
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -159,6 +164,17 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
         return strict_from_dict(cls, data, where="training arguments")
+
+
+def without_path(word: str) -> str:
+    """A command-line word with a path in it cut to the path's last part (``--data=/x/ACDC`` → ``--data=ACDC``)."""
+    flag, equals, value = word.partition("=") if word.startswith("--") else ("", "", word)
+    return flag + equals + (PurePath(value).name if os.sep in value or "/" in value else value)
+
+
+def named(arguments: dict) -> dict:
+    """Training arguments whose ``data`` and ``init`` name their folders instead of locating them."""
+    return {k: without_path(v) if k in ("data", "init") and isinstance(v, str) else v for k, v in arguments.items()}
 
 
 def _positive(flag: str, value) -> None:

@@ -1,9 +1,10 @@
 """The privacy ledger: what a DP run spent, stored in the checkpoint card's ``"privacy"`` field.
 
 The ledger keeps Opacus's accountant history, a list of ``(noise_multiplier, sample_rate, steps)``, so ε can be
-recomputed by anyone with Opacus (:func:`recompute_epsilon`). Resuming a run, or fine-tuning with DP a model
-that was itself DP-trained on some of the same patients, continues that history: ε is never reset. Histories of
-different units (slice, patient) are never mixed (:func:`~CMRSynthLib.training.privacy.init_privacy`).
+recomputed by anyone with Opacus (:func:`recompute_epsilon`). Resuming a run continues that history, and a DP
+fine-tune starts from the spend of every DP ancestor in its lineage that saw some of its patients (each
+ancestor's own run, :func:`own_history`): ε is never reset. Histories of different units (slice, patient) are
+never mixed (:func:`~CMRSynthLib.training.privacy.init_privacy`).
 
 Slice-level DP (only with ``--slice-level``) records unit ``"slice"`` and the patient-level guarantee implied by
 group privacy for the largest number ``m`` of slices any patient has. The bound used is the standard one for
@@ -17,11 +18,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from CMRSynthLib.models.config import FrozenConfig
-from CMRSynthLib.training.privacy_planner import epsilon_of
+from CMRSynthLib.models.config import FrozenConfig, strict_from_dict
+from CMRSynthLib.training.privacy_planner import History, epsilon_of
 
 MECHANISM = "DP-SGD (Opacus)"
 UNITS = ("patient", "slice")
+# keys of ledgers written before lineage records: the --init's path and its guarantee (the card's lineage now
+# holds every ancestor's ledger); read and dropped, so that such a model still loads
+LEGACY_KEYS = ("init_checkpoint", "init_guarantee")
 
 
 @dataclass(frozen=True)
@@ -35,9 +39,11 @@ class Ledger(FrozenConfig):
         noise_multiplicity: K noise/timestep draws per slice, averaged before clipping (DPDM).
         max_slices_per_patient: m, the most slices any patient has (group privacy of slice-level runs).
         group_epsilon, group_delta: the patient-level guarantee of a slice-level run (None for unit "patient").
-        init_checkpoint: the checkpoint the run started from (``--init``), if any.
-        composed_from: the DP checkpoint (some of the same patients) whose history this one continues, if any.
-        init_guarantee: the own (ε, δ, unit) of a DP ``init_checkpoint`` trained on other patients, if any.
+        init_model: the ``model_id`` of the model the run started from (``--init``), if any (never a path).
+        composed_from: the ``model_id`` of every DP ancestor whose own run saw some of this run's patients:
+            their histories come first in ``history``, and ``epsilon`` is the total.
+        run_steps: the steps of this run alone (its own history is ``(noise_multiplier, sample_rate,
+            run_steps)``); None in ledgers written before lineage records.
     """
 
     accountant: str
@@ -56,15 +62,31 @@ class Ledger(FrozenConfig):
     max_slices_per_patient: int | None = None
     group_epsilon: float | None = None
     group_delta: float | None = None
-    init_checkpoint: str | None = None
-    composed_from: str | None = None
-    init_guarantee: dict | None = None
+    init_model: str | None = None
+    composed_from: tuple[str, ...] = ()
+    run_steps: int | None = None
     mechanism: str = MECHANISM
 
     def __post_init__(self):
         if self.unit not in UNITS:
             raise ValueError(f"ledger unit must be one of {UNITS}, got {self.unit!r}")
         object.__setattr__(self, "history", tuple((float(s), float(q), int(n)) for s, q, n in self.history))
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Ledger":
+        """Strictly (unknown keys refused), except the :data:`LEGACY_KEYS` of older ledgers."""
+        if isinstance(data, dict):
+            data = {k: v for k, v in data.items() if k not in LEGACY_KEYS}
+            composed = data.get("composed_from")
+            data["composed_from"] = [composed] if isinstance(composed, str) else composed or []  # older: one path
+        return strict_from_dict(cls, data)
+
+    def own_history(self) -> History:
+        """The accountant history of this ledger's own run, without what it composed; the whole history when
+        the ledger predates ``run_steps`` (which can only overstate a later composition)."""
+        if self.run_steps is None:
+            return self.history
+        return ((self.noise_multiplier, self.sample_rate, self.run_steps),) if self.run_steps else ()
 
 
 def make_ledger(history, *, accountant: str, delta: float, unit: str, max_slices_per_patient: int | None = None,

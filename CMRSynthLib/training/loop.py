@@ -52,9 +52,10 @@ from CMRSynthLib.errors import InputError
 from CMRSynthLib.generators.base import Conditions, Vocabulary
 from CMRSynthLib.training import checkpoint as ckpt
 from CMRSynthLib.training import distributed
-from CMRSynthLib.training.config import DEFAULT_ADVERSARIAL_WEIGHT, TrainConfig
+from CMRSynthLib.training.config import DEFAULT_ADVERSARIAL_WEIGHT, TrainConfig, named, without_path
 from CMRSynthLib.training.ema import EMA
-from CMRSynthLib.training.membership import SPLITS, membership_path, read_membership, write_membership
+from CMRSynthLib.training.membership import (SPLITS, descendant_lineage, lineage, membership_path, read_membership,
+                                             write_membership)
 
 DEFAULT_EPOCHS = 100
 DEFAULT_PRESET, DEFAULT_IMAGE_SIZE, DEFAULT_SPATIAL_DIMS = "small", 64, 2
@@ -305,7 +306,8 @@ class Trainer:
         if resume is not None and info.get("scaler"):
             scaler.load_state_dict(info["scaler"])
 
-        parts = _Parts(generator, ema, model, optimizer, loader, scaler, precision, data, init)
+        ancestry = lineage(init.card, init.path) if init is not None else []
+        parts = _Parts(generator, ema, model, optimizer, loader, scaler, precision, data, init, ancestry)
         return self._loop(parts, info, total=total, steps_per_epoch=steps_per_epoch)
 
     def _loop(self, parts: "_Parts", info: dict, *, total: int, steps_per_epoch: int) -> TrainResult:
@@ -414,7 +416,7 @@ class Trainer:
                 return None
             raise InputError("--out holds a checkpoint without trainer state (it cannot be resumed); use "
                              "--force to replace it or choose another folder", path=out)
-        stored = _effective_field_of_view(previous.trainer_state.info.get("arguments", {}))
+        stored = _effective_field_of_view(named(previous.trainer_state.info.get("arguments", {})))
         mine = _effective_field_of_view(self._identity())
         # an argument added after the run started is absent from its record: at its default (None), the same run
         differ = sorted(k for k in set(stored) | set(mine) if stored.get(k) != mine.get(k))
@@ -460,6 +462,8 @@ class Trainer:
             if self.privacy is not None:
                 info["privacy"] = self.privacy.state_dict()
                 self._save_private(parts, info, card)
+            elif any(ancestor.privacy is not None for ancestor in parts.lineage):
+                write_membership(self.out, self._private_record(parts))  # whom its DP ancestors saw
             ckpt.save_checkpoint(self.out, parts.generator, card, ema=parts.ema.state_dict(),
                                  trainer_state=ckpt.TrainerState(tensors, info))
             self.progress.artefact(str(self.out), "checkpoint")
@@ -468,7 +472,7 @@ class Trainer:
     def _save_private(self, parts: "_Parts", info: dict, card: dict) -> None:
         """A DP run's folder keeps nothing computed from the private data outside DP-SGD: the patient lists,
         the data fingerprint and the loss curve move from ``card``/``info`` to the membership file beside it."""
-        private = {name: card.pop(name) for name in SPLITS}
+        private = {**self._private_record(parts), **{name: card.pop(name) for name in SPLITS}}
         private["data"], card["data"] = card["data"], {k: card["data"][k] for k in ("layout", "simulated")}
         for key in ("loss_curve", "final_loss"):
             private[key], card["training"][key] = card["training"][key], None
@@ -476,6 +480,12 @@ class Trainer:
         info["history"], info["final_loss"] = [], None
         card["membership"] = f"kept beside this folder, not in it: {membership_path(self.out).name}"
         write_membership(self.out, private)
+
+    def _private_record(self, parts: "_Parts") -> dict:
+        """What the membership file beside the folder keeps of any run: whom each ancestor saw, and the command
+        with its paths (the card names folders, it does not locate them)."""
+        return {"lineage": descendant_lineage(parts.lineage, dp=self.privacy is not None)[1],
+                "command": list(sys.argv), "paths": {"data": str(self.config.data), "init": self.config.init}}
 
     def _card(self, parts: "_Parts", *, step, total, steps_per_epoch, history) -> dict:
         import monai
@@ -489,6 +499,7 @@ class Trainer:
             "data": data.fingerprint, "members": list(data.members), "validation": list(data.validation),
             "holdout": list(data.holdout), "unused": list(data.unused), "intensity": self._intensity(parts),
             "privacy": self.privacy.ledger() if self.privacy is not None else None,
+            "lineage": descendant_lineage(parts.lineage, dp=self.privacy is not None)[0],
             "training": {
                 "steps": step, "total_steps": total, "epochs": round(step / steps_per_epoch, 3),
                 "steps_per_epoch": steps_per_epoch, "seed": c.seed, "batch_size": c.batch_size,
@@ -496,7 +507,7 @@ class Trainer:
                 "world_size": self.world.size, "device": self.device.type, "precision": str(parts.precision),
                 "arguments": c.identity(), "init": parts.init.card["model_id"] if parts.init else None,
                 "loss_curve": history, "final_loss": history[-1][1] if history else None,
-                **self._elapsed(), "command": list(sys.argv),
+                **self._elapsed(), "command": [without_path(word) for word in sys.argv],
                 "versions": {"cmrsynth": __version__, "torch": torch.__version__, "monai": monai.__version__,
                              "python": sys.version.split()[0]},
             },
@@ -632,3 +643,4 @@ class _Parts:
     precision: torch.dtype
     data: object
     init: ckpt.CheckpointContents | None
+    lineage: list  # the --init's lineage (membership.Ancestor, nearest first); empty without --init

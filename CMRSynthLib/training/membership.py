@@ -13,12 +13,21 @@ shares none of it. Copying only the folder loses it: then give the audit ``--mem
 
 Cards of runs without DP, and DP cards written before this file existed, hold the lists inline;
 :func:`patient_splits` reads either.
+
+Lineage. A fine-tune descends from its ``--init``, which may descend from another model, and so on. Every card
+names its ancestors, nearest first, in ``lineage``: each one's ``model_id`` and its privacy ledger (null: trained
+without DP). Who each ancestor saw is private like the members: it goes to the membership file (``lineage``, a
+list parallel to the card's), except that a card without DP, which lists its own members anyway, also lists
+those of its ancestors trained without DP. :func:`lineage` reads the chain back, so that a DP run can refuse
+patients any non-DP ancestor saw and compose the spend of every DP ancestor on its patients, and the privacy
+filter can screen for every patient the model descends from.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from CMRSynthLib.errors import InputError
@@ -77,3 +86,50 @@ def known_splits(card: dict, checkpoint: str | os.PathLike) -> dict[str, list[st
                          "model's training patients (a DP model copied without its membership file?)",
                          path=checkpoint)
     return splits
+
+
+@dataclass(frozen=True)
+class Ancestor:
+    """One model of a lineage. ``privacy``: its ledger dict (None: trained without DP, or not known);
+    ``members``: the patients its own run trained on (None: not known here, e.g. a copy without its
+    membership file, or a card written before lineage records)."""
+
+    model_id: str
+    privacy: dict | None
+    members: frozenset[str] | None
+
+
+def lineage(card: dict, checkpoint: str | os.PathLike) -> list[Ancestor]:
+    """The model itself, then every model it was fine-tuned from, nearest first.
+
+    A card written before lineage records that names an ``--init`` (``training.init``) gives that init as an
+    ancestor of which nothing is known: a DP run refuses it rather than guess.
+    """
+    private = read_membership(checkpoint)
+    own = patient_splits(card, checkpoint)["members"]
+    # a card without DP lists its members inline (an empty list: a model that names none, taken as public)
+    chain = [Ancestor(str(card.get("model_id")), card.get("privacy"),
+                      frozenset(own) if own or not card.get("privacy") else None)]
+    if "lineage" not in card:
+        init = (card.get("training") or {}).get("init")
+        return chain + ([Ancestor(str(init), None, None)] if init else [])
+    seen = private.get("lineage") or []
+    for position, entry in enumerate(card["lineage"]):
+        members = entry.get("members")
+        if members is None and position < len(seen) and seen[position].get("model_id") == entry["model_id"]:
+            members = seen[position].get("members")
+        chain.append(Ancestor(str(entry["model_id"]), entry.get("privacy"),
+                              None if members is None else frozenset(members)))
+    return chain
+
+
+def descendant_lineage(init: list[Ancestor], *, dp: bool) -> tuple[list[dict], list[dict]]:
+    """What a model fine-tuned from ``init`` (:func:`lineage` of its ``--init``) records:
+    ``(the card's lineage, the membership file's)``. Members go inline only for ancestors without DP in a card
+    without DP (``dp`` False), which lists patient ids anyway; all of them go to the private record."""
+    public = [{"model_id": a.model_id, "privacy": a.privacy,
+               **({"members": sorted(a.members)} if not dp and a.privacy is None and a.members is not None else {})}
+              for a in init]
+    private = [{"model_id": a.model_id, "members": None if a.members is None else sorted(a.members)}
+               for a in init]
+    return public, private

@@ -98,27 +98,37 @@ class DPConfig(FrozenConfig):
                              "is its own unit")
 
 
+@dataclass(frozen=True)
+class InitPrivacy:
+    """What an ``--init``'s lineage means for a DP run on given patients (:func:`init_privacy`).
+
+    Attributes:
+        model_id: the init's ``model_id``.
+        spent: the own histories of the DP ancestors that saw some of the run's patients, concatenated: budget
+            already spent on them, which the run's ε includes.
+        composed: those ancestors' ``model_id``s.
+    """
+
+    model_id: str
+    spent: tuple[tuple[float, float, int], ...] = ()
+    composed: tuple[str, ...] = ()
+
+
 class DPTraining:
     """The Trainer's privacy hook: ``attach``, ``epsilon``, ``exhausted``, ``ledger``, state for resuming.
 
     Args:
         config: the DP arguments.
-        init_checkpoint: the checkpoint the run starts from (``--init``), recorded in the ledger.
-        composed: the ledger of a DP checkpoint trained on some of the SAME patients that this run continues:
-            its accountant history is spent budget, and the ledger's ε is the total (``composed_from`` names it).
-        init_guarantee: the guarantee of a DP ``--init`` trained on OTHER patients (:func:`init_privacy`),
-            stated on the new card.
+        init: what the run's ``--init`` brings (:func:`init_privacy`): its id and the budget its lineage already
+            spent on this run's patients.
     """
 
-    def __init__(self, config: DPConfig, *, init_checkpoint: str | None = None, composed: Ledger | None = None,
-                 composed_from: str | None = None, init_guarantee: dict | None = None):
+    def __init__(self, config: DPConfig, *, init: InitPrivacy | None = None):
         from opacus.accountants import create_accountant
 
         self.config = config
-        self.init_checkpoint = init_checkpoint
-        self.composed_from = composed_from if composed is not None else None
-        self.spent = tuple(composed.history) if composed is not None else ()
-        self.init_guarantee = init_guarantee
+        self.init = init
+        self.spent = init.spent if init is not None else ()
         self.accountant = create_accountant(mechanism=config.accountant)
         self.accountant.history = list(self.spent)
         self.run_steps = 0  # steps of this run (noise-only steps included)
@@ -214,9 +224,9 @@ class DPTraining:
             max_slices_per_patient=self.max_slices if c.slice_level else None,
             noise_multiplier=self.noise_multiplier, max_grad_norm=c.max_grad_norm, sample_rate=self.sample_rate,
             patients=self.patients, slices_per_patient=c.slices_per_patient,
-            noise_multiplicity=c.noise_multiplicity, target_epsilon=c.target_epsilon,
-            init_checkpoint=self.init_checkpoint, composed_from=self.composed_from,
-            init_guarantee=self.init_guarantee).to_dict()
+            noise_multiplicity=c.noise_multiplicity, target_epsilon=c.target_epsilon, run_steps=self.run_steps,
+            init_model=self.init.model_id if self.init is not None else None,
+            composed_from=self.init.composed if self.init is not None else ()).to_dict()
 
     def state_dict(self) -> dict:
         return {"history": [list(h) for h in self.accountant.history], "run_steps": self.run_steps,
@@ -234,7 +244,7 @@ class DPTraining:
 
     def identity(self) -> dict:
         """The DP arguments a resumed run must share with the saved one."""
-        return {**self.config.to_dict(), "composed_from": self.composed_from}
+        return {**self.config.to_dict(), "composed_from": list(self.init.composed) if self.init else []}
 
     # -- internals -----------------------------------------------------------------------------------
     def _update_allowed_steps(self) -> None:
@@ -383,51 +393,70 @@ def from_args(args) -> DPTraining | None:
                          "data (DP then fine-tunes its latent diffusion only)")
     if not args.init:
         return DPTraining(config)
-    composed, guarantee = init_privacy(args.init, args.data, unit="slice" if config.slice_level else "patient")
-    return DPTraining(config, init_checkpoint=str(args.init), composed=composed,
-                      composed_from=str(args.init) if composed is not None else None, init_guarantee=guarantee)
+    return DPTraining(config, init=init_privacy(args.init, args.data, unit="slice" if config.slice_level else "patient"))
 
 
-def init_privacy(init: str, data: str, *, unit: str) -> tuple[Ledger | None, dict | None]:
-    """What ``init`` means for a DP run on ``data``: ``(ledger to compose, init's own guarantee)``.
+def init_privacy(init: str, data: str, *, unit: str) -> InitPrivacy:
+    """What ``init``'s whole lineage (:func:`~.membership.lineage`: the init, its own init, ...) means for a DP
+    run on ``data``, decided by patient identity: each ancestor's members against the patients of ``data``.
 
-    "Same data" is decided by patient identity: the init's members (its card, or the PRIVATE membership file
-    beside it) against the patients of ``data``. Any overlap:
-
-    - init DP-trained → its history is spent budget on those patients: ``(its ledger, None)``; its unit must be
-      this run's ``unit`` (ε of a slice-level history is not a patient-level ε);
-    - init trained WITHOUT DP → refused: no guarantee could hold for the overlapping patients.
-
-    No overlap: ``(None, None)`` for a public init, ``(None, its guarantee)`` for a DP init (that guarantee,
-    for ITS patients, still holds and the new card states it). A DP init whose members are unknown (a shared
-    copy without its membership file) is composed: the safe side. A non-DP init that lists no members is public.
+    - an ancestor trained WITHOUT DP that saw any of them → refused: no guarantee could hold for those patients
+      (also when it is not known whom it saw);
+    - a DP ancestor that saw some of them, or whose patients are not known here (a shared copy without its
+      membership file: the safe side) → its own run's history is spent budget on them: composed (its unit must
+      be this run's ``unit``: ε of a slice-level history is not a patient-level ε);
+    - a DP ancestor on other patients only → nothing to compose: its guarantee, for its own patients, still
+      holds, and the new card's lineage states it.
     """
     from CMRSynthLib.data.cohorts import open_cohort
     from CMRSynthLib.training.checkpoint import read_card, resolve_model
-    from CMRSynthLib.training.membership import patient_splits
+    from CMRSynthLib.training.membership import lineage
 
     path = resolve_model(init)
     card = read_card(path)
-    members = set(patient_splits(card, path)["members"])
-    overlap = members & set(open_cohort(data).patients())
-    if not card.get("privacy"):
-        if overlap:
-            raise InputError(f"--init was trained WITHOUT differential privacy on {len(overlap)} of the patients in "
-                             "--data, so no DP guarantee can hold for them in a fine-tune of it; start from a "
-                             "checkpoint trained on other (public) patients", path=path)
-        return None, None
+    patients = set(open_cohort(data).patients())
+    spent, composed = [], []
+    for ancestor in reversed(lineage(card, path)):  # oldest first: the histories in the order they were spent
+        overlap = None if ancestor.members is None else ancestor.members & patients
+        if ancestor.privacy is None:
+            _refuse_unprotected(ancestor, overlap, card, path)
+        elif overlap != set():
+            ledger = _ancestor_ledger(ancestor, path)
+            _check_unit(ledger, unit, overlap, path)
+            spent += ledger.own_history()
+            composed.append(ancestor.model_id)
+    return InitPrivacy(str(card.get("model_id")), tuple(spent), tuple(composed))
+
+
+def _which(ancestor, card: dict) -> str:
+    return "--init" if ancestor.model_id == str(card.get("model_id")) else f"--init's ancestor {ancestor.model_id}"
+
+
+def _refuse_unprotected(ancestor, overlap: set | None, card: dict, path) -> None:
+    """Refuse a lineage whose model trained without DP saw (or may have seen) the run's patients."""
+    if overlap:
+        raise InputError(f"{_which(ancestor, card)} was trained WITHOUT differential privacy on {len(overlap)} of "
+                         "the patients in --data, so no DP guarantee can hold for them in a fine-tune of it; start "
+                         "from a checkpoint whose lineage never saw them (public patients)", path=path)
+    if overlap is None:
+        raise InputError(f"{_which(ancestor, card)} was trained without differential privacy (or its privacy is "
+                         "not recorded) on patients this copy does not name, so no DP guarantee can be checked "
+                         "for the patients in --data; keep the model's PRIVATE-membership.json beside its folder, "
+                         "or start from a model with a complete lineage record", path=path)
+
+
+def _ancestor_ledger(ancestor, path) -> Ledger:
     try:
-        ledger = Ledger.from_dict(card["privacy"])
+        return Ledger.from_dict(ancestor.privacy)
     except (TypeError, ValueError) as exc:
-        raise InputError(f"card has an invalid privacy ledger ({exc})", path=path) from None
-    if members and not overlap:
-        return None, {"epsilon": ledger.epsilon, "delta": ledger.delta, "unit": ledger.unit,
-                      "group_epsilon": ledger.group_epsilon, "group_delta": ledger.group_delta,
-                      "note": "the --init model's own guarantee, for its own patients (disjoint from this run's)"}
+        raise InputError(f"the lineage's model {ancestor.model_id} has an invalid privacy ledger ({exc})",
+                         path=path) from None
+
+
+def _check_unit(ledger: Ledger, unit: str, overlap: set | None, path) -> None:
     if ledger.unit != unit:
         seen = f"{len(overlap)} of the patients in --data" if overlap else "these patients (its members are unknown)"
-        raise InputError(f"--init was DP-trained with a {ledger.unit}-level ledger on {seen}; this run is "
+        raise InputError(f"--init's lineage was DP-trained with a {ledger.unit}-level ledger on {seen}; this run is "
                          f"{unit}-level, and budgets of different privacy units cannot be composed "
                          f"(use {'--slice-level' if ledger.unit == 'slice' else 'patient-level DP'} to match it)",
                          path=path)
-    return ledger, None

@@ -67,9 +67,9 @@ def test_a_copy_without_its_membership_file_still_loads_and_composes_on_the_safe
     shutil.copytree(out, copy)
     generator, loaded = load_checkpoint(copy)
     assert loaded["model_id"] == card["model_id"] and patient_splits(loaded, copy)["members"] == []
-    composed, _ = init_privacy(str(copy), str(phantom), unit="patient")
-    assert composed.history == tuple(map(tuple, card["privacy"]["history"]))
-    assert init_privacy(str(out), str(phantom), unit="patient")[0] is not None  # the original: same data, composed
+    composed = init_privacy(str(copy), str(phantom), unit="patient")
+    assert composed.spent == tuple(map(tuple, card["privacy"]["history"])) and composed.composed == (card["model_id"],)
+    assert init_privacy(str(out), str(phantom), unit="patient").spent  # the original: same data, composed
     # what needs the members (reid, the privacy benchmarks) names the missing file instead of failing later
     with pytest.raises(InputError, match=r"shared\.PRIVATE-membership\.json beside the folder") as refused:
         known_splits(loaded, copy)

@@ -58,7 +58,8 @@ def test_dp_fine_tune_card_has_a_complete_ledger(dp_model, public_model):
     assert ledger.delta == 1e-2 and ledger.max_grad_norm == 1.0 and ledger.target_epsilon == 30
     assert ledger.noise_multiplier == 0.8
     assert ledger.noise_multiplicity == 2 and ledger.slices_per_patient == 1
-    assert ledger.init_checkpoint == str(public_model) and ledger.composed_from is None
+    assert ledger.init_model == card_of(public_model)["model_id"] and ledger.composed_from == ()
+    assert ledger.run_steps == ledger.steps and ledger.own_history() == ledger.history
     # a draw with no patient is a noise-only step, counted alike by the trainer and the accountant
     assert ledger.steps == 5 == card["training"]["steps"]
     assert ledger.history == ((ledger.noise_multiplier, ledger.sample_rate, ledger.steps),)
@@ -92,7 +93,7 @@ def test_a_dp_fine_tune_of_a_dp_model_on_the_same_data_composes(dp_model, phanto
                              "--progress", "none")
     assert code == 0, err
     second = Ledger.from_dict(card_of(tmp_path / "again")["privacy"])
-    assert second.composed_from == str(dp_model)
+    assert second.composed_from == (card_of(dp_model)["model_id"],)
     assert second.history[0] == first.history[0] and second.steps > first.steps
     assert first.epsilon < second.epsilon == recompute_epsilon(second) <= first.epsilon + 10
 
@@ -141,11 +142,14 @@ def test_a_dp_init_composes_on_overlapping_patients_and_states_its_guarantee_on_
                                "--max-steps", "1", *DP, "--noise-multiplier", "1.0", "--progress", "none")
         assert code == 0, err
     superset = Ledger.from_dict(card_of(tmp_path / "superset")["privacy"])
-    assert superset.composed_from == str(dp_model) and superset.history[0] == first.history[0]
-    assert superset.epsilon > first.epsilon and superset.init_guarantee is None
-    disjoint = Ledger.from_dict(card_of(tmp_path / "disjoint")["privacy"])
-    assert disjoint.composed_from is None and disjoint.history[0][0] == 1.0 and len(disjoint.history) == 1
-    assert disjoint.init_guarantee["epsilon"] == first.epsilon and disjoint.init_guarantee["unit"] == "patient"
+    assert superset.composed_from == (card_of(dp_model)["model_id"],) and superset.history[0] == first.history[0]
+    assert superset.epsilon > first.epsilon
+    disjoint = card_of(tmp_path / "disjoint")
+    ledger = Ledger.from_dict(disjoint["privacy"])
+    assert ledger.composed_from == () and ledger.history[0][0] == 1.0 and len(ledger.history) == 1
+    # the init's own guarantee, for its own patients, is stated in the lineage
+    assert disjoint["lineage"][0]["model_id"] == card_of(dp_model)["model_id"]
+    assert disjoint["lineage"][0]["privacy"]["epsilon"] == first.epsilon
 
 
 def test_a_slice_level_history_is_not_composed_into_a_patient_level_ledger(dp_model, phantom, tmp_path,  # noqa: F811
@@ -258,3 +262,56 @@ def test_whole_field_dp_training_moves_its_tiles_from_epoch_to_epoch(phantom, tm
                                    max_steps=None), privacy=privacy)
     trainer.run()
     assert len(seen) >= 2
+
+
+def _dp_fine_tune(run_cli, init, data, out, *extra):
+    return run_cli("train", "--data", data, "--out", out, "--init", init, *COMMON, "--max-steps", "2", *DP,
+                   "--noise-multiplier", "1.0", "--progress", "none", *extra)
+
+
+def test_a_dp_fine_tune_refuses_patients_a_non_dp_ancestor_saw(tmp_path, run_cli):
+    """Privacy integrity II item 1: A trained without DP on P0; B = DP fine-tune of A on P1 (accepted); C = DP
+    fine-tune of B on P0 was accepted and stated an ε for P0, though A saw P0 without DP (before: exit 0)."""
+    p0, p1 = _cohort(tmp_path, 4, 11), _cohort(tmp_path, 4, 12)
+    code, _, err = run_cli("train", "--data", p0, "--out", tmp_path / "A", *COMMON, "--preset", "tiny",
+                           "--image-size", "32", "--spacing", "5", "--max-steps", "2", "--progress", "none")
+    assert code == 0, err
+    code, _, err = _dp_fine_tune(run_cli, tmp_path / "A", p1, tmp_path / "B")
+    assert code == 0, err
+    a, b = card_of(tmp_path / "A"), card_of(tmp_path / "B")
+    assert [entry["model_id"] for entry in b["lineage"]] == [a["model_id"]] and b["lineage"][0]["privacy"] is None
+    assert "members" not in b["lineage"][0]  # a DP card names no patient, not even its public ancestors'
+    code, _, err = _dp_fine_tune(run_cli, tmp_path / "B", p0, tmp_path / "C")
+    assert code == 2 and f"ancestor {a['model_id']} was trained WITHOUT differential privacy" in err
+    assert not (tmp_path / "C").exists()
+
+
+def test_a_dp_fine_tune_composes_the_spend_of_every_ancestor_on_its_patients(public_model, tmp_path, run_cli):
+    """Privacy integrity II item 1: B (DP on P1) → D (DP on P0) → E (DP on P1): E's ledger held only its own run,
+    dropping B's spend on P1 (before: composed_from None and one history entry)."""
+    p0, p1 = _cohort(tmp_path, 4, 21), _cohort(tmp_path, 4, 22)
+    for init, data, name in ((public_model, p1, "B"), (tmp_path / "B", p0, "D"), (tmp_path / "D", p1, "E")):
+        code, _, err = _dp_fine_tune(run_cli, init, data, tmp_path / name)
+        assert code == 0, err
+    b, d, e = (card_of(tmp_path / name) for name in "BDE")
+    ledger_b, ledger_e = Ledger.from_dict(b["privacy"]), Ledger.from_dict(e["privacy"])
+    assert ledger_e.composed_from == (b["model_id"],)  # D saw only P0: its guarantee is its own
+    assert ledger_e.steps == ledger_b.run_steps + ledger_e.run_steps and ledger_e.run_steps == 2
+    own = [*ledger_b.own_history(), (1.0, ledger_e.sample_rate, 2)]
+    assert ledger_e.epsilon == recompute_epsilon(ledger_e) == epsilon_of(own, delta=1e-2, accountant="rdp")
+    assert ledger_e.epsilon > epsilon_of([own[-1]], delta=1e-2, accountant="rdp")
+    assert [entry["model_id"] for entry in e["lineage"]] == [d["model_id"], b["model_id"],
+                                                              card_of(public_model)["model_id"]]
+    assert e["lineage"][0]["privacy"] == d["privacy"] and e["lineage"][1]["privacy"] == b["privacy"]
+    assert e["lineage"][2]["privacy"] is None and not {"members"} & set(e["lineage"][2])
+
+
+def test_a_shareable_card_names_folders_and_does_not_locate_them(dp_model, public_model):
+    """Privacy integrity II (minor): the card held the training machine's paths (--init, --data, the command)."""
+    card = card_of(dp_model)
+    text = json.dumps(card)
+    assert str(dp_model.parent) not in text and str(public_model.parent) not in text
+    assert card["training"]["arguments"]["init"] == public_model.name
+    assert card["training"]["command"][0] == "cmrsynth" or "/" not in card["training"]["command"][0]
+    private = read_membership(dp_model)
+    assert private["paths"]["init"] == str(public_model)

@@ -14,7 +14,8 @@ DETAILS = dict(noise_multiplier=1.2, max_grad_norm=1.0, sample_rate=0.1, patient
 def test_round_trip_and_recomputed_epsilon():
     history = [(1.5, 0.05, 100), (1.2, 0.1, 30)]  # a composed run: an earlier DP run, then this one
     ledger = make_ledger(history, accountant="rdp", delta=1e-3, unit="patient", target_epsilon=5.0,
-                         init_checkpoint="public/model", composed_from="earlier/model", **DETAILS)
+                         init_model="0123456789abcdef", composed_from=("fedcba9876543210",), run_steps=30,
+                         **DETAILS)
     assert ledger.steps == 130 and ledger.mechanism == "DP-SGD (Opacus)"
     assert ledger.epsilon == epsilon_of(history, delta=1e-3, accountant="rdp") > 0
     assert ledger.group_epsilon is None and ledger.group_delta is None
@@ -72,3 +73,12 @@ def test_continuing_a_serialised_history_is_exact():
         resumed.step(noise_multiplier=0.9, sample_rate=0.07)
     assert resumed.history == whole.history
     assert epsilon_of(resumed.history, delta=1e-4, accountant="rdp") == whole.get_epsilon(1e-4)
+
+
+def test_a_ledger_written_before_lineage_records_still_reads():
+    ledger = make_ledger([(1.2, 0.1, 5)], accountant="rdp", delta=1e-3, unit="patient", **DETAILS)
+    old = {k: v for k, v in ledger.to_dict().items() if k not in ("init_model", "composed_from", "run_steps")}
+    back = Ledger.from_dict({**old, "init_checkpoint": "/data/public", "composed_from": "/data/earlier",
+                             "init_guarantee": None})
+    assert back.composed_from == ("/data/earlier",) and back.run_steps is None
+    assert back.own_history() == back.history  # the whole history: it can only overstate a later composition
