@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from CMRSynthLib.audit import discriminability
-from CMRSynthLib.audit.stats import MIN_PATIENTS_FOR_CI, NOT_MEASURABLE, Estimate
+from CMRSynthLib.audit.membership import CONTROL_RULE
+from CMRSynthLib.audit.stats import MIN_PATIENTS_FOR_CI, NOT_MEASURABLE, Estimate, small_sample_warning
 from CMRSynthLib.data.conventions import STRUCTURES
 from CMRSynthLib.files import atomic_write_text
 from CMRSynthLib.training.ledger import patient_level
@@ -230,14 +231,15 @@ def _privacy(model: dict, out: Path) -> str:
                  _tpr(a["evaluation"]["tpr_at_0.01_fpr"]), _tpr(a["evaluation"]["tpr_at_0.001_fpr"]),
                  f"{a['evaluation']['p_value']:.2g}", f"{a['evaluation']['accuracy_at_threshold']:.2f}"]
                 for a in mia["attacks"]]
+        control = _control_row(mia.get("control"))
         ev = mia["evaluation_patients"]
         parts += [f"<p>Membership inference: {html.escape(mia['protocol'])}. Noise level and threshold chosen on "
                   f"calibration patients; numbers below on separate evaluation patients ({len(ev['members'])} "
                   f"members, {len(ev['non_members'])} non-members). AUC 0.5 = the attacker guesses; "
                   f"{html.escape(mia['headline_rule'])}"
-                  ".</p>",
+                  + (f". The last row is the control: {html.escape(CONTROL_RULE)}" if control else "") + ".</p>",
                   _table(["attack", "t", "direction", "ROC AUC", "TPR @ 1% FPR", "TPR @ 0.1% FPR", "p (members score higher)",
-                          "accuracy at calibrated threshold"], rows),
+                          "accuracy at calibrated threshold"], rows + ([control] if control else [])),
                   _figure(out, model["figures"].get("roc"), "ROC curves on the evaluation patients"),
                   _figure(out, model["figures"].get("timesteps"), "Attack AUC per noise level")]
     else:
@@ -445,30 +447,65 @@ def _discriminability_row(disc: dict) -> dict:
                 level)
 
 
+def _control_auc(mia: dict) -> Estimate | None:
+    """The non-member control's headline AUC, or None when it was not run (too few non-members, older reports)."""
+    return (mia.get("control") or {}).get("auc")
+
+
+def _control_row(control: dict | None) -> list[str] | None:
+    """The control as a row of the attacks table: the headline pipeline between two groups of non-members."""
+    if control is None:
+        return None
+    if "skipped" in control:
+        return ["<i>control: non-members vs non-members</i>", "–", "–", html.escape(control["skipped"]), "–", "–",
+                "–", "–"]
+    groups = control["groups"]
+    return [f"<i>control: {len(groups['labelled_members'])} vs {len(groups['non_members'])} non-members</i> "
+            f"(headline: {html.escape(control['headline'])})",
+            "–" if control["timestep"] is None else f"{control['timestep']:g}", "–", fmt(control["auc"]), "–", "–",
+            f"{control['p_value']:.2g}", "–"]
+
+
 def _membership_row(mia: dict) -> dict:
-    """Leakage is claimed only when the headline attack's Mann–Whitney p-value is below 0.05; "readily
-    identifiable" when its AUC is also ≥ 0.8. The headline was chosen on the calibration patients
-    (:func:`~.membership.choose_headline`), so its p-value needs no correction for the choice."""
+    """The membership verdict, read against the non-member control (:func:`~.membership.non_member_control`).
+
+    Leakage is claimed when the headline attack's Mann–Whitney p-value is below 0.05 and its AUC is above the
+    control's; "readily identifiable" when its AUC is also ≥ 0.8. Significant but no better than the control:
+    amber, the difference may come from how the patients were split. Not significant with fewer than
+    :data:`MIN_PATIENTS_FOR_CI` evaluation patients per class: too few patients to call (blue when fewer than 4,
+    where even a perfect attack cannot reach p < 0.05). The headline was chosen on the calibration patients
+    (:func:`~.membership.choose_headline`), so its p-value needs no correction for the choice.
+    """
     head = next(a for a in mia["attacks"] if a["name"] == mia["headline"])
     ev = head["evaluation"]
     auc, tpr, p = ev["auc"], ev["tpr_at_0.01_fpr"], ev["p_value"]
     n_m, n_n = len(mia["evaluation_patients"]["members"]), len(mia["evaluation_patients"]["non_members"])
+    control = _control_auc(mia)
     tpr_text = NOT_MEASURABLE if _not_measurable(tpr) else f"{tpr.value:.2f}"
-    number = f"AUC {_ci(auc)}, TPR@1%FPR {tpr_text}, p = {p:.2g}"
-    if p < 0.05:
+    number = (f"AUC {_ci(auc)}" + (f" vs non-member control {_ci(control)}" if control else "") +
+              f", TPR@1%FPR {tpr_text}, p = {p:.2g}")
+    against = (f"; two groups of non-members: AUC {control.value:.2f}" if control else
+               "; no non-member control (too few non-members)")
+    too_few = small_sample_warning(min(n_m, n_n), "evaluation patients per class")
+    if p < 0.05 and (control is None or auc.value > control.value):
         level = "poor" if auc.value >= 0.8 else "fair"
         meaning = (f"an attacker tells training patients from others ({head['name']}): "
-                   f"{'members are readily identifiable' if level == 'poor' else 'measurable membership leakage'}")
-    elif min(n_m, n_n) < 4:
-        level = "info"
-        meaning = (f"inconclusive: {n_m} members vs {n_n} non-members in the evaluation half cannot show a "
-                   f"significant difference even for a perfect attack; audit more held-out patients")
+                   f"{'members are readily identifiable' if level == 'poor' else 'measurable membership leakage'}"
+                   f"{against}")
+    elif p < 0.05:
+        level = "fair"
+        meaning = (f"members score differently (p = {p:.2g}), but the same attacks tell two groups of non-members "
+                   f"apart as well (AUC {control.value:.2f}): the difference may come from how the patients were "
+                   "split, not from membership")
+    elif too_few:
+        level = "info" if min(n_m, n_n) < 4 else "fair"
+        meaning = (f"too few patients to call: {too_few} ({n_m} members vs {n_n} non-members evaluated"
+                   + ("; even a perfect attack cannot be significant" if level == "info" else "") +
+                   "); audit more held-out patients")
     else:
-        few = min(n_m, n_n) < MIN_PATIENTS_FOR_CI
-        level = "fair" if few else "good"
+        level = "good"
         meaning = (f"no membership signal distinguishable from chance ({n_m} + {n_n} evaluation patients; "
-                   f"the best of {len(mia['attacks'])} attacks on calibration patients)" +
-                   ("; too few patients to rule out a weak signal" if few else ""))
+                   f"the best of {len(mia['attacks'])} attacks on calibration patients){against}")
     return _row("privacy (membership)", number, meaning, level)
 
 

@@ -13,7 +13,8 @@ What is compared with what (all on the checkpoint's prepared grid, slices that s
   (the judge and the FD-seg encoder are trained on the members: the report says what they saw);
 - discriminability: every real slice (members and non-members) against every synthetic one, split by patient;
 - utility: segmenters on real members / synthetic / both, tested on real non-members;
-- privacy: attacks on members vs non-members; nearest neighbours among all of their real slices; the privacy
+- privacy: attacks on members vs non-members, read against the same attacks between two groups of
+  non-members (the control); nearest neighbours among all of their real slices; the privacy
   filter's re-identification rate before and after on the members' synthetic images (:mod:`.reidentification`).
 """
 

@@ -45,11 +45,12 @@ def _plain(value):
     return value
 
 
-def _check_scores(scores, labels) -> tuple[np.ndarray, np.ndarray]:
+def _check_scores(scores, labels, *, columns: bool = False) -> tuple[np.ndarray, np.ndarray]:
     scores = np.asarray(scores, dtype=np.float64)
     labels = np.asarray(labels, dtype=bool)
-    if scores.ndim != 1 or labels.shape != scores.shape:
-        raise ValueError(f"scores and labels must be (N,) arrays of equal length, got {scores.shape}, {labels.shape}")
+    if scores.ndim != (2 if columns else 1) or labels.shape != scores.shape[:1] or labels.ndim != 1:
+        shape = "(N, K)" if columns else "(N,)"
+        raise ValueError(f"scores must be {shape} and labels (N,) of equal length, got {scores.shape}, {labels.shape}")
     if not np.all(np.isfinite(scores)):
         raise ValueError("scores hold NaN or infinite values")
     if labels.all() or not labels.any():
@@ -82,9 +83,15 @@ def roc_curve(scores, labels) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def roc_auc(scores, labels) -> float:
     """Area under the ROC curve = P(member score > non-member score) + ½ P(tie) (Mann–Whitney U / (P·N))."""
     scores, labels = _check_scores(scores, labels)
-    ranks = rankdata(scores)  # mid-ranks for ties
+    return float(roc_aucs(scores[:, None], labels)[0])
+
+
+def roc_aucs(scores, labels) -> np.ndarray:
+    """:func:`roc_auc` of every column of ``scores`` ``(N, K)`` at once → ``(K,)`` (e.g. one per timestep)."""
+    scores, labels = _check_scores(scores, labels, columns=True)
+    ranks = rankdata(scores, axis=0)  # mid-ranks for ties
     n_pos, n_neg = labels.sum(), (~labels).sum()
-    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return (ranks[labels].sum(axis=0) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
 def tpr_at_fpr(scores, labels, fpr: float) -> float:

@@ -52,6 +52,44 @@ def test_clean_model_is_reassuring_only_with_enough_patients():
     assert levels(section(auc=1.0, p=0.17, evaluation=2))["privacy (membership)"] == "info"  # cannot be significant
 
 
+def membership_row(model: dict) -> dict:
+    return next(r for r in verdict_rows(model) if r["axis"] == "privacy (membership)")
+
+
+def test_too_few_evaluation_patients_are_too_few_to_call():
+    """Privacy integrity II, item 3: 2 + 2 evaluation patients decided the headline (before: "inconclusive" below
+    4 per class and a "no membership signal" from 4 to 7); the verdict says the sample is too small to call and
+    why, in the words of the audit's small-sample warning."""
+    for evaluation, level in ((2, "info"), (6, "fair")):
+        row = membership_row(section(auc=0.75, p=0.2, evaluation=evaluation))
+        assert row["level"] == level and row["meaning"].startswith(
+            f"too few patients to call: only {evaluation} evaluation patients per class: the bootstrap interval is "
+            "unreliable below 8")
+    assert not membership_row(section(auc=0.55, p=0.4, evaluation=8))["meaning"].startswith("too few")
+
+
+def test_the_member_auc_is_read_against_the_non_member_control():
+    """Item 3's control: the same attacks between two groups of non-members (before: no control). A significant
+    member AUC above the control's is leakage; one the control matches is amber, not red; both are on the page."""
+    control = {"rule": "r", "groups": {"labelled_members": ["a"] * 10, "non_members": ["b"] * 10},
+               "headline": "loss threshold", "timestep": 0.2, "auc": E(0.52, 0.35, 0.7), "p_value": 0.4}
+    leaky = section(auc=0.95, p=0.001)
+    leaky["membership"]["control"] = control
+    row = membership_row(leaky)
+    assert row["level"] == "poor" and "vs non-member control 0.52 [0.35, 0.70]" in row["number"]
+    assert row["meaning"].endswith("two groups of non-members: AUC 0.52")
+    split_bias = section(auc=0.7, p=0.01)
+    split_bias["membership"]["control"] = {**control, "auc": E(0.72, 0.6, 0.85)}
+    row = membership_row(split_bias)
+    assert row["level"] == "fair" and "may come from how the patients were split" in row["meaning"]
+    leaky["verdict"] = verdict_rows(leaky)
+    report = {"data": {"path": "d", "layout": "cmrsynth", "patients": 2, "simulated": True}, "created": "now",
+              "cmrsynth": "0", "quick": True, "warnings": [], "models": [leaky], "figures": {}}
+    page = render_html(report, Path("."))
+    assert "control: 10 vs 10 non-members</i> (headline: loss threshold)" in page
+    assert page.index("<b>(headline)</b>") < page.index("control: 10 vs 10") < page.index("id=verdict")
+
+
 def test_dp_ledger_heads_the_report_and_is_in_the_verdict():
     ledger = {"epsilon": 4.0, "delta": 1e-5, "unit": "patient", "mechanism": "DP-SGD (Opacus)", "steps": 100}
     model = section(dp=ledger)
