@@ -20,14 +20,16 @@ unchanged — the benchmarks' optimisation and solver tables), and the header re
 Privacy filter: with ``privacy_filter`` (:class:`~CMRSynthLib.reid.filter.PrivacyFilter`) every drawn slice
 is checked against the training patients and a slice that re-identifies one is drawn again with a derived
 seed (:mod:`CMRSynthLib.reid.filter`); an image still re-identifying after the last redraw is refused
-(:class:`~CMRSynthLib.reid.filter.PrivacyFilterRefusal`). The header records the threshold, its false-match
-rate and the rejected draws (``cmrsynth_privacy_*``; NIfTI's ``descrip`` ends in "filtered" when it fits).
+(:class:`~CMRSynthLib.reid.filter.PrivacyFilterRefusal`). The header records only what is true of every
+filtered image alike: the threshold and its false-match rate (``cmrsynth_privacy_*``; NIfTI's ``descrip`` ends
+in "filtered" when it fits). What the filter did to one draw (rejections, redrawn slices) would tell whether
+the mask's patient was a training patient: it goes to the caller's ``screened`` callback, never into the image.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -36,6 +38,9 @@ from CMRSynthLib.data.case import Case, CaseRecord
 from CMRSynthLib.data.volume import Volume, check_finite, check_same_geometry
 from CMRSynthLib.errors import InputError
 from CMRSynthLib.generators.base import Conditions, Vocabulary
+
+if TYPE_CHECKING:
+    from CMRSynthLib.reid.filter import Screening
 
 DEFAULT_INTENSITY = (0.0, 1000.0)  # for a card without an intensity record
 NEW_ANATOMY_SLICE_MM = 10.0  # slice spacing given to new anatomies (a typical short-axis stack)
@@ -125,12 +130,15 @@ def marker(card: dict, *, seed: int, vendor: str | None, **extra) -> dict[str, s
 def synthesize(generator, card: dict, mask: Volume, *, vendor: str | None, phase: str | None = None,
                group: str | None = None, seed: int = 0, steps: int | None = None, sampler: str | None = None,
                guidance: float | None = None, count: int = 1, callback: Callable[[int, int], None] | None = None,
-               precision: str = "fp32", privacy_filter=None, path=None) -> list[Volume]:
+               precision: str = "fp32", privacy_filter=None, screened: Callable[[int, Screening], None] | None = None,
+               path=None) -> list[Volume]:
     """``count`` synthetic images for ``mask``, each a float32 :class:`Volume` on the mask's exact geometry.
 
     ``vendor``/``phase``/``group`` None means unconditional (the null token). ``callback(done, total)``
     counts network steps (as the generator reports them) over all ``count`` images. ``precision`` is
-    ``"fp32"`` or ``"bf16"`` (see the module notes). ``privacy_filter`` screens every draw (module notes).
+    ``"fp32"`` or ``"bf16"`` (see the module notes). ``privacy_filter`` screens every draw (module notes);
+    ``screened(seed, screening)`` then gets each draw's :class:`~CMRSynthLib.reid.filter.Screening`, a refused
+    one included (before the refusal is raised).
     Raises :class:`InputError` for a bad mask (naming ``path``), an unknown vendor/phase/group, or bad
     sampling options; :class:`~CMRSynthLib.reid.filter.PrivacyFilterRefusal` for a refused image.
     """
@@ -152,22 +160,24 @@ def synthesize(generator, card: dict, mask: Volume, *, vendor: str | None, phase
             images = generator.sample(cond, sampler=sampler, steps=steps, guidance=guidance, generator=rng,
                                       callback=relay)
         stack = _to_stack(images, generator, labels.shape[0], start)
-        screened = {}
+        filter_fields = {}
         if privacy_filter is not None:
-            stack, screened = _screen(privacy_filter, generator, cond, labels, start, stack, seed + index,
-                                      dict(sampler=sampler, steps=steps, guidance=guidance), precision, path)
+            stack, filter_fields = _screen(privacy_filter, generator, cond, labels, start, stack, seed + index,
+                                           dict(sampler=sampler, steps=steps, guidance=guidance), precision,
+                                           screened, path)
         restored = transform.restore(stack, order=1, fill=-1.0).array
         scaled = (lo + (restored.astype(np.float64) + 1.0) * 0.5 * (hi - lo)).astype(np.float32)
         volumes.append(Volume(scaled, mask.ijk_to_ras, marker(
             card, seed=seed + index, vendor=vendor, phase=phase, group=group, sampler=sampler, steps=steps,
-            guidance=guidance, precision=precision, **screened)))
+            guidance=guidance, precision=precision, **filter_fields)))
     return volumes
 
 
 def _screen(privacy_filter, generator, cond: Conditions, labels: np.ndarray, start: int, stack: np.ndarray,
-            seed: int, options: dict, precision: str, path) -> tuple[np.ndarray, dict]:
-    """The privacy filter on one drawn stack → the kept stack and its header fields; refuses a lost cause."""
-    from CMRSynthLib.reid.filter import PrivacyFilterRefusal
+            seed: int, options: dict, precision: str, screened, path) -> tuple[np.ndarray, dict]:
+    """The privacy filter on one drawn stack → the kept stack and its header fields (the same for every image);
+    tells ``screened`` what it did; refuses a lost cause."""
+    from CMRSynthLib.reid.filter import NOT_MEASURABLE, PrivacyFilterRefusal
 
     device = cond.mask.device
     whole = generator.config.spatial_dims == 3
@@ -180,18 +190,17 @@ def _screen(privacy_filter, generator, cond: Conditions, labels: np.ndarray, sta
         return drawn[which] if whole else drawn
 
     stack, screening = privacy_filter.screen(stack, labels, seed, redraw, whole=whole)
+    if screened is not None:
+        screened(seed, screening)
     if screening.refused:
-        first, more = screening.refused[0], len(screening.refused) - 1
         raise PrivacyFilterRefusal(
-            f"seed {seed}: slice {first}{f' (and {more} more)' if more else ''} still re-identifies a training "
-            f"patient after {privacy_filter.retries} redraws (embedding distance below the threshold "
-            f"{privacy_filter.threshold:.3g}); this model reproduces a training patient's scan for this mask, so "
-            "the image is withheld: use a model trained with DP, another mask, or more --privacy-retries",
-            path=path)
-    redrawn = sum(s != seed for s in screening.seeds)
+            f"seed {seed}: the image still re-identifies a training patient after {privacy_filter.retries} redraws "
+            f"(embedding distance below the threshold {privacy_filter.threshold:.3g}); this model reproduces a "
+            "training patient's scan for this mask, so the image is withheld: use a model trained with DP, another "
+            "mask, or more --privacy-retries", path=path)
+    rate = privacy_filter.false_match_rate
     return stack, {"privacy_filter": f"{privacy_filter.threshold:.6g}",
-                   "privacy_false_match_rate": f"{privacy_filter.false_match_rate:.4g}",
-                   "privacy_rejected": screening.rejected, "privacy_redrawn_slices": redrawn}
+                   "privacy_false_match_rate": NOT_MEASURABLE if rate is None else f"{rate:.4g}"}
 
 
 @torch.no_grad()

@@ -22,6 +22,9 @@ from CMRSynthLib.gui.reader_tab import ReaderStudyTab
 from CMRSynthLib.gui.widgets import JobBox, JobContext, LossPlot, PathField, pixmap_from_gray
 
 IMAGE_FILTER = "Images (*.nii.gz *.nii *.nrrd *.mha *.mhd)"
+IMAGE_KINDS = ("synthetic", "restyled")  # the artefacts of a Generate or Restyle job that are images
+PRIVACY_FILTER_TEXT = "Privacy filter: redraw any image that re-identifies a training patient"
+PRIVACY_FILTER_DP_TEXT = PRIVACY_FILTER_TEXT + " (its images would no longer be covered by this DP model's ε alone)"
 
 
 def _spin(minimum: int, maximum: int, value: int, *, special: str = "") -> "QtWidgets.QSpinBox":
@@ -146,8 +149,7 @@ class GenerateTab(QtWidgets.QWidget):
         form.addRow("Vendor style:", self.vendor)
         form.addRow("Count:", self.count)
         form.addRow("Seed:", self.seed)
-        self.privacy_filter = QtWidgets.QCheckBox("Privacy filter: redraw any image that re-identifies a training "
-                                                  "patient")
+        self.privacy_filter = QtWidgets.QCheckBox(PRIVACY_FILTER_TEXT)
         form.addRow("Privacy:", self.privacy_filter)
         form.addRow("Output folder:", self.out)
         self.advanced_toggle = QtWidgets.QToolButton()
@@ -209,16 +211,20 @@ class GenerateTab(QtWidgets.QWidget):
         self.runner.stop()
 
     def _fill_privacy_filter(self) -> None:
-        """Offered when the model has a re-identification model beside it; on by default unless it has DP."""
-        from CMRSynthLib.reid import reid_path
+        """Offered when the model has a re-identification model beside it; on by default unless the model has DP
+        (its card has a privacy ledger), where it would take the images outside the DP guarantee."""
+        from CMRSynthLib.reid import DP_NOTE, reid_path
 
         info = self.model.info()
         available = info is not None and reid_path(info.path).is_dir()
+        dp = info is not None and info.card.get("privacy") is not None
         self.privacy_filter.setEnabled(available)
-        self.privacy_filter.setChecked(available and info.epsilon is None)
+        self.privacy_filter.setChecked(available and not dp)
+        self.privacy_filter.setText(PRIVACY_FILTER_DP_TEXT if available and dp else PRIVACY_FILTER_TEXT)
         self.privacy_filter.setToolTip(
             "Checks every slice against the model's training patients and draws again what re-identifies one "
-            "(cmrsynth sample --privacy-filter)" if available else
+            "(cmrsynth sample --privacy-filter). What it did to each image goes to a private log beside the output "
+            f"folder, never into the images.\n\n{DP_NOTE}" if available else
             "This model has no re-identification model beside it: build one with cmrsynth reid --model <model> "
             "--data <its training cohort>")
 
@@ -272,7 +278,7 @@ class GenerateTab(QtWidgets.QWidget):
         self.results.addItem(item)
 
     def _finished(self, status, _payload) -> None:
-        images = [path for path, kind in status.artefacts if kind != "mask"]
+        images = [path for path, kind in status.artefacts if kind in IMAGE_KINDS]
         if status.state is JobState.DONE and images:
             from CMRSynthLib.data.volume import read_volume
 

@@ -4,8 +4,10 @@ The embedding is fitted on the generator's training patients (the card's ``membe
 ``<folder>.PRIVATE-membership.json`` beside a DP model; plus the training split's ``unused`` patients when the
 run trained on part of it), its gallery holds the members only, and its threshold is calibrated on patients it never
 saw (``--calibration``, default the checkpoint's validation split) at ``--false-match-rate``. It is written
-beside the checkpoint folder, ``<folder>.PRIVATE-reid/`` (or ``--out``), never inside it: it is computed from
-the private training images without DP (:mod:`CMRSynthLib.reid.model`).
+beside the checkpoint folder, ``<folder>.PRIVATE-reid/`` (or ``--out``), never inside it (an ``--out`` in the
+model folder, the folder itself, a folder holding it or any other folder it would replace is refused): it is
+computed from the private training images without DP (:mod:`CMRSynthLib.reid.model`). With fewer calibration slices than 1 / rate the threshold's
+false-match rate cannot be measured and is reported so (None in the result), never as 0%.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="checkpoint folder or starter name")
     parser.add_argument("--data", required=True, help="the cohort the model was trained on")
     parser.add_argument("--out", default=None, help="where to write it (default: <model folder>.PRIVATE-reid beside "
-                                                    "the checkpoint folder)")
+                                                    "the checkpoint folder; never inside the model folder, which is "
+                                                    "shareable)")
     parser.add_argument("--calibration", default="validation",
                         help="held-out patients to calibrate the threshold on: a split of the checkpoint (validation, "
                              "holdout, validation+holdout), a file of ids or comma-separated ids (default: validation)")
@@ -40,6 +43,7 @@ def run(args, progress) -> int:
     from CMRSynthLib.data.preprocess import PreprocessConfig
     from CMRSynthLib.errors import InputError
     from CMRSynthLib.reid.embedding import ReidConfig
+    from CMRSynthLib.reid.filter import measured_false_match_rate, not_measurable
     from CMRSynthLib.reid.model import build_reid, format_rate, reid_path, save_reid
     from CMRSynthLib.training.checkpoint import read_checkpoint
     from CMRSynthLib.training.distributed import World
@@ -49,6 +53,8 @@ def run(args, progress) -> int:
     device = resolve_device(args.device, World())
     contents = read_checkpoint(args.model)
     card, folder = contents.card, contents.path
+    out = Path(args.out) if args.out else reid_path(folder)
+    check_out(out, folder)
     splits = known_splits(card, folder)
     members = splits["members"]
     calibration = patient_list(args.calibration, flag="--calibration", splits=splits)
@@ -74,13 +80,35 @@ def run(args, progress) -> int:
                        simulated=all(r.simulated for r in cohort.records),
                        callback=lambda step, total, loss: progress.update(step, loss=loss) if step % 10 == 0 or
                        step == total else None)
-    out = save_reid(model, Path(args.out) if args.out else reid_path(folder))
+    out = save_reid(model, out)
     progress.artefact(str(out), "reid")
     calibration_record = model.record["calibration"]
     fmr, tmr = calibration_record["false_match_rate"], calibration_record["true_match_rate"]
-    print(f"threshold {model.threshold:.4g}: false-match rate {format_rate(fmr)} on {calibration_record['slices']} slices "
-          f"of {calibration_record['patients']} held-out patients; true-match rate {format_rate(tmr)}")
-    progress.done(out=str(out), threshold=model.threshold, false_match_rate=fmr["value"],
-                  true_match_rate=tmr["value"])
+    slices = calibration_record["slices"]
+    rate = measured_false_match_rate(model.calibration_distances, model.threshold)
+    rate_text = (f"{format_rate(fmr)} on {slices} slices" if rate is not None else
+                 not_measurable(slices, args.false_match_rate))
+    print(f"threshold {model.threshold:.4g} ({calibration_record['patients']} held-out patients): false-match rate "
+          f"{rate_text}; true-match rate {format_rate(tmr)}")
+    progress.done(out=str(out), threshold=model.threshold, false_match_rate=rate, true_match_rate=tmr["value"])
     return 0
+
+
+def check_out(out: Path, model_folder: Path) -> None:
+    """Refuse an ``--out`` that would put the private re-identification model in the shareable model folder (or
+    be that folder, or replace a folder holding it), or replace a folder that is not a re-identification model."""
+    from CMRSynthLib.errors import InputError
+    from CMRSynthLib.reid.model import RECORD
+
+    target, model = out.resolve(), model_folder.resolve()
+    if target == model or model in target.parents:
+        raise InputError(f"--out {out} is inside the model folder {model_folder}, which is shared with the model; "
+                         "the re-identification model is private: omit --out to write it beside the folder")
+    if target in model.parents:
+        raise InputError(f"--out {out} holds the model folder {model_folder}; writing there would replace it")
+    if target.is_dir() and any(target.iterdir()) and not (target / RECORD).is_file():
+        raise InputError(f"--out {out} is a folder that is not a re-identification model (no {RECORD}); writing "
+                         "there would replace it: choose a new folder")
+    if target.exists() and not target.is_dir():
+        raise InputError(f"--out {out} is a file; choose a new folder")
 

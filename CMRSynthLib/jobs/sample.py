@@ -8,9 +8,13 @@ the anatomy starter matching the model's data: ``acdc-anatomy`` or ``phantom-ana
 
 ``--privacy-filter [THRESHOLD]`` checks every generated slice against the model's training patients with its
 re-identification model (``cmrsynth reid``; :mod:`CMRSynthLib.reid.filter`) and draws again what
-re-identifies one; each image gets a sidecar ``<image name>.privacy.json`` (threshold, its false-match rate,
-rejected draws) and ``cmrsynth_privacy_*`` header keys. An image still re-identifying a training patient
-after ``--privacy-retries`` redraws is withheld and the run stops (exit code 2), naming the mask.
+re-identifies one. Each image gets a sidecar ``<image name>.privacy.json`` and ``cmrsynth_privacy_*`` header
+keys saying only what is true of every image alike (the threshold and its false-match rate); what the filter
+did to each image (rejected draws, redrawn slices) would tell whether its mask's patient was a training
+patient, so it goes to the owner-only ``<out>.PRIVATE-filter-log.jsonl`` beside the output folder. An image
+still re-identifying a training patient after ``--privacy-retries`` redraws is withheld and the run stops
+(exit code 2), naming the mask. On a DP model the filter steps outside the DP guarantee
+(:data:`CMRSynthLib.reid.DP_NOTE`): the run warns, and every sidecar says so.
 """
 
 from __future__ import annotations
@@ -23,6 +27,9 @@ HELP = "generate synthetic images from masks (or new anatomy) with a trained or 
 FORMATS = {"nifti": ".nii.gz", "nrrd": ".nrrd", "dicom": ""}
 CALIBRATED = "calibrated"  # --privacy-filter without a value: the re-identification model's own threshold
 SIDECAR = ".privacy.json"
+SIDECAR_MEANING = ("Every slice of this image was checked with the generator's re-identification model and drawn "
+                   "again while it lay closer than the threshold to a training patient's slice; every image of the "
+                   "run was filtered alike. What the filter did to this image is not recorded in shared outputs.")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,7 +61,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     privacy.add_argument("--privacy-filter", nargs="?", const=CALIBRATED, default=None, metavar="THRESHOLD",
                          help="redraw every slice that re-identifies a training patient (the model's re-identification "
                               "model, built by cmrsynth reid); THRESHOLD: an embedding distance (default: the calibrated "
-                              "one, at its false-match rate)")
+                              "one, at its false-match rate). What it did to each image goes to the owner-only "
+                              "<out>.PRIVATE-filter-log.jsonl beside --out, never into the images. Off by default. "
+                              "On a DP model: the filter reads the private training images (the re-identification "
+                              "gallery) outside DP-SGD, so the filtered images are no longer covered by the model's ε "
+                              "alone; the filter itself has no formal guarantee")
     privacy.add_argument("--reid", default=None,
                          help="re-identification model folder (default: <model folder>.PRIVATE-reid beside the model)")
     privacy.add_argument("--privacy-retries", type=int, default=None,
@@ -118,6 +129,7 @@ def stem(path: Path) -> str:
 def run(args, progress) -> int:
     from CMRSynthLib.data.volume import read_volume
     from CMRSynthLib.errors import InputError
+    from CMRSynthLib.reid.filter import FilterLog
     from CMRSynthLib.synthesis import conditions, prepare, synthesize, tokens
     from CMRSynthLib.training.checkpoint import load_checkpoint
     from CMRSynthLib.training.loop import resolve_device
@@ -145,27 +157,37 @@ def run(args, progress) -> int:
         _check_writable(volume, args.format, path)
 
     progress.start("sample", total=len(masks) * args.count, model=card["model_id"], masks=len(masks))
-    rejected = 0
+    log = None
+    if privacy_filter is not None:
+        _warn_outside_dp(card, progress)
+        log = FilterLog(out)
+        log.start(privacy_filter, model_id=card["model_id"])
     for number, (name, volume, path) in enumerate(masks):
         done = number * args.count
         images = synthesize(generator, card, volume, vendor=args.vendor, phase=args.phase, group=args.group,
                             seed=args.seed, steps=args.steps, sampler=args.sampler, guidance=args.guidance,
                             count=args.count, path=path, precision=args.precision, privacy_filter=privacy_filter,
+                            screened=_recorder(log, name, path, args),
                             callback=lambda d, t, base=done, label=name: progress.update(
                                 base + d * args.count // t, message=f"{label}: step {d} of {t}"))
         for index, image in enumerate(images):
-            base = f"{name}_synth_{safe_word(args.vendor)}_{args.seed + index}"
-            target = out / f"{base}{FORMATS[args.format]}"
+            target = out / image_name(name, args.vendor, args.seed + index, args.format)
             _write(image, target, args.format)
             progress.artefact(str(target), "synthetic")
             if privacy_filter is not None:
-                rejected += int(image.metadata["cmrsynth_privacy_rejected"])
-                progress.artefact(str(_write_sidecar(out / f"{base}{SIDECAR}", target, image, privacy_filter)),
-                                  "privacy-record")
-    result = {} if privacy_filter is None else {"privacy_filter": {"threshold": privacy_filter.threshold,
-                                                                   "rejected_draws": rejected}}
+                sidecar = out / (image_name(name, args.vendor, args.seed + index, None) + SIDECAR)
+                progress.artefact(str(_write_sidecar(sidecar, target, privacy_filter, card)), "privacy-record")
+    result = {}
+    if privacy_filter is not None:
+        progress.artefact(str(log.path), "private-log")
+        result = {"privacy_filter": privacy_filter.describe()}
     progress.done(out=str(out), images=len(masks) * args.count, **result)
     return 0
+
+
+def image_name(mask_name: str, vendor: str | None, seed: int, fmt: str | None) -> str:
+    """``<mask name>_synth_<vendor>_<seed>`` with the suffix of ``fmt`` (None: no suffix)."""
+    return f"{mask_name}_synth_{safe_word(vendor)}_{seed}{FORMATS[fmt] if fmt else ''}"
 
 
 def _privacy_filter(args, card: dict):
@@ -191,17 +213,48 @@ def _privacy_filter(args, card: dict):
     return PrivacyFilter.of(reid, threshold, retries)
 
 
-def _write_sidecar(path: Path, target: Path, image, privacy_filter) -> Path:
-    """The privacy filter's record of one image, as JSON beside it (written atomically)."""
+def _warn_outside_dp(card: dict, progress) -> None:
+    """Say, before any image is drawn, that a DP model's filtered images leave its guarantee."""
+    from CMRSynthLib.reid import DP_NOTE
+
+    if card.get("privacy") is not None:
+        progress.warning(f"--privacy-filter on a model trained with DP ({_guarantee(card)}). {DP_NOTE}")
+
+
+def _recorder(log, name: str, mask: Path, args):
+    """``synthesize``'s ``screened`` callback: every draw for ``mask`` into the private ``log`` (None: no filter)."""
+    if log is None:
+        return None
+    return lambda seed, screening: log.record(screening, image=image_name(name, args.vendor, seed, args.format),
+                                              mask=mask, seed=seed)
+
+
+def _guarantee(card: dict) -> str:
+    """A DP model's per-patient guarantee in words: "ε = 8 and δ = 1e-05 per patient"."""
+    from CMRSynthLib.training.ledger import patient_level
+
+    epsilon, delta = patient_level(card["privacy"])
+    if epsilon is None:
+        return "its ledger states no patient-level ε"
+    return f"ε = {epsilon:.3g}" + (f" and δ = {delta:.1e}" if delta is not None else "") + " per patient"
+
+
+def _write_sidecar(path: Path, target: Path, privacy_filter, card: dict) -> Path:
+    """The privacy filter's shared record of one image, as JSON beside it (written atomically): only what is
+    true of every image of the run alike, and for a DP model what the filter does to its guarantee."""
     import json
 
     from CMRSynthLib.files import atomic_write_text
+    from CMRSynthLib.reid import DP_NOTE
+    from CMRSynthLib.training.ledger import patient_level
 
-    record = {"format": "cmrsynth-privacy-filter", "image": target.name, "filter": privacy_filter.describe(),
-              "seed": int(image.metadata["cmrsynth_seed"]),
-              "rejected_draws": int(image.metadata["cmrsynth_privacy_rejected"]),
-              "redrawn_slices": int(image.metadata["cmrsynth_privacy_redrawn_slices"])}
-    atomic_write_text(path, json.dumps(record, indent=1))
+    record = {"format": "cmrsynth-privacy-filter", "version": 2, "image": target.name,
+              "filter": privacy_filter.describe(), "meaning": SIDECAR_MEANING}
+    if card.get("privacy") is not None:
+        epsilon, delta = patient_level(card["privacy"])
+        record["differential_privacy"] = {"model_epsilon": epsilon, "model_delta": delta,
+                                          "covers_these_images": False, "note": DP_NOTE}
+    atomic_write_text(path, json.dumps(record, indent=1, ensure_ascii=False))
     return path
 
 

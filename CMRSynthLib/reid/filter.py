@@ -7,11 +7,23 @@ draw); a 3D model redraws the whole volume. A slice still rejected after ``retri
 the model reproduces a training patient for that mask, and the caller withholds the image
 (:func:`CMRSynthLib.synthesis.synthesize` raises :class:`PrivacyFilterRefusal`). Everything is
 deterministic: the same seed gives the same images, rejections and refusals.
+
+What the filter did to one image (how many draws it rejected, which slices it redrew) tells whoever reads it
+whether the mask's patient was a training patient: a memorising model's member masks are rejected almost
+always, other masks at the false-match rate. So shared outputs carry only what is true of every image alike
+(:meth:`PrivacyFilter.describe`: the threshold and its false-match rate), and the counts go to ONE private log
+beside the output folder, ``<out>.PRIVATE-filter-log.jsonl`` (:class:`FilterLog`: owner-only, one JSON line
+per screened draw, appended).
 """
 
 from __future__ import annotations
 
+import datetime
+import json
+import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -20,6 +32,12 @@ from CMRSynthLib.errors import InputError
 from CMRSynthLib.reid.model import ReidModel
 
 DEFAULT_RETRIES = 4
+LOG_SUFFIX = ".PRIVATE-filter-log.jsonl"
+LOG_FORMAT = "cmrsynth-privacy-filter-log"
+LOG_NOTE = ("What the privacy filter did to each image (rejected draws, redrawn and refused slices): it tells "
+            "whether a mask's patient was a training patient. Keep it inside the hospital; never share it with the "
+            "images.")
+NOT_MEASURABLE = "not measurable"
 
 
 class PrivacyFilterRefusal(InputError):
@@ -32,6 +50,23 @@ def redraw_seed(seed: int, attempt: int) -> int:
     if attempt < 1:
         raise ValueError(f"attempt must be 1 or more, got {attempt}")
     return int(np.random.SeedSequence([int(seed) % 2 ** 63, int(attempt)]).generate_state(1)[0])
+
+
+def measured_false_match_rate(calibration_distances: np.ndarray, threshold: float) -> float | None:
+    """The share of the ``(M,)`` held-out calibration slices' nearest-gallery distances below ``threshold`` (each
+    a false match), or None when there is none: with M slices a rate below 1/M cannot be observed, so no false
+    match measures nothing, not 0%. For the calibrated threshold (the ⌊rate·M⌋-th distance) that is exactly
+    M < 1/rate, the rule :func:`CMRSynthLib.audit.stats.tpr_measurable` applies to the TPR at a low FPR."""
+    matches = int(np.count_nonzero(np.asarray(calibration_distances) < threshold))
+    return matches / len(calibration_distances) if matches else None
+
+
+def not_measurable(slices: int, rate: float | None = None) -> str:
+    """Why a false-match rate is None, in words: "not measurable with 50 calibration slices (a 1.0% rate needs
+    at least 100)" (the bracket only for a target ``rate``). For the operator, never for a shared output: it
+    counts the held-out slices."""
+    needs = f" (a {rate:.1%} rate needs at least {math.ceil(1 / rate - 1e-9)})" if rate else ""
+    return f"{NOT_MEASURABLE} with {slices} calibration slices{needs}"
 
 
 @dataclass(frozen=True)
@@ -72,16 +107,19 @@ class PrivacyFilter:
         return cls(reid, reid.threshold if threshold is None else float(threshold), retries)
 
     @property
-    def false_match_rate(self) -> float:
-        """The held-out calibration slices' false-match rate at this threshold."""
-        return self.reid.false_match_rate_at(self.threshold)
+    def false_match_rate(self) -> float | None:
+        """The held-out calibration slices' false-match rate at this threshold (None: not measurable, see
+        :func:`measured_false_match_rate`)."""
+        return measured_false_match_rate(self.reid.calibration_distances, self.threshold)
 
     def describe(self) -> dict:
-        """What a header and a sidecar record about the filter."""
-        return {"threshold": self.threshold, "false_match_rate": self.false_match_rate, "retries": self.retries,
-                "calibrated_threshold": self.reid.threshold,
-                "calibration": {k: self.reid.record["calibration"][k] for k in ("split", "patients", "slices")},
-                "generator_model_id": self.reid.record["generator"]["model_id"]}
+        """What a shared output (sidecar, done event) may say about the filter: only what is true of every image
+        of the run alike. No count of anything: not of the image's rejected draws, nor of the held-out patients
+        or slices (a false-match rate that is not measurable is None, with a note that does not count them)."""
+        described = {"threshold": self.threshold, "false_match_rate": self.false_match_rate}
+        if described["false_match_rate"] is None:
+            described["false_match_rate_note"] = f"{NOT_MEASURABLE}: too few held-out calibration slices"
+        return described
 
     def screen(self, stack: np.ndarray, labels: np.ndarray, seed: int,
                redraw: Callable[[np.ndarray, int], np.ndarray], *, whole: bool) -> tuple[np.ndarray, Screening]:
@@ -114,3 +152,43 @@ class PrivacyFilter:
         if refused:
             rejected += 1 if whole else len(refused)
         return stack, Screening(rejected, rounds, refused, float(distances.min()), tuple(int(s) for s in seeds))
+
+
+class FilterLog:
+    """The private log of a filtered run's counts, ``<out>.PRIVATE-filter-log.jsonl`` beside the output folder.
+
+    One JSON object per line: a ``run`` line (model, threshold, when), then an ``image`` line per screened draw
+    (:meth:`record`). Runs into the same folder append to the same log. The file is created owner-only (0600)
+    and made so again if it was not; every line is one ``write`` to a file opened for appending, so lines of a
+    cancelled run are whole.
+    """
+
+    def __init__(self, out: str | os.PathLike):
+        self.out = Path(os.path.abspath(out))
+        self.path = self.out.with_name(self.out.name + LOG_SUFFIX)
+
+    def start(self, privacy_filter: PrivacyFilter, *, model_id: str) -> None:
+        """The ``run`` line: what every ``image`` line after it was screened with."""
+        self._append({"event": "run", "format": LOG_FORMAT, "note": LOG_NOTE, "out": str(self.out),
+                      "model": model_id, "retries": privacy_filter.retries,
+                      "calibration_slices": len(privacy_filter.reid.calibration_distances),
+                      **privacy_filter.describe()})
+
+    def record(self, screening: Screening, *, image: str, mask: str | os.PathLike, seed: int) -> None:
+        """An ``image`` line: the draw seeded ``seed`` for ``mask`` (written as ``image`` unless withheld)."""
+        redrawn = [index for index, kept in enumerate(screening.seeds) if kept != seed]
+        self._append({"event": "image", "image": image, "mask": os.fspath(mask), "seed": int(seed),
+                      "withheld": bool(screening.refused), "rejected_draws": screening.rejected,
+                      "redrawn_slices": redrawn, "refused_slices": list(screening.refused),
+                      "rounds": screening.rounds, "min_distance": screening.min_distance})
+
+    def _append(self, entry: dict) -> None:
+        line = json.dumps({"time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                           **entry}) + "\n"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.fchmod(descriptor, 0o600)
+            os.write(descriptor, line.encode("utf-8"))
+        finally:
+            os.close(descriptor)

@@ -85,6 +85,26 @@ def test_threshold_rule_on_known_distances():
         calibrate_threshold(distances, 0.0)
 
 
+def test_a_false_match_rate_below_one_calibration_slice_is_not_measurable(reid):
+    """With M calibration slices a rate below 1/M cannot be seen: no false match is "not measurable", never 0%
+    (for the calibrated threshold exactly when M < 1/rate); a filter on such a threshold says so, without
+    counting the held-out slices or patients."""
+    from CMRSynthLib.reid.filter import PrivacyFilter, measured_false_match_rate, not_measurable
+    from CMRSynthLib.reid.model import calibrate_threshold
+
+    distances = np.arange(1.0, 201.0)
+    assert measured_false_match_rate(distances, calibrate_threshold(distances, 0.01)) == 0.01  # 2 of 200
+    assert measured_false_match_rate(distances[:99], calibrate_threshold(distances[:99], 0.01)) is None
+    assert measured_false_match_rate(distances[:100], calibrate_threshold(distances[:100], 0.01)) == 0.01
+    assert not_measurable(99, 0.01) == "not measurable with 99 calibration slices (a 1.0% rate needs at least 100)"
+    described = PrivacyFilter.of(reid).describe()  # 3 held-out patients: far fewer than 100 slices
+    assert described == {"threshold": reid.threshold, "false_match_rate": None,
+                         "false_match_rate_note": "not measurable: too few held-out calibration slices"}
+    higher = PrivacyFilter.of(reid, threshold=float(reid.calibration_distances[-1]))
+    assert higher.describe() == {"threshold": higher.threshold, "false_match_rate": pytest.approx(
+        (len(reid.calibration_distances) - 1) / len(reid.calibration_distances))}
+
+
 def test_save_and_load_round_trip_private_beside_the_model(reid, split, tmp_path):
     from CMRSynthLib.reid.model import find_reid, load_reid, reid_path, save_reid
 
