@@ -1,9 +1,13 @@
 """``cmrsynth reid``: build a model's re-identification model, which ``cmrsynth sample --privacy-filter`` uses.
 
-The embedding is fitted on the generator's training patients (the card's ``members``, or the
-``<folder>.PRIVATE-membership.json`` beside a DP model; plus the training split's ``unused`` patients when the
-run trained on part of it), its gallery holds the members only, and its threshold is calibrated on patients it never
-saw (``--calibration``, default the checkpoint's validation split) at ``--false-match-rate``. It is written
+The gallery holds every patient the model's lineage trained on: its own members (the card's ``members``, or the
+``<folder>.PRIVATE-membership.json`` beside a DP model) and those of every model it was fine-tuned from
+(:func:`~CMRSynthLib.training.membership.lineage`), found in ``--data`` or in the ``--lineage-data`` cohorts. A
+lineage whose patients are not known here, or not all found, is refused: a filter that cannot look for a patient
+the model descends from would pass that patient's look-alikes unscreened. The embedding is fitted on the gallery's
+patients (plus the training split's ``unused`` patients when the run trained on part of it), and its threshold is
+calibrated on patients no model of the lineage saw (``--calibration``, default the checkpoint's validation split)
+at ``--false-match-rate``. It is written
 beside the checkpoint folder, ``<folder>.PRIVATE-reid/`` (or ``--out``), never inside it (an ``--out`` in the
 model folder, the folder itself, a folder holding it or any other folder it would replace is refused): it is
 computed from the private training images without DP (:mod:`CMRSynthLib.reid.model`). With fewer calibration slices than 1 / rate the threshold's
@@ -22,6 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--model", required=True, help="checkpoint folder or starter name")
     parser.add_argument("--data", required=True, help="the cohort the model was trained on")
+    parser.add_argument("--lineage-data", action="append", default=[], metavar="DIR",
+                        help="a cohort holding patients that the models it was fine-tuned from (--init, ...) trained "
+                             "on, when --data does not (repeatable); the filter screens for every one of them")
     parser.add_argument("--out", default=None, help="where to write it (default: <model folder>.PRIVATE-reid beside "
                                                     "the checkpoint folder; never inside the model folder, which is "
                                                     "shareable)")
@@ -48,7 +55,7 @@ def run(args, progress) -> int:
     from CMRSynthLib.training.checkpoint import read_checkpoint
     from CMRSynthLib.training.distributed import World
     from CMRSynthLib.training.loop import resolve_device
-    from CMRSynthLib.training.membership import known_splits
+    from CMRSynthLib.training.membership import known_splits, lineage
 
     device = resolve_device(args.device, World())
     contents = read_checkpoint(args.model)
@@ -56,26 +63,34 @@ def run(args, progress) -> int:
     out = Path(args.out) if args.out else reid_path(folder)
     check_out(out, folder)
     splits = known_splits(card, folder)
-    members = splits["members"]
     calibration = patient_list(args.calibration, flag="--calibration", splits=splits)
     cohort = open_cohort(args.data)
     present = set(cohort.patients())
-    for what, ids in (("training", members), ("calibration", calibration)):
+    chain = lineage(card, folder)
+    gallery = gallery_patients(chain, folder)
+    seen_calibration = sorted(set(calibration) & set(gallery))
+    if seen_calibration:
+        raise InputError(f"{len(seen_calibration)} calibration patients ({', '.join(seen_calibration[:3])}) were "
+                         "trained on by a model of its lineage; calibrate on patients none of them saw "
+                         "(--calibration)", path=folder)
+    for what, ids in (("training", splits["members"]), ("calibration", calibration)):
         if not present & set(ids):
             raise InputError(f"none of the model's {len(ids)} {what} patients ({', '.join(ids[:3])}, ...) is in the "
                              "data; is --data the cohort this model was trained on?", path=args.data)
-        if not set(ids) <= present:
-            progress.warning(f"{len(set(ids) - present)} of {len(ids)} {what} patients are not in the data")
+    if not set(calibration) <= present:
+        progress.warning(f"{len(set(calibration) - present)} of {len(calibration)} calibration patients are not in "
+                         "the data")
     preprocessing = PreprocessConfig.from_dict(card["preprocessing"])
     progress.start("reid: reading slices", None)
-    member_slices = load_slices(cohort, [p for p in members if p in present], preprocessing, what="training")
-    unused = [p for p in splits["unused"] if p in present]
+    member_slices = gallery_slices(gallery, [cohort, *map(open_cohort, args.lineage_data)], preprocessing)
+    unused = [p for p in splits["unused"] if p in present and p not in gallery]
     others = load_slices(cohort, unused, preprocessing, what="unused training") if unused else None
     held_out = load_slices(cohort, [p for p in calibration if p in present], preprocessing, what="calibration")
     config = ReidConfig(size=member_slices.shape, steps=args.steps, seed=args.seed)
     progress.start("reid: contrastive training", config.steps, model=card.get("model_id"),
                    patients=len(member_slices.patient_ids()) + len(unused), slices=len(member_slices))
     model = build_reid(card, member_slices, held_out, others=others, config=config,
+                       lineage=[ancestor.model_id for ancestor in chain],
                        false_match_rate=args.false_match_rate, calibration_split=args.calibration, device=device,
                        simulated=all(r.simulated for r in cohort.records),
                        callback=lambda step, total, loss: progress.update(step, loss=loss) if step % 10 == 0 or
@@ -92,6 +107,42 @@ def run(args, progress) -> int:
           f"{rate_text}; true-match rate {format_rate(tmr)}")
     progress.done(out=str(out), threshold=model.threshold, false_match_rate=rate, true_match_rate=tmr["value"])
     return 0
+
+
+def gallery_patients(chain, folder) -> list[str]:
+    """Every patient a model of ``chain`` (:func:`~CMRSynthLib.training.membership.lineage`) trained on; refused
+    when some model's patients are not known here."""
+    from CMRSynthLib.errors import InputError
+    from CMRSynthLib.training.membership import membership_path
+
+    unknown = [ancestor.model_id for ancestor in chain if ancestor.members is None]
+    if unknown:
+        raise InputError(f"whom {', '.join(unknown)} of the model's lineage trained on is not known here (is "
+                         f"{membership_path(folder).name} beside the folder?): a filter built without them could not "
+                         "screen for those patients", path=folder)
+    return sorted(set().union(*(ancestor.members for ancestor in chain)))
+
+
+def gallery_slices(patients: list[str], cohorts: list, preprocessing) -> "Slices":
+    """The slices of ``patients``, each from the first of ``cohorts`` that holds it; refused when one is in none
+    (a re-identification model must look for every patient of the lineage)."""
+    from CMRSynthLib.audit.run import load_slices
+    from CMRSynthLib.audit.slices import Slices
+    from CMRSynthLib.errors import InputError
+
+    parts, left = [], set(patients)
+    for cohort in cohorts:
+        found = sorted(left & set(cohort.patients()))
+        if found:
+            parts.append(load_slices(cohort, found, preprocessing, what="training"))
+            left -= set(found)
+    if left:
+        missing = sorted(left)
+        raise InputError(f"{len(missing)} of the {len(patients)} patients that the model and the models it was "
+                         f"fine-tuned from trained on are in no cohort given ({', '.join(missing[:3])}, ...): the "
+                         "filter could not screen for them; give the cohorts holding them with --data / "
+                         "--lineage-data")
+    return Slices.cat(parts)
 
 
 def check_out(out: Path, model_folder: Path) -> None:

@@ -148,11 +148,13 @@ class ReidModel:
 def build_reid(card: dict, members: Slices, calibration: Slices, *, others: Slices | None = None,
                config: ReidConfig | None = None,
                false_match_rate: float = DEFAULT_FALSE_MATCH_RATE, calibration_split: str = "validation",
-               simulated: bool = False, device: str | torch.device = "cpu", n_boot: int = 1000,
+               lineage: list[str] | None = None, simulated: bool = False, device: str | torch.device = "cpu",
+               n_boot: int = 1000,
                callback: Callable[[int, int, float], None] | None = None) -> ReidModel:
-    """Fit the embedding on ``members`` (the generator's training patients) and ``others`` (the unused rest of
-    its training split, if any; never in the gallery), calibrate it on ``calibration`` (patients it never saw)
-    → a :class:`ReidModel` for the generator ``card`` describes."""
+    """Fit the embedding on ``members`` (every patient the generator and the models of its ``lineage``, their
+    ``model_id``s, trained on) and ``others`` (the unused rest of its training split, if any; never in the
+    gallery), calibrate it on ``calibration`` (patients none of them saw) → a :class:`ReidModel` for the generator
+    ``card`` describes."""
     learners = members if others is None else Slices.cat([members, others])
     overlap = sorted(set(learners.patient_ids()) & set(calibration.patient_ids()))
     if overlap:
@@ -187,7 +189,7 @@ def build_reid(card: dict, members: Slices, calibration: Slices, *, others: Slic
         "format": FORMAT, "version": VERSION, "config": config.to_dict(), "threshold": threshold,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "generator": {"model_id": card.get("model_id"), "family": card.get("family"),
-                      "dp": card.get("privacy") is not None},
+                      "dp": card.get("privacy") is not None, "lineage": list(lineage or [card.get("model_id")])},
         "training": {"patients": len(members.patient_ids()), "slices": len(members), "steps": config.steps,
                      "unused_patients": len(learners.patient_ids()) - len(members.patient_ids()),
                      "final_loss": float(np.mean(losses[-20:])), "seconds": round(time.monotonic() - started, 1)},

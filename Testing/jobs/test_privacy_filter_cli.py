@@ -255,3 +255,31 @@ def test_reid_reports_an_unmeasurable_false_match_rate_as_such(run_cli, tiny_flo
             assert "false-match rate not measurable with 12 calibration slices (a 1.0% rate needs at least 100)" in stdout
         else:
             assert "false-match rate 25.0%" in stdout
+
+
+def test_reid_screens_the_whole_lineage_or_refuses(run_cli, tmp_path):
+    """Privacy integrity II item 8: the gallery held only the last run's members, so the patients a model saw
+    through --init were never screened (before: exit 0 with B's members alone). Now the gallery holds every
+    patient of the lineage, found in --data or --lineage-data, or the run is refused."""
+    from CMRSynthLib.data.phantom import write_phantom_cohort
+
+    public, private = (write_phantom_cohort(tmp_path / name, 6, seed=seed, shape=(4, 48, 48))
+                       for name, seed in (("public", 31), ("private", 32)))
+    common = ("--generator", "flow", "--batch-size", "2", "--device", "cpu", "--max-steps", "2", "--progress", "none")
+    assert run_cli("train", "--data", public, "--out", tmp_path / "A", "--preset", "tiny", "--image-size", "32",
+                   "--spacing", "5", *common)[0] == 0
+    code, _, err = run_cli("train", "--data", private, "--out", tmp_path / "B", "--init", tmp_path / "A", *common,
+                           "--dp", "--delta", "1e-2", "--max-grad-norm", "1", "--noise-multiplier", "1")
+    assert code == 0, err
+    reid = ("reid", "--model", tmp_path / "B", "--data", private, "--steps", "2", "--device", "cpu",
+            "--calibration", "validation+holdout")
+    code, _, err = run_cli(*reid, "--out", tmp_path / "r1")
+    assert code == 2 and "that the model and the models it was fine-tuned from trained on are in no cohort" in err
+    code, _, err = run_cli(*reid, "--out", tmp_path / "r2", "--lineage-data", public)
+    assert code == 0, err
+    record = json.loads((tmp_path / "r2" / "reid.json").read_text(encoding="utf-8"))
+    cards = [json.loads((tmp_path / name / "card.json").read_text(encoding="utf-8")) for name in "BA"]
+    assert record["generator"]["lineage"] == [card["model_id"] for card in cards]
+    a_members = len(cards[1]["members"])
+    b_members = len(json.loads(tmp_path.joinpath("B.PRIVATE-membership.json").read_text())["members"])
+    assert record["training"]["patients"] == a_members + b_members
