@@ -8,7 +8,9 @@ prepared field of view: the background value) and is scaled to the intensity ran
 cases had for that vendor (the card's ``intensity``: medians of the clip percentiles), so -1 ↦ lo, 1 ↦ hi.
 
 Randomness: sample ``i`` of ``count`` uses a ``torch.Generator`` seeded with ``seed + i``: the same seed
-gives the same image. Every volume carries a synthetic marker: ``descrip`` "SYNTHETIC CMRSynth <family>
+gives the same image. With the privacy filter the draw seeds are secret instead (the header says ``seed=secret``;
+:func:`~CMRSynthLib.reid.filter.secret_draw_seed`): a reproducible draw would show which slices were redrawn.
+Every volume carries a synthetic marker: ``descrip`` "SYNTHETIC CMRSynth <family>
 seed=S vendor=V model=<id>" (kept by NIfTI) and ``cmrsynth_*`` keys (kept by NRRD and MHA).
 
 Precision: ``precision="bf16"`` runs the network under bf16 autocast (convolutions and matmuls in bfloat16,
@@ -23,7 +25,8 @@ seed (:mod:`CMRSynthLib.reid.filter`); an image still re-identifying after the l
 (:class:`~CMRSynthLib.reid.filter.PrivacyFilterRefusal`). The header records only what is true of every
 filtered image alike: the threshold and its false-match rate (``cmrsynth_privacy_*``; NIfTI's ``descrip`` ends
 in "filtered" when it fits). What the filter did to one draw (rejections, redrawn slices) would tell whether
-the mask's patient was a training patient: it goes to the caller's ``screened`` callback, never into the image.
+the mask's patient was a training patient: it goes to the caller's ``screened`` callback (with the secret draw
+seed), never into the image.
 """
 
 from __future__ import annotations
@@ -115,7 +118,7 @@ def precision_context(precision: str, device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
-def marker(card: dict, *, seed: int, vendor: str | None, **extra) -> dict[str, str]:
+def marker(card: dict, *, seed: int | str, vendor: str | None, **extra) -> dict[str, str]:
     """Header fields that mark a volume as synthetic and say how it was made."""
     family, model = card["family"], card.get("model_id", "unknown")
     descrip = f"SYNTHETIC CMRSynth {family} seed={seed} vendor={vendor or ANY_VENDOR} model={model}"
@@ -137,8 +140,8 @@ def synthesize(generator, card: dict, mask: Volume, *, vendor: str | None, phase
     ``vendor``/``phase``/``group`` None means unconditional (the null token). ``callback(done, total)``
     counts network steps (as the generator reports them) over all ``count`` images. ``precision`` is
     ``"fp32"`` or ``"bf16"`` (see the module notes). ``privacy_filter`` screens every draw (module notes);
-    ``screened(seed, screening)`` then gets each draw's :class:`~CMRSynthLib.reid.filter.Screening`, a refused
-    one included (before the refusal is raised).
+    ``screened(index, seed, screening)`` then gets each image's secret draw seed and
+    :class:`~CMRSynthLib.reid.filter.Screening`, a refused one included (before the refusal is raised).
     Raises :class:`InputError` for a bad mask (naming ``path``), an unknown vendor/phase/group, or bad
     sampling options; :class:`~CMRSynthLib.reid.filter.PrivacyFilterRefusal` for a refused image.
     """
@@ -153,8 +156,11 @@ def synthesize(generator, card: dict, mask: Volume, *, vendor: str | None, phase
     cond = cond.to(device)
     lo, hi = intensity_range(card, vendor)
     volumes = []
+    if privacy_filter is not None:
+        from CMRSynthLib.reid.filter import secret_draw_seed
     for index in range(count):
-        rng = torch.Generator(device=device).manual_seed(seed + index)
+        draw_seed = seed + index if privacy_filter is None else secret_draw_seed()
+        rng = torch.Generator(device=device).manual_seed(draw_seed)
         relay = None if callback is None else (lambda done, total, i=index: callback(i * total + done, count * total))
         with precision_context(precision, device):
             images = generator.sample(cond, sampler=sampler, steps=steps, guidance=guidance, generator=rng,
@@ -162,13 +168,13 @@ def synthesize(generator, card: dict, mask: Volume, *, vendor: str | None, phase
         stack = _to_stack(images, generator, labels.shape[0], start)
         filter_fields = {}
         if privacy_filter is not None:
-            stack, filter_fields = _screen(privacy_filter, generator, cond, labels, start, stack, seed + index,
+            stack, filter_fields = _screen(privacy_filter, generator, cond, labels, start, stack, draw_seed,
                                            dict(sampler=sampler, steps=steps, guidance=guidance), precision,
-                                           screened, path)
+                                           screened and (lambda *drawn, i=index: screened(i, *drawn)), path)
         restored = transform.restore(stack, order=1, fill=-1.0).array
         scaled = (lo + (restored.astype(np.float64) + 1.0) * 0.5 * (hi - lo)).astype(np.float32)
         volumes.append(Volume(scaled, mask.ijk_to_ras, marker(
-            card, seed=seed + index, vendor=vendor, phase=phase, group=group, sampler=sampler, steps=steps,
+            card, seed=seed + index if privacy_filter is None else "secret", vendor=vendor, phase=phase, group=group, sampler=sampler, steps=steps,
             guidance=guidance, precision=precision, **filter_fields)))
     return volumes
 
@@ -194,7 +200,7 @@ def _screen(privacy_filter, generator, cond: Conditions, labels: np.ndarray, sta
         screened(seed, screening)
     if screening.refused:
         raise PrivacyFilterRefusal(
-            f"seed {seed}: the image still re-identifies a training patient after {privacy_filter.retries} redraws "
+            f"the image still re-identifies a training patient after {privacy_filter.retries} redraws "
             f"(embedding distance below the threshold {privacy_filter.threshold:.3g}); this model reproduces a "
             "training patient's scan for this mask, so the image is withheld: use a model trained with DP, another "
             "mask, or more --privacy-retries", path=path)

@@ -225,8 +225,8 @@ def _recorder(log, name: str, mask: Path, args):
     """``synthesize``'s ``screened`` callback: every draw for ``mask`` into the private ``log`` (None: no filter)."""
     if log is None:
         return None
-    return lambda seed, screening: log.record(screening, image=image_name(name, args.vendor, seed, args.format),
-                                              mask=mask, seed=seed)
+    return lambda index, seed, screening: log.record(
+        screening, image=image_name(name, args.vendor, args.seed + index, args.format), mask=mask, seed=seed)
 
 
 def _guarantee(card: dict) -> str:

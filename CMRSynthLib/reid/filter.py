@@ -5,8 +5,12 @@ than the threshold to some training patient's slice is *rejected* and drawn agai
 the draw's own (:func:`redraw_seed`). A 2D model redraws only the rejected slices (each slice is its own
 draw); a 3D model redraws the whole volume. A slice still rejected after ``retries`` redraws is *refused*:
 the model reproduces a training patient for that mask, and the caller withholds the image
-(:func:`CMRSynthLib.synthesis.synthesize` raises :class:`PrivacyFilterRefusal`). Everything is
-deterministic: the same seed gives the same images, rejections and refusals.
+(:func:`CMRSynthLib.synthesis.synthesize` raises :class:`PrivacyFilterRefusal`). Screening is deterministic:
+the same draw seed gives the same images, rejections and refusals.
+
+But a filtered run's draw seeds are secret (:func:`secret_draw_seed`), written only to the private log: with a
+reproducible first draw, anyone holding the shareable model and the mask could draw it again, compare it with the
+shared image and see which slices were redrawn, and so whether the mask's patient was a training patient.
 
 What the filter did to one image (how many draws it rejected, which slices it redrew) tells whoever reads it
 whether the mask's patient was a training patient: a memorising model's member masks are rejected almost
@@ -22,6 +26,7 @@ import datetime
 import json
 import math
 import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -50,6 +55,12 @@ def redraw_seed(seed: int, attempt: int) -> int:
     if attempt < 1:
         raise ValueError(f"attempt must be 1 or more, got {attempt}")
     return int(np.random.SeedSequence([int(seed) % 2 ** 63, int(attempt)]).generate_state(1)[0])
+
+
+def secret_draw_seed() -> int:
+    """The seed of one filtered draw, from the operating system's CSPRNG (:mod:`secrets`): never derived from
+    ``--seed``, written only to the private log (see the module notes)."""
+    return secrets.randbits(63)
 
 
 def measured_false_match_rate(calibration_distances: np.ndarray, threshold: float) -> float | None:

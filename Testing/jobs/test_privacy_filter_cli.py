@@ -86,8 +86,11 @@ def test_reid_is_written_where_asked_owner_only_with_its_calibration(reid_folder
     assert (reid_folder.stat().st_mode & 0o077) == 0 and not any(p.name.startswith("reid") for p in tiny_flow.iterdir())
 
 
-def test_filtered_sample_records_the_filter_and_is_reproducible(run_cli, tiny_flow, reid_folder, member_mask,  # noqa: F811
-                                                                  tmp_path):
+def test_filtered_sample_records_the_filter_and_draws_with_secret_seeds(run_cli, tiny_flow, reid_folder,  # noqa: F811
+                                                                        member_mask, tmp_path):
+    """The same --seed twice gives two different filtered images: a reproducible draw would let anyone holding
+    the model and the mask draw it again and see which slices the filter redrew (before: identical images). The
+    owner can redraw it: the private log holds the secret seed."""
     for folder in ("a", "b"):
         code, out, err = sample(run_cli, tiny_flow, member_mask, tmp_path / folder, "--privacy-filter",
                                 "--reid", reid_folder, "--seed", "3")
@@ -102,7 +105,16 @@ def test_filtered_sample_records_the_filter_and_is_reproducible(run_cli, tiny_fl
     header = sitk.ReadImage(str(image))
     assert float(header.GetMetaData("cmrsynth_privacy_filter")) == pytest.approx(threshold, rel=1e-5)
     assert header.GetMetaData("cmrsynth_privacy_false_match_rate") == "not measurable"
-    assert np.array_equal(read_volume(image).array, read_volume(tmp_path / "b" / image.name).array)
+    assert header.GetMetaData("cmrsynth_seed") == "secret" and "seed=secret" in header.GetMetaData("descrip")
+    assert not np.array_equal(read_volume(image).array, read_volume(tmp_path / "b" / image.name).array)
+    seeds = [entry["seed"] for folder in ("a", "b") for entry in private_log(tmp_path / folder)[1]
+             if entry["event"] == "image"]
+    assert len(set(seeds)) == 2 and 3 not in seeds
+    code, _, err = sample(run_cli, tiny_flow, member_mask, tmp_path / "owner", "--seed", str(seeds[0]))
+    assert code == 0, err
+    if not private_log(tmp_path / "a")[1][1]["redrawn_slices"]:  # nothing redrawn: the image is that first draw
+        redrawn = read_volume(next((tmp_path / "owner").glob("*.nrrd"))).array
+        assert np.array_equal(read_volume(image).array, redrawn)
 
 
 def test_shared_outputs_carry_no_count_and_the_private_log_holds_them(run_cli, tiny_flow, reid_folder,  # noqa: F811
@@ -155,7 +167,8 @@ def test_the_private_log_is_appended_and_kept_owner_only(run_cli, tiny_flow, rei
                               "--seed", seed)
         assert code == 0, err
     _, log = private_log(out)
-    assert [(e["event"], e.get("seed")) for e in log] == [("run", None), ("image", 0), ("run", None), ("image", 1)]
+    assert [e["event"] for e in log] == ["run", "image", "run", "image"]
+    assert [e["image"][-len("_0.nrrd"):] for e in log if e["event"] == "image"] == ["_0.nrrd", "_1.nrrd"]
     assert stat.S_IMODE(log_path.stat().st_mode) == 0o600
 
 
