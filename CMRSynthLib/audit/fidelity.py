@@ -1,7 +1,9 @@
 """Fidelity: how close synthetic images are to real ones, as a distribution and tissue by tissue.
 
-- Fréchet / kernel distance in a feature space (:mod:`.features`), with a bootstrap interval that resamples
-  patients of both sets, and the same distance between two *real* patient sets as the yardstick.
+- Fréchet / kernel distance in a feature space (:mod:`.features`), with an interval from half-samples of the
+  patients of both sets drawn without replacement (:func:`~.stats.half_sample_interval`; a bootstrap with
+  replacement repeats patients, which inflates these distances: its interval excluded its own estimate), and
+  the same distance between two *real* patient sets as the yardstick.
 - MS-SSIM between random pairs of images of different patients: a diversity measure (lower = more
   diverse); synthetic should be as diverse as real, not more alike (mode collapse).
 - Intensity statistics per tissue and vendor, real vs synthetic, including tissue outside the heart: a
@@ -14,7 +16,7 @@ import numpy as np
 
 from CMRSynthLib.audit.features import FeatureSpace, frechet_distance, kernel_distance
 from CMRSynthLib.audit.slices import Slices
-from CMRSynthLib.audit.stats import Estimate, bootstrap, small_sample_warning
+from CMRSynthLib.audit.stats import Estimate, bootstrap, half_sample_interval, small_sample_warning
 
 TISSUES = ("LV blood pool", "myocardium", "RV blood pool", "around the heart", "far from the heart")
 RING_MM = 10.0  # "around the heart": background within this distance of the heart
@@ -26,37 +28,51 @@ def _patient_index(slices: Slices) -> list[np.ndarray]:
 
 def feature_distances(space: FeatureSpace, real: Slices, synthetic: Slices, *, n_boot: int = 200,
                       seed: int = 0, features: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Estimate]:
-    """``FD-<space>`` and ``KD-<space>`` between real and synthetic slices, CIs by resampling patients.
+    """``FD-<space>`` and ``KD-<space>`` between real and synthetic slices, intervals from ``n_boot`` half-samples
+    of the patients of each set (:func:`~.stats.half_sample_interval`; 0: no interval).
 
     Features are standardised with the real set's mean and standard deviation first, so that no single
     channel's scale dominates (KID's cubic kernel is very sensitive to it). ``features`` may pass
-    precomputed ``(real (N, F), synthetic (M, F))`` features.
+    precomputed ``(real (N, F), synthetic (M, F))`` features. A Fréchet distance is never negative: its
+    interval is cut at 0.
     """
     fr, fs = features if features is not None else (space.encode(real.images), space.encode(synthetic.images))
-    mean, std = fr.mean(0), fr.std(0) + 1e-8
-    fr, fs = (fr - mean) / std, (fs - mean) / std
     groups_r, groups_s = _patient_index(real), _patient_index(synthetic)
     n_r, n_s = len(groups_r), len(groups_s)
 
-    def resampled(fn):
+    def standardised(fn, rows_r, rows_s):
+        mean, std = fr[rows_r].mean(0), fr[rows_r].std(0) + 1e-8
+        return fn((fr[rows_r] - mean) / std, (fs[rows_s] - mean) / std)
+
+    def on_patients(fn):  # the standardisation is part of the statistic, so its own spread is in the interval
         def statistic(draw):
             rows_r = np.concatenate([groups_r[i] for i in draw[draw < n_r]])
             rows_s = np.concatenate([groups_s[i - n_r] for i in draw[draw >= n_r]])
-            return fn(fr[rows_r], fs[rows_s]) if min(len(rows_r), len(rows_s)) >= 2 else np.nan
+            if min(len(rows_r), len(rows_s)) < 2:
+                return np.nan
+            try:
+                return standardised(fn, rows_r, rows_s)
+            except ValueError:  # MONAI's matrix square root refuses a half whose covariance is too singular
+                return np.nan
         return statistic
 
     strata = np.r_[np.zeros(n_r, int), np.ones(n_s, int)]
     n = f"{len(fr)} real slices of {n_r} patients vs {len(fs)} synthetic slices from {n_s} patients' masks"
     out = {}
     for kind, fn in (("FD", frechet_distance), ("KD", kernel_distance)):
-        low, high = bootstrap(resampled(fn), n_r + n_s, strata=strata, n_boot=n_boot, seed=seed)
+        value = standardised(fn, np.arange(len(fr)), np.arange(len(fs)))
+        low, high = half_sample_interval(on_patients(fn), n_r + n_s, estimate=value, strata=strata, n_draws=n_boot,
+                                         seed=seed)
+        if kind == "FD" and low is not None:
+            low = max(low, 0.0)
         notes = [small_sample_warning(min(n_r, n_s))]
         if kind == "FD":
             notes.append(singular_covariance_warning(min(len(fr), len(fs)), fr.shape[1]))
         out[f"{kind}-{space.name}"] = Estimate(
-            fn(fr, fs), low, high, n_r + n_s,
+            value, low, high, n_r + n_s,
             f"{kind} in {space.description}, on features standardised by the real set (not a published FID/KID: "
-            f"not comparable with them); {n}", warning="; ".join(w for w in notes if w) or None)
+            f"not comparable with them); {n}; interval: spread over half-samples of the patients of each set",
+            warning="; ".join(w for w in notes if w) or None)
     return out
 
 

@@ -137,7 +137,8 @@ def _fidelity(model: dict, out: Path) -> str:
              ("s " if len(fid["spaces"]) > 1 else " ") +
              "; ".join(f"<i>{html.escape(s)}</i>" for s in fid["spaces"]) +
              ". The yardstick is the same distance between two groups of <b>real</b> patients (training vs held-out): a synthetic set as close as that is as close as real "
-             "data gets. Lower is better; 95% bootstrap intervals over patients (none for Inception).</p>",
+             "data gets. Lower is better; 95% intervals from half-samples of the patients, drawn without replacement "
+             "(none for Inception).</p>",
              _table(["measure", "synthetic vs real held-out", "yardstick: real vs real"], rows),
              *[f"<p class=warn>{html.escape(name)}: {html.escape(estimate.warning)}.</p>"
                for name, estimate in fid["distances"].items() if "singular" in (estimate.warning or "")],
@@ -304,7 +305,7 @@ def _verdict(models: list[dict]) -> str:
                          html.escape(row["meaning"])])
     title = "Verdict" if several else f"Verdict: {html.escape(models[0]['name'])}"
     legend = ("<p class=sub>Green: reassuring; amber: limited or inconclusive; red: a problem; blue: information. "
-              "Intervals are 95% bootstrap intervals over patients.</p>")
+              "Intervals are 95% intervals over patients (bootstrap; half-samples for distances).</p>")
     return (f"<h2 id=verdict>{title}</h2>{legend}" +
             _table((["model"] if several else []) + ["axis", "number", "what it means"], rows, cls="verdict"))
 

@@ -5,8 +5,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from CMRSynthLib.audit.stats import (auc_estimate, bootstrap, mean_estimate, roc_auc, roc_curve, tpr_at_fpr,
-                                     tpr_estimate)
+from CMRSynthLib.audit.stats import (auc_estimate, bootstrap, half_sample_interval, mean_estimate, roc_auc, roc_aucs,
+                                     roc_curve, tpr_at_fpr, tpr_estimate)
 
 SCORES = np.array([0.9, 0.8, 0.7, 0.6, 0.55, 0.4])
 LABELS = np.array([1, 1, 0, 1, 0, 0], dtype=bool)
@@ -86,3 +86,18 @@ def test_auc_and_tpr_estimates():
     assert tpr_estimate(np.r_[scores, np.zeros(70)], np.r_[labels, np.zeros(70, bool)], 0.01, method="test",
                         n_boot=20).warning is None  # 100 non-members: 1% FPR is one of them
     assert tpr.to_dict()["value"] == tpr.value
+
+
+def test_half_samples_take_half_of_each_stratum_without_repeats():
+    seen = []
+    low, high = half_sample_interval(lambda idx: seen.append(idx) or float(idx.sum()), 9, estimate=20.0,
+                                     strata=[0] * 4 + [1] * 5, n_draws=50)
+    assert all(len(set(d.tolist())) == len(d) == 4 and np.sum(d < 4) == 2 for d in seen)
+    assert low < 20.0 < high  # about the estimate, whatever the half-samples' own level
+    assert half_sample_interval(lambda idx: 0.0, 3, estimate=0.0, strata=[0, 0, 1]) == (None, None)
+
+
+def test_column_aucs_are_the_aucs_of_each_column():
+    rng = np.random.default_rng(3)
+    scores, labels = rng.normal(size=(12, 4)).round(1), np.arange(12) % 3 == 0
+    np.testing.assert_allclose(roc_aucs(scores, labels), [roc_auc(scores[:, k], labels) for k in range(4)])
