@@ -183,7 +183,8 @@ def _screen(privacy_filter, generator, cond: Conditions, labels: np.ndarray, sta
             seed: int, options: dict, precision: str, screened, path) -> tuple[np.ndarray, dict]:
     """The privacy filter on one drawn stack → the kept stack and its header fields (the same for every image);
     tells ``screened`` what it did; refuses a lost cause."""
-    from CMRSynthLib.reid.filter import NOT_MEASURABLE, PrivacyFilterRefusal
+    from CMRSynthLib.reid.filter import PrivacyFilterRefusal
+    from CMRSynthLib.reid.model import NOT_MEASURABLE
 
     device = cond.mask.device
     whole = generator.config.spatial_dims == 3

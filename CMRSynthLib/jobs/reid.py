@@ -50,8 +50,8 @@ def run(args, progress) -> int:
     from CMRSynthLib.data.preprocess import PreprocessConfig
     from CMRSynthLib.errors import InputError
     from CMRSynthLib.reid.embedding import ReidConfig
-    from CMRSynthLib.reid.filter import measured_false_match_rate, not_measurable
-    from CMRSynthLib.reid.model import build_reid, format_rate, reid_path, save_reid
+    from CMRSynthLib.reid.model import (build_reid, format_rate, measured_false_match_rate, not_measurable, reid_path,
+                                        save_reid)
     from CMRSynthLib.training.checkpoint import read_checkpoint
     from CMRSynthLib.training.distributed import World
     from CMRSynthLib.training.loop import resolve_device

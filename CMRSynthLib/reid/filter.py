@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import math
 import os
 import secrets
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from typing import Callable
 import numpy as np
 
 from CMRSynthLib.errors import InputError
-from CMRSynthLib.reid.model import ReidModel
+from CMRSynthLib.reid.model import NOT_MEASURABLE, ReidModel, measured_false_match_rate
 
 DEFAULT_RETRIES = 4
 LOG_SUFFIX = ".PRIVATE-filter-log.jsonl"
@@ -42,7 +41,6 @@ LOG_FORMAT = "cmrsynth-privacy-filter-log"
 LOG_NOTE = ("What the privacy filter did to each image (rejected draws, redrawn and refused slices): it tells "
             "whether a mask's patient was a training patient. Keep it inside the hospital; never share it with the "
             "images.")
-NOT_MEASURABLE = "not measurable"
 
 
 class PrivacyFilterRefusal(InputError):
@@ -61,23 +59,6 @@ def secret_draw_seed() -> int:
     """The seed of one filtered draw, from the operating system's CSPRNG (:mod:`secrets`): never derived from
     ``--seed``, written only to the private log (see the module notes)."""
     return secrets.randbits(63)
-
-
-def measured_false_match_rate(calibration_distances: np.ndarray, threshold: float) -> float | None:
-    """The share of the ``(M,)`` held-out calibration slices' nearest-gallery distances below ``threshold`` (each
-    a false match), or None when there is none: with M slices a rate below 1/M cannot be observed, so no false
-    match measures nothing, not 0%. For the calibrated threshold (the ⌊rate·M⌋-th distance) that is exactly
-    M < 1/rate, the rule :func:`CMRSynthLib.audit.stats.tpr_measurable` applies to the TPR at a low FPR."""
-    matches = int(np.count_nonzero(np.asarray(calibration_distances) < threshold))
-    return matches / len(calibration_distances) if matches else None
-
-
-def not_measurable(slices: int, rate: float | None = None) -> str:
-    """Why a false-match rate is None, in words: "not measurable with 50 calibration slices (a 1.0% rate needs
-    at least 100)" (the bracket only for a target ``rate``). For the operator, never for a shared output: it
-    counts the held-out slices."""
-    needs = f" (a {rate:.1%} rate needs at least {math.ceil(1 / rate - 1e-9)})" if rate else ""
-    return f"{NOT_MEASURABLE} with {slices} calibration slices{needs}"
 
 
 @dataclass(frozen=True)

@@ -33,9 +33,10 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -43,7 +44,7 @@ import numpy as np
 import torch
 
 from CMRSynthLib.audit.slices import Slices
-from CMRSynthLib.audit.stats import Estimate, bootstrap, small_sample_warning
+from CMRSynthLib.audit.stats import NOT_MEASURABLE, Estimate, bootstrap, small_sample_warning
 from CMRSynthLib.errors import InputError
 from CMRSynthLib.files import atomic_dir
 from CMRSynthLib.reid import DEFAULT_FALSE_MATCH_RATE, reid_path  # noqa: F401 - reid_path is part of this API
@@ -85,8 +86,27 @@ def match_rate(matched: np.ndarray, patients: np.ndarray, *, method: str, n_boot
                     warning=small_sample_warning(len(ids)))
 
 
+def measured_false_match_rate(calibration_distances: np.ndarray, threshold: float) -> float | None:
+    """The share of the ``(M,)`` held-out calibration slices' nearest-gallery distances below ``threshold`` (each
+    a false match), or None when there is none: with M slices a rate below 1/M cannot be observed, so no false
+    match measures nothing, not 0%. For the calibrated threshold (the ⌊rate·M⌋-th distance) that is exactly
+    M < 1/rate, the rule :func:`CMRSynthLib.audit.stats.tpr_measurable` applies to the TPR at a low FPR."""
+    matches = int(np.count_nonzero(np.asarray(calibration_distances) < threshold))
+    return matches / len(calibration_distances) if matches else None
+
+
+def not_measurable(slices: int, rate: float | None = None) -> str:
+    """Why a false-match rate is None, in words: "not measurable with 50 calibration slices (a 1.0% rate needs
+    at least 100)" (the bracket only for a target ``rate``). For the operator, never for a shared output: it
+    counts the held-out slices."""
+    needs = f" (a {rate:.1%} rate needs at least {math.ceil(1 / rate - 1e-9)})" if rate else ""
+    return f"{NOT_MEASURABLE} with {slices} calibration slices{needs}"
+
+
 def format_rate(estimate: dict) -> str:
-    """A rate from :meth:`Estimate.to_dict` as ``"0.7% (95% CI 0.0%–2.2%)"``."""
+    """A rate from :meth:`Estimate.to_dict` as ``"0.7% (95% CI 0.0%–2.2%)"``, or "not measurable"."""
+    if (estimate.get("warning") or "").startswith(NOT_MEASURABLE):
+        return NOT_MEASURABLE
     if estimate["low"] is None:
         return f"{estimate['value']:.1%}"
     return f"{estimate['value']:.1%} (95% CI {estimate['low']:.1%}–{estimate['high']:.1%})"
@@ -182,6 +202,9 @@ def build_reid(card: dict, members: Slices, calibration: Slices, *, others: Slic
     false_match = match_rate(held_out < threshold, calibration.patients, n_boot=n_boot, method=(
         "share of held-out patients' slices closer than the threshold to some training patient's slice "
         "(each one a false match); bootstrap over held-out patients"))
+    if measured_false_match_rate(held_out, threshold) is None:  # no false match among too few slices: not 0%
+        false_match = replace(false_match, low=None, high=None,
+                              warning=not_measurable(len(held_out), false_match_rate))
     true_match = match_rate(own < threshold, calibration.patients, n_boot=n_boot, method=(
         "share of held-out patients' slices closer than the threshold to another slice of their own patient "
         "(other level or phase); bootstrap over held-out patients"))

@@ -47,6 +47,15 @@ def dp_flow(tiny_flow, tmp_path_factory):  # noqa: F811
     return folder
 
 
+@pytest.fixture
+def known_draw_seeds(monkeypatch):
+    """Filtered runs draw with secret seeds; a test that needs a known outcome fixes them (0, 1, 2, ...)."""
+    import itertools
+
+    seeds = itertools.count()
+    monkeypatch.setattr("CMRSynthLib.reid.filter.secret_draw_seed", lambda: next(seeds))
+
+
 def sample(run_cli, model, mask, out, *extra):
     return run_cli("sample", "--model", model, "--mask", mask, "--out", out, "--vendor", "Siemens", "--steps", "3",
                    "--device", "cpu", "--format", "nrrd", *extra)
@@ -118,7 +127,7 @@ def test_filtered_sample_records_the_filter_and_draws_with_secret_seeds(run_cli,
 
 
 def test_shared_outputs_carry_no_count_and_the_private_log_holds_them(run_cli, tiny_flow, reid_folder,  # noqa: F811
-                                                                       member_mask, tmp_path):
+                                                                       member_mask, tmp_path, known_draw_seeds):
     """Every file the run writes into --out and every protocol event says only what is true of every image alike
     (the filter ran, its threshold, its false-match rate); the rejected draws and redrawn slices are in the
     owner-only log beside the folder."""
@@ -157,7 +166,7 @@ def test_shared_outputs_carry_no_count_and_the_private_log_holds_them(run_cli, t
 
 
 def test_the_private_log_is_appended_and_kept_owner_only(run_cli, tiny_flow, reid_folder, member_mask,  # noqa: F811
-                                                         tmp_path):
+                                                         tmp_path, known_draw_seeds):
     out = tmp_path / "run"
     log_path = out.with_name(out.name + ".PRIVATE-filter-log.jsonl")
     log_path.write_text("", encoding="utf-8")
@@ -173,7 +182,7 @@ def test_the_private_log_is_appended_and_kept_owner_only(run_cli, tiny_flow, rei
 
 
 def test_a_dp_model_is_warned_that_filtering_leaves_its_guarantee(run_cli, dp_flow, reid_folder, member_mask,
-                                                                  tmp_path):
+                                                                  tmp_path, known_draw_seeds):
     from CMRSynthLib.reid import DP_NOTE
 
     code, stdout, err = sample(run_cli, dp_flow, member_mask, tmp_path / "out", "--privacy-filter", "--reid",

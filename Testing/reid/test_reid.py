@@ -89,8 +89,8 @@ def test_a_false_match_rate_below_one_calibration_slice_is_not_measurable(reid):
     """With M calibration slices a rate below 1/M cannot be seen: no false match is "not measurable", never 0%
     (for the calibrated threshold exactly when M < 1/rate); a filter on such a threshold says so, without
     counting the held-out slices or patients."""
-    from CMRSynthLib.reid.filter import PrivacyFilter, measured_false_match_rate, not_measurable
-    from CMRSynthLib.reid.model import calibrate_threshold
+    from CMRSynthLib.reid.filter import PrivacyFilter
+    from CMRSynthLib.reid.model import calibrate_threshold, measured_false_match_rate, not_measurable
 
     distances = np.arange(1.0, 201.0)
     assert measured_false_match_rate(distances, calibrate_threshold(distances, 0.01)) == 0.01  # 2 of 200
@@ -205,3 +205,14 @@ def test_unused_training_patients_teach_the_embedding_but_stay_out_of_the_galler
     assert not np.allclose(alone.gallery, reid.gallery)  # the others changed what was learned
     with pytest.raises(InputError, match="calibration patients include training patients"):
         build_reid(card, few, calibration, others=Slices.cat([rest, calibration]), config=config)
+
+
+def test_the_record_of_a_threshold_calibrated_on_too_few_slices_says_not_measurable(reid, split):
+    """reid.json stored 0.0 (and the audit report showed "0.0%") where no rate could be measured."""
+    from CMRSynthLib.reid.model import format_rate
+
+    record = reid.record["calibration"]
+    assert record["slices"] < 1 / record["target_false_match_rate"]
+    rate = record["false_match_rate"]
+    assert rate["low"] is None and rate["warning"].startswith("not measurable with")
+    assert format_rate(rate) == "not measurable"
