@@ -171,6 +171,7 @@ def run_real(args, progress) -> int:
     """The walk on the real cohort ``args.data`` (see the module notes)."""
     from CMRSynthLib.data.cohorts import open_cohort
     from CMRSynthLib.training.checkpoint import read_card, resolve_model
+    from CMRSynthLib.training.membership import lineage_patients
     from CMRSynthLib import DEFAULT_MODEL
 
     out = Path(args.out).resolve()
@@ -183,7 +184,8 @@ def run_real(args, progress) -> int:
 
     models = out / "models"
     starter = read_card(resolve_model(DEFAULT_MODEL))
-    seen = set(starter.get("members") or []) & set(cohort.patients())
+    lineage_seen = lineage_patients(starter, resolve_model(DEFAULT_MODEL))
+    seen = set(cohort.patients()) if lineage_seen is None else lineage_seen & set(cohort.patients())
     stages.run("train-ldm", "train", "--generator", "ldm", "--data", data, "--out", models / "ldm",
                "--init", DEFAULT_MODEL, "--max-steps", plan.finetune_steps, "--batch-size", 8, "--seed", 0, *device)
     audited = [DEFAULT_MODEL, models / "ldm"]
@@ -214,7 +216,7 @@ def run_real(args, progress) -> int:
 
 def real_dp_stage(starter: dict, seen: set[str], *, data: Path, models: Path, dp: list) -> tuple[str, list, Path]:
     """The DP stage of the real walk: (stage name, ``cmrsynth`` argv, model folder). A DP fine-tune of the
-    default starter when it saw none of the cohort's patients (``seen``); else a whole-field flow model from
+    default starter when its lineage saw none of the cohort's patients (``seen``); else a whole-field flow model from
     scratch, since no fine-tune of a model trained without DP on a patient can promise that patient anything."""
     from CMRSynthLib import DEFAULT_MODEL
 

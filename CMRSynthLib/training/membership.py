@@ -123,6 +123,15 @@ def lineage(card: dict, checkpoint: str | os.PathLike) -> list[Ancestor]:
     return chain
 
 
+def lineage_patients(card: dict, checkpoint: str | os.PathLike) -> frozenset[str] | None:
+    """Every patient the model or a model of its lineage trained on; None when some model's patients are not
+    known here (then any patient may have been seen)."""
+    chain = lineage(card, checkpoint)
+    if any(ancestor.members is None for ancestor in chain):
+        return None
+    return frozenset().union(*(ancestor.members for ancestor in chain))
+
+
 def descendant_lineage(init: list[Ancestor], *, dp: bool) -> tuple[list[dict], list[dict]]:
     """What a model fine-tuned from ``init`` (:func:`lineage` of its ``--init``) records:
     ``(the card's lineage, the membership file's)``. Members go inline only for ancestors without DP in a card

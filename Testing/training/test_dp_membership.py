@@ -118,3 +118,18 @@ def test_a_dp_run_takes_its_vocabulary_and_depth_from_arguments(phantom, tmp_pat
     assert card["vocabulary"]["vendors"] == ["GE", "Siemens", "Philips", "Canon", "Hitachi"]
     with pytest.raises(InputError, match="--depth"):
         dp_run(phantom, tmp_path / "3d", spatial_dims=3)
+
+
+def test_the_patients_of_a_lineage_are_known_only_when_every_model_names_its_own(tmp_path):
+    """What the real demo asks before a DP fine-tune of the starter: whom did the starter's lineage train on?"""
+    from CMRSynthLib.training.membership import lineage_patients, write_membership
+
+    folder = tmp_path / "model"
+    card = {"model_id": "m2", "privacy": None, "members": ["a", "b"],
+            "lineage": [{"model_id": "m1", "privacy": None, "members": ["c"]},
+                        {"model_id": "m0", "privacy": {"epsilon": 1.0}}]}
+    assert lineage_patients(card, folder) is None  # m0 (DP) names its patients only in a private record
+    write_membership(folder, {"lineage": [{"model_id": "m1", "members": ["c"]}, {"model_id": "m0", "members": ["d"]}]})
+    assert lineage_patients(card, folder) == {"a", "b", "c", "d"}
+    old = {"model_id": "x", "privacy": None, "members": ["a"], "training": {"init": "y"}}  # before lineage records
+    assert lineage_patients(old, tmp_path / "old") is None
