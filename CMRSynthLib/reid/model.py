@@ -227,14 +227,14 @@ def build_reid(card: dict, members: Slices, calibration: Slices, *, others: Slic
 
 
 def save_reid(model: ReidModel, path: str | os.PathLike) -> Path:
-    """Write ``model`` as the folder ``path`` atomically (owner-only, like every temporary folder)."""
+    """Write ``model`` as the folder ``path`` atomically, owner-only (0700) whatever the umask."""
     from safetensors.torch import save_file
 
     path = Path(path)
     tensors = {f"network.{k}": v.detach().cpu().contiguous().clone() for k, v in model.network.state_dict().items()}
     tensors["gallery"] = torch.as_tensor(model.gallery)
     tensors["calibration_distances"] = torch.as_tensor(model.calibration_distances)
-    with atomic_dir(path) as tmp:
+    with atomic_dir(path, private=True) as tmp:
         save_file(tensors, str(tmp / WEIGHTS), metadata={"format": FORMAT})
         (tmp / RECORD).write_text(json.dumps(model.record, indent=1, sort_keys=True), encoding="utf-8")
     return path

@@ -49,10 +49,11 @@ def membership_path(checkpoint: str | os.PathLike) -> Path:
 def write_membership(checkpoint: str | os.PathLike, record: dict) -> Path:
     """Write ``record`` (splits, ``data``, ``loss_curve``, ...) as the checkpoint's membership file, atomically.
 
-    The temporary file is created 0600 and renamed, so the file stays readable by its owner only.
+    Written owner-only (0600) whatever the umask.
     """
     path = membership_path(checkpoint)
-    atomic_write_text(path, json.dumps({"format": FORMAT, "note": NOTE, **record}, indent=1, sort_keys=True))
+    atomic_write_text(path, json.dumps({"format": FORMAT, "note": NOTE, **record}, indent=1, sort_keys=True),
+                      private=True)
     return path
 
 
