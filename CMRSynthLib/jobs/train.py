@@ -23,7 +23,8 @@ FAMILIES = ("ddpm", "ldm", "flow", "hybrid", "anatomy")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="cohort folder (ACDC, M&Ms, image/label pairs, phantom)")
-    parser.add_argument("--generator", required=True, choices=FAMILIES, help="generator family")
+    parser.add_argument("--generator", choices=FAMILIES, default=None,
+                        help="generator family (default with --init: the --init model's family; required without)")
     parser.add_argument("--out", required=True, help="checkpoint folder to write (or to resume)")
     model = parser.add_argument_group("model")
     model.add_argument("--preset", choices=PRESETS, default=None,
@@ -34,7 +35,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="3D only: slices per stack (default: the deepest stack, rounded up to a multiple of 8)")
     model.add_argument("--vendors", type=lambda text: tuple(v.strip() for v in text.split(",")), default=None,
                        help="comma-separated vendor names a new model knows (default: the training patients' vendors; "
-                            "with --dp: Siemens, Philips, GE, Canon, as the card must not reveal the patients' vendors)")
+                            "with --dp: Siemens, Philips, GE, Canon, as the card must not reveal the patients' vendors). "
+                            "A fine-tune keeps its --init model's (the acdc- models know Siemens only). Training "
+                            "patients of a vendor the model does not know train its null (vendor-free) token, with a "
+                            "warning: the model learns their images, not their vendor's style")
     model.add_argument("--spacing", type=float, default=None,
                        help="prepared in-plane pixel size in mm (default: a 192 mm field of view)")
     model.add_argument("--field-of-view", choices=("heart", "whole"), default=None,
@@ -86,10 +90,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     privacy.add_arguments(parser)
 
 
+def generator_family(generator: str | None, init: str | None) -> str:
+    """The family to train: ``--generator``, implied by ``--init`` (its card's family); an explicit
+    ``--generator`` that is not the ``--init`` model's family is refused."""
+    from CMRSynthLib.errors import InputError
+    from CMRSynthLib.training.checkpoint import read_card, resolve_model
+
+    if init is None:
+        if generator is None:
+            raise InputError("--generator is required without --init (one of " + ", ".join(FAMILIES) + ")")
+        return generator
+    family = read_card(resolve_model(init))["family"]
+    if generator not in (None, family):
+        raise InputError(f"--generator {generator}: --init {init} is a {family} model; leave --generator out to "
+                         "fine-tune it")
+    return family
+
+
 def run(args, progress) -> int:
     from CMRSynthLib.training.config import TrainConfig
     from CMRSynthLib.training.loop import Trainer
 
+    args.generator = generator_family(args.generator, args.init)
     config = TrainConfig(
         data=args.data, family=args.generator, out=args.out, preset=args.preset, image_size=args.image_size,
         spatial_dims=args.spatial_dims, depth=args.depth, vendors=args.vendors, spacing=args.spacing, max_steps=args.max_steps, epochs=args.epochs,

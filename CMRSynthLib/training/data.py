@@ -15,12 +15,15 @@ import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from CMRSynthLib.data.conventions import UNKNOWN
 from CMRSynthLib.errors import InputError
-from CMRSynthLib.generators.base import Vocabulary
+
+if TYPE_CHECKING:  # torch-free at import: `cmrsynth inspect` reads the training split without torch
+    from CMRSynthLib.generators.base import Vocabulary
 
 DEPTH_MULTIPLE = 8  # 3D stacks are padded to a multiple of this many slices
 
@@ -40,6 +43,7 @@ class TrainingData:
     intensity: dict  # vendor → [lo, hi] median original intensities mapped to -1 and 1 ("*" = all)
     depth: int | None  # slices per stack (3D), None for slices (2D)
     source: dict | None = None  # the card's "dataset": name, license, citation, spacing assumption (known sources)
+    null_vendors: tuple[str, ...] = ()  # member vendors the vocabulary lacks: their cases train the null token
 
 
 def fingerprint(cohort) -> dict:
@@ -78,24 +82,25 @@ def load_training_data(data: str | os.PathLike, *, preprocessing, spatial_dims: 
                        fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)) -> TrainingData:
     """Open the cohort, split it by patient, prepare the member cases and wrap them in a dataset.
 
-    ``vocabulary`` (from a checkpoint being fine-tuned) must know every member vendor; by default it is
-    the sorted member vendors. ``depth`` (3D) is the slices per stack, by default the deepest member stack
-    rounded up to a multiple of :data:`DEPTH_MULTIPLE` (what the 3D networks can halve).
+    ``vocabulary`` (from a checkpoint being fine-tuned, or ``--vendors``) is kept as it is: a member vendor it
+    lacks is not learnt as a new token (under DP that would name the private cohort's vendor in the card) but
+    trains the null token, as an ``unknown`` vendor does (``null_vendors`` names them, for the caller's
+    warning). By default the vocabulary is the sorted member vendors. ``depth`` (3D) is the slices per stack, by
+    default the deepest member stack rounded up to a multiple of :data:`DEPTH_MULTIPLE` (what the 3D networks
+    can halve).
     """
     from CMRSynthLib.data.cohorts import load_case, open_cohort
     from CMRSynthLib.data.datasets import SliceDataset, StackDataset
     from CMRSynthLib.data.preprocess import prepare_case
-    from CMRSynthLib.data.splits import split_patients
+    from CMRSynthLib.generators.base import Vocabulary
 
     cohort = open_cohort(data)
-    records = [r for r in cohort.records if r.label_path]
-    if not records:
-        raise InputError("the cohort has no case with a label map; training needs image/label pairs", path=data)
-    strata = {r.patient: f"{r.vendor}/{r.group}" for r in records}
-    split = published_split(records) or split_patients(sorted(strata), fractions=fractions, seed=seed, strata=strata)
+    records = labelled_records(cohort, data)
+    split = training_split(records, seed=seed, fractions=fractions)
     members, unused = choose_members(tuple(split.train), train_patients, seed=seed)
     if not members:
-        raise InputError(f"the training split is empty ({len(strata)} patients); add patients", path=data)
+        raise InputError(f"the training split is empty ({len(split_strata(records))} patients); add patients",
+                         path=data)
     chosen = set(members)
     whole = preprocessing.field_of_view == "whole"
     if whole and spatial_dims != 2:
@@ -104,11 +109,6 @@ def load_training_data(data: str | os.PathLike, *, preprocessing, spatial_dims: 
     vendors = sorted({p.record.vendor for p in prepared if p.record.vendor != UNKNOWN})
     if vocabulary is None:
         vocabulary = Vocabulary(vendors=tuple(vendors))
-    else:
-        unknown = sorted(set(vendors) - set(vocabulary.vendors))
-        if unknown:
-            raise InputError(f"vendors {unknown} are not in the model's vocabulary (--init or --vendors) "
-                             f"({', '.join(vocabulary.vendors)})", path=data)
     if spatial_dims == 2:
         dataset, depth = SliceDataset(prepared, vocabulary, tile=preprocessing.size if whole else None, seed=seed), None
     else:
@@ -118,7 +118,30 @@ def load_training_data(data: str | os.PathLike, *, preprocessing, spatial_dims: 
     return TrainingData(dataset=dataset, vocabulary=vocabulary, preprocessing=preprocessing, members=members,
                         validation=tuple(split.validation), holdout=tuple(split.holdout), unused=unused,
                         fingerprint=fingerprint(cohort), intensity=typical_intensity(prepared), depth=depth,
-                        source=describe_source(cohort))
+                        source=describe_source(cohort),
+                        null_vendors=tuple(v for v in vendors if v not in vocabulary.vendors))
+
+
+def labelled_records(cohort, data) -> list:
+    """The cohort's cases that have a label map (what training uses); refused when there is none."""
+    records = [r for r in cohort.records if r.label_path]
+    if not records:
+        raise InputError("the cohort has no case with a label map; training needs image/label pairs", path=data)
+    return records
+
+
+def split_strata(records) -> dict[str, str]:
+    """Each patient's stratum of the split: its vendor and pathology group."""
+    return {r.patient: f"{r.vendor}/{r.group}" for r in records}
+
+
+def training_split(records, *, seed: int, fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)):
+    """How ``cmrsynth train --seed SEED`` splits the patients of ``records`` by patient: the cohort's own split
+    (:func:`published_split`) or a stratified one. Its part sizes depend on the number of patients only."""
+    from CMRSynthLib.data.splits import split_patients
+
+    strata = split_strata(records)
+    return published_split(records) or split_patients(sorted(strata), fractions=fractions, seed=seed, strata=strata)
 
 
 def describe_source(cohort) -> dict | None:

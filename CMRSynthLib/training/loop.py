@@ -269,6 +269,7 @@ class Trainer:
                              "deepest stack of the patients, would publish a fact of the private data in the card")
         data = load_training_data(c.data, preprocessing=preprocessing, spatial_dims=self._spatial_dims(init),
                                   seed=c.seed, train_patients=c.train_patients, vocabulary=vocabulary, depth=depth)
+        self._warn_null_vendors(data.null_vendors, data.vocabulary, init)
         torch.manual_seed(c.seed)
         generator = self.make_generator(data.vocabulary, init, depth=data.depth).to(self.device)
         ema = EMA(generator, decay=c.ema_decay)
@@ -580,6 +581,19 @@ class Trainer:
         if self.config.vendors is not None:
             return Vocabulary(vendors=self.config.vendors)
         return Vocabulary(vendors=PUBLIC_VENDORS) if self.privacy is not None else None
+
+    def _warn_null_vendors(self, vendors: tuple[str, ...], vocabulary: Vocabulary, init) -> None:
+        """Say that the training patients of ``vendors``, which the model's vocabulary lacks, train its null
+        (vendor-free) token: the model learns their anatomy and images, not their vendor's style, and cannot be
+        asked for it. The vocabulary is not widened: a DP card would then name the private cohort's vendors."""
+        if not vendors:
+            return
+        source = ("its --init model's" if init is not None else "--vendors" if self.config.vendors is not None
+                  else "the public vendors of a DP model")
+        self.progress.warning(
+            f"vendors {', '.join(vendors)} of the training patients are not in the model's vocabulary "
+            f"({', '.join(vocabulary.vendors) or 'none'}, {source}): their images train the null (vendor-free) token, "
+            "as vendor 'unknown' does; the model will not render them as a style")
 
     def _spatial_dims(self, init) -> int:
         if init is not None and self.config.spatial_dims is None:
