@@ -6,7 +6,8 @@ The gallery holds every patient the model's lineage trained on: its own members 
 lineage whose patients are not known here, or not all found, is refused: a filter that cannot look for a patient
 the model descends from would pass that patient's look-alikes unscreened. The embedding is fitted on the gallery's
 patients (plus the training split's ``unused`` patients when the run trained on part of it), and its threshold is
-calibrated on patients no model of the lineage saw (``--calibration``, default the checkpoint's validation split)
+calibrated on patients no model of the lineage saw (``--calibration``, default the checkpoint's validation split,
+or its holdout split when it has no validation patients: the ACDC starters hold out ``val.list`` as their holdout)
 at ``--false-match-rate``. It is written
 beside the checkpoint folder, ``<folder>.PRIVATE-reid/`` (or ``--out``), never inside it (an ``--out`` in the
 model folder, the folder itself, a folder holding it or any other folder it would replace is refused): it is
@@ -23,6 +24,7 @@ HELP = "build the re-identification model a privacy-filtered sampling run checks
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from CMRSynthLib.reid import DEFAULT_FALSE_MATCH_RATE, DEFAULT_STEPS
+    from CMRSynthLib.training.config import DEVICES
 
     parser.add_argument("--model", required=True, help="checkpoint folder or starter name")
     parser.add_argument("--data", required=True, help="the cohort the model was trained on")
@@ -32,14 +34,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, help="where to write it (default: <model folder>.PRIVATE-reid beside "
                                                     "the checkpoint folder; never inside the model folder, which is "
                                                     "shareable)")
-    parser.add_argument("--calibration", default="validation",
+    parser.add_argument("--calibration", default=None,
                         help="held-out patients to calibrate the threshold on: a split of the checkpoint (validation, "
-                             "holdout, validation+holdout), a file of ids or comma-separated ids (default: validation)")
+                             "holdout, validation+holdout), a file of ids or comma-separated ids (default: the "
+                             "checkpoint's validation split, or its holdout split when it has no validation patients, "
+                             "as the acdc- starters)")
     parser.add_argument("--false-match-rate", type=float, default=DEFAULT_FALSE_MATCH_RATE,
                         help="share of held-out patients' slices the threshold may call a training patient (default 0.01)")
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="contrastive training steps")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
+    parser.add_argument("--device", choices=DEVICES, default="auto", help="where to train the embedding")
 
 
 def run(args, progress) -> int:
@@ -63,6 +67,7 @@ def run(args, progress) -> int:
     out = Path(args.out) if args.out else reid_path(folder)
     check_out(out, folder)
     splits = known_splits(card, folder)
+    args.calibration = args.calibration or default_calibration(splits)
     calibration = patient_list(args.calibration, flag="--calibration", splits=splits)
     cohort = open_cohort(args.data)
     present = set(cohort.patients())
@@ -107,6 +112,42 @@ def run(args, progress) -> int:
           f"{rate_text}; true-match rate {format_rate(tmr)}")
     progress.done(out=str(out), threshold=model.threshold, false_match_rate=rate, true_match_rate=tmr["value"])
     return 0
+
+
+def default_calibration(splits: dict[str, list[str]]) -> str:
+    """The checkpoint's split that calibrates by default: ``validation``, or ``holdout`` when it lists no
+    validation patient (a cohort with its own split, as ACDC's, holds its ``val.list`` out as ``holdout``)."""
+    return "validation" if splits.get("validation") else "holdout"
+
+
+def print_filter_summary(log) -> None:
+    """Tell the operator, on stderr, what the privacy filter did in this run: images written, slices redrawn,
+    images withheld, and where the private log is. Read back from ``log``'s lines of this run
+    (:class:`~CMRSynthLib.reid.filter.FilterLog`; None: no filter, nothing to say). The counts tell whether
+    masks' patients were training patients, so they go to the console only, never to a shared output."""
+    import sys
+
+    if log is None:
+        return
+    images = [entry for entry in _last_run(log) if entry["event"] == "image"]
+    withheld = sum(entry["withheld"] for entry in images)
+    redrawn = sum(len(entry["redrawn_slices"]) for entry in images)
+    print(f"privacy filter: {_count(len(images) - withheld, 'image')} written, {_count(redrawn, 'slice')} redrawn, "
+          f"{_count(withheld, 'image')} withheld; what it did to each image: {log.path} (private: keep it inside "
+          "the hospital)", file=sys.stderr)
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
+def _last_run(log) -> list[dict]:
+    """The lines of ``log`` from its last ``run`` line into this output folder on (runs into it append)."""
+    import json
+
+    entries = [json.loads(line) for line in log.path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    starts = [i for i, entry in enumerate(entries) if entry["event"] == "run" and entry["out"] == str(log.out)]
+    return entries[starts[-1]:] if starts else []
 
 
 def gallery_patients(chain, folder) -> list[str]:
