@@ -11,7 +11,13 @@ reported group, which reaches the job and its workers at once, and the launcher 
 command line turns SIGTERM into a clean exit in which the atomic writers delete their partial files. A Cancel
 that comes before the report is sent when the report arrives. Whatever is still alive after the grace period
 gets SIGKILL (group and launcher). A job that reports nothing but leads its own group is signalled as a group.
-On Windows ``taskkill /T`` ends the tree of the started process, launcher and job alike.
+On Windows Cancel is ``taskkill /F /T`` at once, without a console window: a console job has no window to receive
+the close request plain ``taskkill`` sends, so asking politely would only wait out the grace period.
+
+Quitting the application ends every running job's tree. The application's ``aboutToQuit`` is connected once, to
+a module function that walks a weak set of runners: PythonQt keeps a strong reference to every callable connected
+to a signal (PythonQtSignalTarget holds it in a PythonQtSafeObjectPtr, PythonQt/src/PythonQtSignalReceiver.h), so
+a runner connected by itself would live, with its listeners and the job's result, until Slicer quits.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import signal
 import subprocess
 import sys
 import time
+import weakref
 from typing import Callable
 
 from CMRSynthLib.gui.controller import JobState, JobStatus
@@ -29,6 +36,25 @@ from CMRSynthLib.jobs.progress import read_events
 
 KINDS = ("started", "start", "progress", "artefact", "warning", "error", "done", "log", "finished")
 STDERR_LINES = 200
+CREATE_NO_WINDOW = 0x08000000  # subprocess.CREATE_NO_WINDOW, which exists only on Windows
+
+_runners: "weakref.WeakSet[JobRunner]" = weakref.WeakSet()
+_quit_connected_to = None  # the application whose aboutToQuit calls _application_quits
+
+
+def _application_quits() -> None:
+    """The application quits: end every running job's whole tree (Qt alone would kill only the process it
+    started, which may be a launcher)."""
+    for runner in list(_runners):
+        if runner.running:
+            runner.stop()
+
+
+def _connect_quit_once(app) -> None:
+    global _quit_connected_to
+    if _quit_connected_to is not app:
+        app.aboutToQuit.connect(_application_quits)
+        _quit_connected_to = app
 
 
 class JobRunner:
@@ -44,9 +70,8 @@ class JobRunner:
         app = QtCore.QCoreApplication.instance()
         if app is None:
             app = self._app = QtCore.QCoreApplication([])  # console use: QProcess needs an application object
-        # Quitting the application (Slicer, the panel's window) with a job running ends the job's whole tree; Qt
-        # alone would kill only the process it started, which may be a launcher.
-        app.aboutToQuit.connect(self._application_quits)
+        _connect_quit_once(app)
+        _runners.add(self)
         self.grace_seconds = grace_seconds
         self.status = JobStatus()
         self._listeners: dict[str, list[Callable]] = {kind: [] for kind in KINDS}
@@ -86,10 +111,8 @@ class JobRunner:
             process.setProcessEnvironment(env)
         if cwd:
             process.setWorkingDirectory(cwd)
-        process.readyReadStandardOutput.connect(self._read_stdout)
-        process.readyReadStandardError.connect(self._read_stderr)
-        process.finished.connect(self._on_finished)
-        process.errorOccurred.connect(self._on_error)
+        for signal, slot in self._process_slots(process):
+            signal.connect(slot)
         self._process = process
         process.start(argv[0], list(argv[1:]))
         if self.running:  # (a program that cannot start has already finished the job)
@@ -112,10 +135,6 @@ class JobRunner:
         self.cancel()
         return self.wait()
 
-    def _application_quits(self) -> None:
-        if self.running:
-            self.stop()
-
     def wait(self, timeout: float | None = None) -> JobStatus:
         """Block until the job ends (events keep flowing to listeners); cancel it after ``timeout`` seconds."""
         start = time.monotonic()
@@ -128,6 +147,13 @@ class JobRunner:
         return self.status
 
     # -- process plumbing ---------------------------------------------------------------------------
+    def _process_slots(self, process) -> tuple:
+        """The (signal, slot) pairs that follow ``process``: connected at start, disconnected at the end, so that
+        a finished process keeps no callable of this runner alive (PythonQt would, see the module notes)."""
+        return ((process.readyReadStandardOutput, self._read_stdout),
+                (process.readyReadStandardError, self._read_stderr),
+                (process.finished, self._on_finished), (process.errorOccurred, self._on_error))
+
     def _emit(self, kind: str, payload) -> None:
         for callback in list(self._listeners[kind]):
             callback(self.status, payload)
@@ -178,6 +204,8 @@ class JobRunner:
         if self._kill_timer is not None:
             self._kill_timer.stop()
             self._kill_timer = None
+        for signal, slot in self._process_slots(self._process):
+            signal.disconnect(slot)
         self.status.finish(exit_code, cancelled=self._cancelled, stderr="\n".join(self._stderr))
         self._emit("finished", None)
 
@@ -197,9 +225,9 @@ class JobRunner:
         pid = int(self._process.processId())
         if pid <= 0:
             return
-        if sys.platform == "win32":
-            subprocess.run(["taskkill", "/PID", str(pid), "/T"] + (["/F"] if hard else []),
-                           capture_output=True, check=False)
+        if sys.platform == "win32":  # /F at once: a console job cannot handle the close request of plain taskkill
+            subprocess.run(["taskkill", "/PID", str(pid), "/T", "/F"], capture_output=True, check=False,
+                           creationflags=CREATE_NO_WINDOW)
             return
         group = self._job_group or (pid if _leads_group(pid) else None)
         if group is not None and (hard or group != self._terminated_group):

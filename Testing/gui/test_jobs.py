@@ -318,3 +318,68 @@ def test_quitting_the_application_ends_the_job_behind_the_launcher(tmp_path, sam
     job_pid, state = done.stdout.split()
     assert state == "cancelled" and not alive(int(job_pid))  # gone before the application was
     assert not out.exists() or list(out.rglob("*")) == []
+
+
+# -- a finished job is let go (issue 29, item 1) -------------------------------------------------------------
+class StrongSignal:
+    """A signal as PythonQt makes it: connected callables are held strongly until disconnected
+    (PythonQtSignalTarget keeps a PythonQtSafeObjectPtr to the callable, PythonQt/src/PythonQtSignalReceiver.h).
+    PySide6 holds bound methods weakly, so it cannot show the leak by itself."""
+
+    def __init__(self):
+        self.callables = []
+
+    def connect(self, callable_):
+        self.callables.append(callable_)
+
+
+class Result:
+    pass
+
+
+def test_runners_connect_to_aboutToQuit_once_and_a_finished_job_is_let_go(tmp_path, monkeypatch):
+    import gc
+    import types
+    import weakref
+
+    from CMRSynthLib.gui import jobs
+
+    app = types.SimpleNamespace(aboutToQuit=StrongSignal())
+    core = types.SimpleNamespace(**{name: getattr(QtCore, name) for name in dir(QtCore) if name.startswith("Q")})
+    core.QCoreApplication = types.SimpleNamespace(instance=lambda: app, processEvents=QtCore.QCoreApplication.processEvents)
+    monkeypatch.setattr(jobs, "QtCore", core)
+    refs = []
+    for _ in range(3):
+        runner = JobRunner()
+        result = Result()  # stands for the job's volumes, held by a listener as CMRSynthJob holds them
+        runner.on("finished", lambda status, payload, result=result: None)
+        runner.start(script(tmp_path, "print('ok')"))
+        runner.wait()
+        refs.append(weakref.ref(result))
+        del runner, result
+    assert app.aboutToQuit.callables == [jobs._application_quits]  # connected once, to a function holding no job
+    gc.collect()
+    assert [ref() for ref in refs] == [None, None, None]
+
+
+def test_quitting_the_application_still_ends_a_running_job(tmp_path):
+    from CMRSynthLib.gui import jobs
+
+    runner = JobRunner(grace_seconds=0.5)
+    runner.start(script(tmp_path, "import time; time.sleep(60)"))
+    jobs._application_quits()  # what aboutToQuit calls
+    assert runner.status.state is JobState.CANCELLED
+
+
+def test_cancel_on_windows_ends_the_tree_at_once_without_a_console_window(monkeypatch):
+    """A console job never gets plain taskkill's close request: /F /T at once, CREATE_NO_WINDOW."""
+    from CMRSynthLib.gui import jobs
+
+    calls = []
+    monkeypatch.setattr(jobs.subprocess, "run", lambda argv, **options: calls.append((argv, options)))
+    monkeypatch.setattr(jobs.sys, "platform", "win32")
+    runner = JobRunner()
+    runner._process = type("Process", (), {"processId": lambda self: 4242})()
+    runner._signal_tree(hard=False)
+    (argv, options), = calls
+    assert argv == ["taskkill", "/PID", "4242", "/T", "/F"] and options["creationflags"] == 0x08000000
