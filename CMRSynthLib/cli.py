@@ -25,6 +25,7 @@ from CMRSynthLib.jobs.progress import MODES, Progress
 COMMANDS: dict[str, str] = {  # in the order of DESIGN §9
     "phantom": "phantom",
     "inspect": "inspect",
+    "models": "models",
     "train": "train",
     "cascade": "cascade",
     "sample": "sample",
