@@ -6,12 +6,15 @@ This file converts scene nodes to files and back (section "Scene <-> files"), an
 classes: Module, Widget, Logic (works from the Python console; never touches a widget) and Test.
 """
 
+import contextlib
 import logging
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
+import unittest
 from pathlib import Path
 from typing import Annotated
 
@@ -403,6 +406,20 @@ def addVolumeNode(path, name, attributes):
     return node
 
 
+@contextlib.contextmanager
+def installation(what):
+    """Turn an installer's failure into words. pip and the PyTorch installer raise subprocess.CalledProcessError
+    (slicer.util.pip_install and PyTorchUtils' installTorch run _executePythonModule, whose logProcessOutput raises
+    ``CalledProcessError(retcode, proc.args, ...)``: Base/Python/slicer/util.py), which the tabs would not show.
+    Behind a hospital proxy this is the first thing a user meets."""
+    try:
+        yield
+    except subprocess.CalledProcessError as exc:
+        raise RuntimeError(f"Installing {what} failed: the installer stopped with exit code {exc.returncode}. "
+                           "Check the network connection (behind a hospital proxy, set HTTPS_PROXY before starting "
+                           "Slicer); the installer's own messages are in the Python console.") from exc
+
+
 #
 # Logic
 #
@@ -503,23 +520,24 @@ class CMRSynthLogic(ScriptedLoadableModuleLogic):
 
     def jobContext(self, interactive=None):
         """How the panel's tabs start jobs: Slicer's Python and environment, the model folder, and first the
-        dependency check (:meth:`ensureDependencies`, asking when ``interactive``)."""
+        dependency check (:meth:`ensureDependencies`, asking when ``interactive`` and the tab's job was clicked for)."""
         from CMRSynthLib.gui.widgets import JobContext
 
         return JobContext(python=self.python, environment=self.environment(),
                           model_folder=lambda: str(self.modelFolder),
-                          prepare=lambda: self.ensureDependencies(interactive=interactive))
+                          prepare=lambda ask: self.ensureDependencies(interactive=bool(interactive and ask)))
 
     def missingDependencies(self):
         """The Python packages CMRSynth jobs need and this Slicer lacks, as requirements (torch first)."""
-        return dependencies.unmet(["torch", *dependencies.read_requirements(REQUIREMENTS)])
+        return dependencies.unmet([dependencies.TORCH, *dependencies.read_requirements(REQUIREMENTS)])
 
     def ensureDependencies(self, interactive=None) -> None:
         """Install what CMRSynth jobs need on first use, after the user agrees (when interactive).
 
         torch comes from the PyTorch extension (PyTorchUtils picks the build for the GPU); the rest from
         Resources/requirements.txt, with Slicer's numpy, SimpleITK, vtk and torch pinned so pip never
-        replaces them.
+        replaces them. Packages are found by their metadata, never imported here. A failed installation
+        (pip and the PyTorch installer raise subprocess.CalledProcessError) is raised as a RuntimeError in words.
         """
         interactive = self.interactive if interactive is None else interactive
         self._ensureTorch(interactive)
@@ -527,9 +545,9 @@ class CMRSynthLogic(ScriptedLoadableModuleLogic):
         if not missing:
             return
         if not interactive:  # never install without asking: say what is missing and how to install it
-            raise RuntimeError("CMRSynth needs these Python packages: " + ", ".join(missing)
-                               + ". Call logic.ensureDependencies(interactive=True) to install them after a "
-                               "confirmation.")
+            raise RuntimeError("CMRSynth needs these Python packages, not installed yet: " + ", ".join(missing)
+                               + ". They are offered for installation at the first Generate, Train or Audit "
+                               "(from the Python console: logic.ensureDependencies(interactive=True)).")
         try:
             import slicer.packaging as packaging  # Slicer 5.11 and later: asks, installs, offers a restart
         except ImportError:
@@ -542,31 +560,34 @@ class CMRSynthLogic(ScriptedLoadableModuleLogic):
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write(dependencies.constraints())
-            if packaging is not None:  # pip_ensure takes Requirement objects (it reads .name, .marker, .specifier)
-                packaging.pip_ensure([Requirement(text) for text in missing], constraints=constraintsPath,
-                                     prompt_install=True, requester="CMRSynth")
-            else:
-                slicer.util.pip_install(missing + ["-c", constraintsPath])
+            with installation(", ".join(missing)):
+                if packaging is not None:  # pip_ensure takes Requirement objects (it reads .name, .marker, .specifier)
+                    packaging.pip_ensure([Requirement(text) for text in missing], constraints=constraintsPath,
+                                         prompt_install=True, requester="CMRSynth")
+                else:
+                    slicer.util.pip_install(missing + ["-c", constraintsPath])
         finally:
             os.remove(constraintsPath)
 
     def _ensureTorch(self, interactive) -> None:
+        if not dependencies.unmet([dependencies.TORCH]):  # its metadata: importing torch here would freeze Slicer
+            return
+        installed = dependencies.installed_version("torch")
+        found = f"this Slicer has PyTorch {installed}" if installed else "PyTorch is not installed"
         try:
             import PyTorchUtils
         except ImportError:
-            if dependencies.unmet(["torch"]):
-                raise RuntimeError("CMRSynth needs PyTorch: install the PyTorch extension from the Extensions "
-                                   "Manager, restart Slicer, and try again.") from None
-            return
-        torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-        if torchLogic.torchInstalled():
-            return
+            raise RuntimeError(f"CMRSynth needs PyTorch ({dependencies.TORCH}) and {found}: install the PyTorch "
+                               "extension from the Extensions Manager, restart Slicer, and try again.") from None
         if not interactive:
-            raise RuntimeError("PyTorch is not installed yet: call logic.ensureDependencies(interactive=True) "
-                               "or install it from the PyTorch Utils module.")
-        torchLogic.installTorch(askConfirmation=True)
-        if not torchLogic.torchInstalled():
-            raise RuntimeError("CMRSynth cannot run without PyTorch (installation declined or failed).")
+            raise RuntimeError(f"CMRSynth needs PyTorch ({dependencies.TORCH}) and {found}: it is offered for "
+                               "installation at the first Generate, Train or Audit (or use the PyTorch Utils module).")
+        with installation("PyTorch"):
+            PyTorchUtils.PyTorchUtilsLogic().installTorch(
+                askConfirmation=True, torchVersionRequirement=dependencies.torch_version_requirement())
+        if dependencies.unmet([dependencies.TORCH]):
+            raise RuntimeError(f"CMRSynth cannot run without PyTorch {dependencies.torch_version_requirement()} "
+                               "(installation declined or failed).")
 
     # -- models ---------------------------------------------------------------------------------------
     def models(self):
@@ -738,22 +759,34 @@ def _setItems(combo, items, current) -> str:
 # Test (runs inside Slicer: Reload and Test, or ctest via slicer_add_python_unittest)
 #
 class CMRSynthTest(ScriptedLoadableModuleTest):
+    """Each test skips itself, naming what is missing, where CMRSynth's packages are not installed (an extension
+    build's ctest). The skip is raised in the test method, never in ``setUp``: Reload and Test calls ``runTest``
+    directly (ScriptedLoadableModule.runTest → ``testCase.runTest()`` inside ``tryWithErrorDisplay("Reload and Test
+    failed.")``, Base/Python/slicer/ScriptedLoadableModule.py), where a SkipTest would show as a failure; ``runTest``
+    reports it as a skip instead."""
+
     def setUp(self):
-        """Skip, naming what is missing, where CMRSynth's packages are not installed (an extension build's ctest)."""
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        for test in (self.test_generate_keeps_reference_geometry,):
+            self.setUp()
+            try:
+                test()
+            except unittest.SkipTest as skipped:
+                self.delayDisplay(f"Skipped {test.__name__}: {skipped}")
+
+    def skipUnlessInstalled(self):
         missing = CMRSynthLogic().missingDependencies()
         if missing:
             self.skipTest("CMRSynth's Python packages are not installed in this Slicer: " + ", ".join(missing)
                           + ". Install them with CMRSynthLogic().ensureDependencies(interactive=True) "
                           "(or by generating once from the module), then run the test again.")
-        slicer.mrmlScene.Clear()
-
-    def runTest(self):
-        self.setUp()
-        self.test_generate_keeps_reference_geometry()
 
     def test_generate_keeps_reference_geometry(self):
         import numpy as np
 
+        self.skipUnlessInstalled()
         self.delayDisplay("Building an oblique reference volume and a three-structure segmentation")
         shape = (4, 32, 32)
         angle = np.deg2rad(20)

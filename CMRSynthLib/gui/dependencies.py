@@ -15,9 +15,11 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 PROTECTED = ("numpy", "SimpleITK", "vtk", "torch")
+TORCH = "torch>=2.2"  # pyproject.toml's torch requirement; handed to PyTorchUtils' installTorch(torchVersionRequirement=)
 
 
-def _installed(name: str) -> str | None:
+def installed_version(name: str) -> str | None:
+    """The installed version of package ``name``, read from its metadata (never imported), or None."""
     try:
         return importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:
@@ -31,8 +33,11 @@ def read_requirements(path: str | os.PathLike) -> list[str]:
     return [line for line in lines if line and not line.startswith("-")]
 
 
-def unmet(requirements: list[str], *, version_of: Callable[[str], str | None] = _installed) -> list[str]:
-    """The requirements not satisfied by what is installed (missing, or a version outside the specifier)."""
+def unmet(requirements: list[str], *, version_of: Callable[[str], str | None] = installed_version) -> list[str]:
+    """The requirements not satisfied by what is installed (missing, or a version outside the specifier).
+
+    Read from the packages' metadata: nothing is imported (importing torch in Slicer's process freezes its GUI).
+    """
     missing = []
     for text in requirements:
         requirement = Requirement(text)
@@ -50,7 +55,12 @@ def protected_in(requirements: list[str]) -> list[str]:
     return [text for text in requirements if canonicalize_name(Requirement(text).name) in protected]
 
 
-def constraints(*, version_of: Callable[[str], str | None] = _installed) -> str:
+def constraints(*, version_of: Callable[[str], str | None] = installed_version) -> str:
     """A pip constraints file pinning every installed protected package to its current version."""
     pins = [f"{name}=={version}" for name in PROTECTED if (version := version_of(name)) is not None]
     return "".join(pin + "\n" for pin in pins)
+
+
+def torch_version_requirement() -> str:
+    """The version part of :data:`TORCH` (``">=2.2"``), as PyTorchUtils' ``torchVersionRequirement`` takes it."""
+    return str(Requirement(TORCH).specifier)

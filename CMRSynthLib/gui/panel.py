@@ -386,7 +386,7 @@ class TrainTab(QtWidgets.QWidget):
             self._plan_timer.start(300)
             return
         try:
-            self.context.start(self.planner, self.budget())
+            self.context.start(self.planner, self.budget(), ask=False)  # editing a number never opens an install prompt
             self.plan.setText("planner: computing…")
         except (InputError, RuntimeError) as exc:
             self.plan.setText(f"planner: {exc}")

@@ -22,20 +22,24 @@ from CMRSynthLib.gui.qt import QtCore, QtGui, QtWidgets, read
 class JobContext:
     """How the panel starts jobs: which Python, which environment, where models live, and what to do first.
 
-    ``prepare`` runs before every job; in Slicer it installs the Python packages jobs need on first use, after
-    the user agrees, and raises RuntimeError (shown in the tab) when they are declined.
+    ``prepare(ask)`` runs before every job; in Slicer it checks the Python packages jobs need and, when ``ask``,
+    installs the missing ones after the user agrees. It raises RuntimeError (shown in the tab, in words) when they
+    are missing and not asked for, declined, or their installation fails.
     """
 
     python: str = field(default_factory=lambda: sys.executable)
     environment: dict | None = None
     model_folder: Callable[[], str] = field(default_factory=lambda: (lambda: str(default_model_folder())))
-    prepare: Callable[[], None] | None = None
+    prepare: Callable[[bool], None] | None = None
 
-    def start(self, runner: JobRunner, settings) -> None:
-        """Check ``settings`` and start its command in ``runner`` (raises InputError on bad settings)."""
+    def start(self, runner: JobRunner, settings, *, ask: bool = True) -> None:
+        """Check ``settings`` and start its command in ``runner`` (raises InputError on bad settings).
+
+        ``ask`` False (a job nobody clicked for, such as the privacy planner) never opens an install prompt.
+        """
         argv = job_command(settings, python=self.python)
         if self.prepare is not None:
-            self.prepare()
+            self.prepare(ask)
         runner.start(argv, environment=self.environment, name=settings.command)
 
 

@@ -279,8 +279,8 @@ def test_dependencies_are_checked_and_installed_only_as_allowed(stub_slicer, mon
     module, scene, slicer = stub_slicer
     logic = module.CMRSynthLogic(modelFolder=tmp_path / "models")
     logic.ensureDependencies(interactive=False)  # everything is installed here: nothing to do
-    monkeypatch.setattr(dependencies, "unmet", lambda requirements: [] if requirements == ["torch"] else ["foo>=1"])
-    with pytest.raises(RuntimeError, match="needs these Python packages: foo>=1"):
+    monkeypatch.setattr(dependencies, "unmet", lambda requirements: [] if requirements == [dependencies.TORCH] else ["foo>=1"])
+    with pytest.raises(RuntimeError, match="not installed yet: foo>=1"):
         logic.ensureDependencies(interactive=False)  # console use: no dialog, no install; say what is missing
     asked = []
     slicer.util.confirmOkCancelDisplay = lambda text, **options: asked.append(text) or False
@@ -297,7 +297,7 @@ def test_dependencies_are_checked_and_installed_only_as_allowed(stub_slicer, mon
     packaging.pip_ensure = pip_ensure
     monkeypatch.setitem(sys.modules, "slicer.packaging", packaging)
     slicer.packaging = packaging
-    with pytest.raises(RuntimeError, match="needs these Python packages"):
+    with pytest.raises(RuntimeError, match="not installed yet"):
         logic.ensureDependencies(interactive=False)  # 5.11+ too: never installs without asking
     assert calls == []
     logic.ensureDependencies(interactive=True)
@@ -450,12 +450,25 @@ def test_the_self_test_skips_naming_what_is_missing(stub_slicer, monkeypatch):
     assert scene == []  # nothing was attempted
 
 
+def test_reload_and_test_reports_a_skip_not_a_failure(stub_slicer, monkeypatch):
+    """Reload and Test: ScriptedLoadableModule.runTest → testCase.runTest() inside tryWithErrorDisplay("Reload and
+    Test failed.") (Base/Python/slicer/ScriptedLoadableModule.py): any exception out of runTest is a failure."""
+    module, scene, slicer = stub_slicer
+    monkeypatch.setattr(dependencies, "unmet", lambda requirements: [r for r in requirements if "opacus" in r])
+    shown = []
+    test = module.CMRSynthTest()
+    test.delayDisplay = shown.append
+    test.runTest()  # raises nothing
+    assert len(shown) == 1 and shown[0].startswith("Skipped test_generate_keeps_reference_geometry: ")
+    assert "opacus>=1.5" in shown[0]
+
+
 def test_train_and_audit_tabs_ask_for_the_packages_before_their_first_job(stub_slicer, monkeypatch, tmp_path):
     from CMRSynthLib.gui.panel import AuditTab, TrainTab
 
     module, scene, slicer = stub_slicer
     logic = module.CMRSynthLogic(modelFolder=tmp_path / "models")
-    monkeypatch.setattr(dependencies, "unmet", lambda requirements: [] if requirements == ["torch"] else ["opacus>=1.5"])
+    monkeypatch.setattr(dependencies, "unmet", lambda requirements: [] if requirements == [dependencies.TORCH] else ["opacus>=1.5"])
     asked = []
     slicer.util.confirmOkCancelDisplay = lambda text, **options: asked.append(text) or False
     context = logic.jobContext(interactive=True)  # what the widget gives the Train & DP and Audit tabs
@@ -468,6 +481,102 @@ def test_train_and_audit_tabs_ask_for_the_packages_before_their_first_job(stub_s
     assert len(asked) == 2 and "installation declined" in audit.job.status.text()
     assert not train.runner.running and not audit.runner.running
     assert context.python == logic.python and context.model_folder() == str(tmp_path / "models")
+
+
+def test_an_installation_that_fails_is_shown_in_words_on_every_tab(stub_slicer, monkeypatch, tmp_path):
+    """pip (and the PyTorch installer) raise CalledProcessError: slicer.util's logProcessOutput,
+    ``raise CalledProcessError(retcode, proc.args, ...)`` in Base/Python/slicer/util.py. Behind a proxy."""
+    import subprocess
+
+    from CMRSynthLib.gui.panel import AuditTab, TrainTab
+
+    module, scene, slicer = stub_slicer
+    logic = module.CMRSynthLogic(modelFolder=tmp_path / "models")
+    monkeypatch.setattr(dependencies, "unmet", lambda requirements: [] if requirements == [dependencies.TORCH]
+                        else ["opacus>=1.5"])
+    slicer.util.confirmOkCancelDisplay = lambda text, **options: True
+
+    def pip_install(arguments):
+        raise subprocess.CalledProcessError(1, ["pip", "install", *arguments])
+
+    slicer.util.pip_install = pip_install
+    context = logic.jobContext(interactive=True)
+    train, audit = TrainTab(context), AuditTab(context)
+    train.data.set_path(str(tmp_path))
+    audit.data.set_path(str(tmp_path))
+    train.train()
+    audit.run()
+    for tab in (train, audit):
+        text = tab.job.status.text()
+        assert "Installing opacus>=1.5 failed" in text and "exit code 1" in text and "proxy" in text
+        assert not tab.runner.running
+
+
+class PyTorchUtilsStub(types.ModuleType):
+    """PyTorchUtils as SlicerPyTorch has it: torchInstalled() imports torch (PyTorchUtils.py, torchInstalled)."""
+
+    def __init__(self, install):
+        super().__init__("PyTorchUtils")
+        calls = self.calls = []
+
+        class PyTorchUtilsLogic:
+            def torchInstalled(self):
+                import torch  # noqa: F401
+
+                return True
+
+            def installTorch(self, **options):
+                calls.append(options)
+                install()
+
+        self.PyTorchUtilsLogic = PyTorchUtilsLogic
+
+
+def test_torch_is_found_without_importing_it_and_its_version_is_checked(stub_slicer, monkeypatch, tmp_path):
+    import importlib.metadata
+    import subprocess
+
+    module, scene, slicer = stub_slicer
+    logic = module.CMRSynthLogic(modelFolder=tmp_path / "models")
+    utils = PyTorchUtilsStub(install=lambda: None)
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", utils)
+    monkeypatch.setitem(sys.modules, "torch", None)  # any `import torch` in this process now fails
+    logic.ensureDependencies(interactive=False)  # found by its metadata, never imported
+    real_version = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version",
+                        lambda name: "2.0.1" if name == "torch" else real_version(name))
+    with pytest.raises(RuntimeError, match=r"needs PyTorch \(torch>=2\.2\) and this Slicer has PyTorch 2\.0\.1"):
+        logic.ensureDependencies(interactive=False)
+    with pytest.raises(RuntimeError, match=r"without PyTorch >=2\.2 \(installation declined or failed\)"):
+        logic.ensureDependencies(interactive=True)  # the installer ran, torch is still 2.0.1
+    assert utils.calls == [{"askConfirmation": True, "torchVersionRequirement": ">=2.2"}]
+
+    def fail():
+        raise subprocess.CalledProcessError(2, ["light_the_torch", "install"])
+
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", PyTorchUtilsStub(install=fail))
+    with pytest.raises(RuntimeError, match="Installing PyTorch failed: the installer stopped with exit code 2"):
+        logic.ensureDependencies(interactive=True)
+
+
+def test_the_privacy_planner_never_opens_an_install_prompt(stub_slicer, monkeypatch, tmp_path):
+    """Ticking DP or editing ε, δ or the batch runs the planner: it says what is missing, the Train button asks."""
+    from CMRSynthLib.gui.panel import TrainTab
+
+    module, scene, slicer = stub_slicer
+    logic = module.CMRSynthLogic(modelFolder=tmp_path / "models")
+    monkeypatch.setattr(dependencies, "unmet", lambda requirements: [] if requirements == [dependencies.TORCH]
+                        else ["opacus>=1.5"])
+    asked = []
+    slicer.util.confirmOkCancelDisplay = lambda text, **options: asked.append(text) or False
+    train = TrainTab(logic.jobContext(interactive=True))
+    train.dp.setChecked(True)
+    train.epsilon.setValue(3.0)
+    train.update_plan()
+    assert asked == [] and "not installed yet: opacus>=1.5" in train.plan.text() and not train.planner.running
+    train.data.set_path(str(tmp_path))
+    train.train()
+    assert len(asked) == 1 and "installation declined" in train.job.status.text()
 
 
 # -- the widget (its Generate tab) over PythonQt-like stand-ins ---------------------------------------------------

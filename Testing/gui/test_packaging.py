@@ -168,3 +168,25 @@ def test_contributors_are_named_with_their_affiliation():
     module = next(ast.literal_eval(n.value) for n in tree.body
                   if isinstance(n, ast.Assign) and ast.unparse(n.targets[0]) == "CONTRIBUTORS")
     assert module == contributors  # the module's About box says the same
+
+
+def test_the_license_names_every_starter_model_it_does_not_cover():
+    """Weights learned from data under another license (ACDC: CC BY-NC-SA 4.0) are listed as not covered."""
+    text = (ROOT / "LICENSE").read_text(encoding="utf-8")
+    note = text[text.index("FILES THIS LICENSE DOES NOT COVER"):]
+    models = ROOT / "Resources" / "models"
+    other = {path.parent.name: json.loads(path.read_text(encoding="utf-8")).get("dataset", {}).get("license", "")
+             for path in models.glob("*/card.json")}
+    other = {name: license_ for name, license_ in other.items() if license_}
+    assert other, "no starter model names a dataset license: is Resources/models there?"
+    listed = set(re.findall(r"Resources/models/([\w-]+)/", note))
+    assert listed == set(other)
+    assert all(license_.startswith("CC BY-NC-SA 4.0") for license_ in other.values())
+    assert "CC BY-NC-SA 4.0" in note
+
+
+def test_the_torch_requirement_the_module_checks_is_pyprojects():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["dependencies"]
+    torch = [r for r in project if Requirement(r).name == "torch"]
+    assert [str(Requirement(dependencies.TORCH))] == [str(Requirement(r)) for r in torch]
+    assert dependencies.torch_version_requirement() == ">=2.2"
