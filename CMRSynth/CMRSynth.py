@@ -47,7 +47,8 @@ def unsupportedPythonMessage(versionInfo=sys.version_info) -> str:
 if unsupportedPythonMessage():  # refuse here, in words, before the library fails to import in its own way
     raise ImportError(unsupportedPythonMessage())
 
-from CMRSynthLib.data.conventions import LV, MYO, RV  # noqa: E402 (after the version check)
+from CMRSynthLib import DEFAULT_MODEL  # noqa: E402 (after the version check)
+from CMRSynthLib.data.conventions import LV, MYO, RV  # noqa: E402
 from CMRSynthLib.data.volume import Volume, read_volume, write_volume  # noqa: E402
 from CMRSynthLib.gui import catalogue, controller, dependencies, scene  # noqa: E402
 from CMRSynthLib.gui.controller import JobState  # noqa: E402
@@ -226,7 +227,7 @@ class CMRSynthWidget(ScriptedLoadableModuleWidget):
         anatomy = bool(node.segmentation and node.referenceVolume)
         idle = bool(info and self._job is None)
         self.ui.generateButton.enabled = idle and (anatomy or node.newAnatomy > 0)
-        self.ui.restyleButton.enabled = idle and anatomy and info.family == "flow"  # invertible models only
+        self.ui.restyleButton.enabled = idle and anatomy and info.family in controller.RESTYLE_FAMILIES
         self.ui.cancelButton.enabled = self._job is not None
 
     def _segmentCombos(self):
@@ -626,7 +627,7 @@ class CMRSynthLogic(ScriptedLoadableModuleLogic):
     def _workDir(self):
         return tempfile.mkdtemp(prefix="CMRSynth-", dir=self.temporaryFolder())
 
-    def generate(self, segmentationNode, referenceVolumeNode, model="phantom-flow", vendor="", count=1, seed=0,
+    def generate(self, segmentationNode, referenceVolumeNode, model=DEFAULT_MODEL, vendor="", count=1, seed=0,
                  steps=None, sampler="", guidance=None, device="auto", structures=None, newAnatomy=0, group="",
                  wait=True):
         """Synthetic volumes for a segmentation, on the reference volume's geometry.
@@ -679,7 +680,7 @@ class CMRSynthLogic(ScriptedLoadableModuleLogic):
         job = self.runJob(settings, complete, workDir)
         return job.wait() if wait else job
 
-    def restyle(self, volumeNode, segmentationNode, vendor, model="phantom-flow", structures=None, steps=None,
+    def restyle(self, volumeNode, segmentationNode, vendor, model=DEFAULT_MODEL, structures=None, steps=None,
                 device="auto", wait=True):
         """``volumeNode`` re-rendered in ``vendor``'s style (flow-matching inversion) → a new volume node
         named ``<volume>_restyled_<vendor>``."""

@@ -40,7 +40,8 @@ class ModelInfo:
 
     ``vendors``, ``groups`` and ``phases`` are the card's vocabulary: the conditions the model knows, and the only
     ones the panel offers. A card names its training data under ``dataset`` (name, license, citation, url,
-    spacing assumption, patients); a phantom model's card says ``data.simulated`` instead.
+    ``spacing``: the spacing assumption, patients) and its pixel size under ``preprocessing.spacing``; a phantom
+    model's card says ``data.simulated`` instead.
     """
 
     name: str
@@ -103,9 +104,13 @@ class ModelInfo:
             lines.append("Data: the built-in simulated phantom cohort (no real patient)")
         elif self.dataset:
             lines.append(f"Data: {self.data_source()}")
-            for key, label in (("citation", "Cite"), ("url", "Source"), ("spacing_assumption", "Spacing")):
+            for key, label in (("citation", "Cite"), ("url", "Source"), ("spacing", "Spacing")):
                 if self.dataset.get(key):
                     lines.append(f"{label}: {self.dataset[key]}")
+        pixel = (self.card.get("preprocessing") or {}).get("spacing")
+        if isinstance(pixel, list) and pixel and all(isinstance(v, (int, float)) for v in pixel):
+            lines.append(f"Pixel size: {' × '.join(f'{v:g}' for v in pixel)} mm in-plane (images are generated at "
+                         "about this size and resampled to the reference grid)")
         cascade = self.card.get("cascade")
         if isinstance(cascade, dict):
             spacing = (cascade.get("coarse_preprocessing") or {}).get("spacing")

@@ -21,6 +21,8 @@ from typing import ClassVar
 from CMRSynthLib.errors import InputError
 
 GENERATORS = ("ddpm", "ldm", "flow", "hybrid")
+# the invertible families, which `cmrsynth restyle` accepts: flow matching, and the LDM (flow matching in a latent)
+RESTYLE_FAMILIES = ("flow", "ldm")
 PRESETS = ("tiny", "small", "base")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 # a guidance box's value one step below 0 means "the model's own" (its card's config.guidance): 0 is a weight

@@ -181,7 +181,7 @@ class GenerateTab(QtWidgets.QWidget):
         buttons = QtWidgets.QHBoxLayout()
         self.generate_button = QtWidgets.QPushButton("Generate")
         self.restyle_button = QtWidgets.QPushButton("Restyle")
-        self.restyle_button.setToolTip("Re-render the restyle image in the chosen vendor's style (flow models)")
+        self.restyle_button.setToolTip("Re-render the restyle image in the chosen vendor's style (flow and latent-diffusion models)")
         buttons.addWidget(self.generate_button)
         buttons.addWidget(self.restyle_button)
         self.job = JobBox(self.runner)

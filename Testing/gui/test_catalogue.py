@@ -1,6 +1,7 @@
 """The model list the panel offers: starter models and the user's model folder, read without torch."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -40,9 +41,8 @@ def test_starters_come_first_then_the_model_folder(tmp_path, monkeypatch):
         catalogue.find_model("nope", tmp_path / "mine")
 
 
-ACDC = {"name": "ACDC", "license": "CC BY-NC-SA 4.0", "citation": "Bernard et al., IEEE TMI 37(11), 2018",
-        "url": "https://www.creatis.insa-lyon.fr/Challenge/acdc/", "patients": 100,
-        "spacing_assumption": "1.5625 mm in-plane, 10 mm between slices (the snapshot has no spacing)"}
+ROOT = Path(__file__).resolve().parents[2]
+ACDC = {**json.loads((ROOT / "Resources" / "models" / DEFAULT_MODEL / "card.json").read_text(encoding="utf-8"))["dataset"], "patients": 100}  # the shipped card's record
 
 
 def test_the_default_real_starter_is_the_first_choice_then_real_then_phantom(tmp_path, monkeypatch):
@@ -61,12 +61,12 @@ def test_a_real_data_model_names_its_data_license_and_what_it_knows(tmp_path):
     del card["members"]  # as a card without a member list: the dataset's count is shown
     (folder / "card.json").write_text(json.dumps(card))
     info = catalogue.read_model(folder)
-    assert info.describe() == (f"flow · trained on ACDC (CC BY-NC-SA 4.0), 100 patients · no differential privacy · "
+    assert info.describe() == (f"flow · trained on ACDC ({ACDC['license']}), 100 patients · no differential privacy · "
                                f"{folder}")
     assert info.vendors == ("Siemens",) and info.groups == ("NOR", "DCM", "HCM", "MINF", "ARV")
     assert info.details().splitlines() == [
-        "Data: ACDC (CC BY-NC-SA 4.0)", f"Cite: {ACDC['citation']}", f"Source: {ACDC['url']}",
-        f"Spacing: {ACDC['spacing_assumption']}", "Vendors: Siemens", "Pathology groups: NOR, DCM, HCM, MINF, ARV",
+        f"Data: ACDC ({ACDC['license']})", f"Cite: {ACDC['citation']}", f"Source: {ACDC['url']}",
+        f"Spacing: {ACDC['spacing']}", "Vendors: Siemens", "Pathology groups: NOR, DCM, HCM, MINF, ARV",
         "Phases: ED, ES"]
 
 
@@ -149,3 +149,14 @@ def test_a_slice_level_model_shows_its_patient_level_epsilon(tmp_path):
     (folder / "card.json").write_text(json.dumps(card))
     info = catalogue.read_model(folder)
     assert (info.epsilon, info.delta) == (12.0, 0.3) and "DP ε = 12, δ = 3.0e-01" in info.describe()
+
+
+def test_every_shipped_real_model_shows_its_spacing_assumption_and_pixel_size():
+    """The tooltip reads the keys the shipped cards really have: dataset.spacing and preprocessing.spacing."""
+    real = [m for m in catalogue.list_models("/nonexistent") if m.starter and not m.simulated]
+    assert real and real[0].name == DEFAULT_MODEL
+    for info in real:
+        lines = info.details().splitlines()
+        assert f"Spacing: {info.dataset['spacing']}" in lines and "assumed 1.5625 mm in-plane" in info.dataset["spacing"]
+        pixel = info.card["preprocessing"]["spacing"]
+        assert any(line.startswith(f"Pixel size: {pixel[0]:g} × {pixel[1]:g} mm in-plane") for line in lines)

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import vtk
 
+from CMRSynthLib import DEFAULT_MODEL
 from CMRSynthLib.data.conventions import LV, MYO, RV
 from CMRSynthLib.gui import catalogue, dependencies
 
@@ -660,9 +661,7 @@ def widget(stub_slicer, tmp_path):
         tab.stop_jobs()
 
 
-ACDC = {"name": "ACDC", "license": "CC BY-NC-SA 4.0", "citation": "Bernard et al., IEEE TMI 2018",
-        "url": "https://www.creatis.insa-lyon.fr/Challenge/acdc/", "patients": 100,
-        "spacing_assumption": "1.5625 mm in-plane"}
+ACDC = json.loads((ROOT / "Resources" / "models" / DEFAULT_MODEL / "card.json").read_text(encoding="utf-8"))["dataset"]  # the shipped card's record
 
 
 def test_generate_shows_the_models_data_and_offers_only_its_vendors_and_groups(widget, tmp_path):
@@ -670,8 +669,9 @@ def test_generate_shows_the_models_data_and_offers_only_its_vendors_and_groups(w
     node = widget._parameterNode
     node.model, node.vendor, node.group = str(acdc), "GE", "HCM"  # chosen for another model
     widget.onParameterNodeModified()
-    assert widget.ui.modelCardLabel.text.startswith("flow · trained on ACDC (CC BY-NC-SA 4.0), 2 patients")
-    assert "Cite: Bernard et al., IEEE TMI 2018" in widget.ui.modelCardLabel.toolTip
+    assert widget.ui.modelCardLabel.text.startswith(f"flow · trained on ACDC ({ACDC['license']}), 2 patients")
+    assert f"Cite: {ACDC['citation']}" in widget.ui.modelCardLabel.toolTip
+    assert f"Spacing: {ACDC['spacing']}" in widget.ui.modelCardLabel.toolTip
     assert widget.ui.vendorComboBox.texts == ["", "Siemens"] and widget.ui.groupComboBox.texts == ["", "NOR", "DCM"]
     assert node.vendor == "" and node.group == ""  # what this model does not know is not kept
     phantom = next(m for m in widget.logic.models() if m.starter and m.simulated and m.family == "flow")
@@ -739,3 +739,26 @@ def test_cleanup_ends_every_tabs_job_and_the_generate_jobs_files(stub_slicer, wi
 def _running(pid):
     with open(f"/proc/{pid}/stat") as f:
         return f.read().rsplit(") ", 1)[1][0] != "Z"
+
+
+def test_the_default_model_is_the_librarys_and_restyle_is_offered_for_it(widget, heart):
+    """One default: Logic.generate/restyle default to CMRSynthLib.DEFAULT_MODEL, and Restyle is enabled for every
+    family whose generator can invert (the LDM is flow matching in a latent); shipped cards only."""
+    import inspect
+
+    from CMRSynthLib.generators import generator_class
+    from CMRSynthLib.gui.controller import GENERATORS, RESTYLE_FAMILIES
+
+    logic = type(widget.logic)
+    for method in (logic.generate, logic.restyle):
+        assert inspect.signature(method).parameters["model"].default == DEFAULT_MODEL
+    assert set(RESTYLE_FAMILIES) == {f for f in GENERATORS if hasattr(generator_class(f), "restyle")}
+    reference, segmentation = heart
+    node = widget._parameterNode
+    node.segmentation, node.referenceVolume = segmentation, reference
+    starters = {m.name: m for m in widget.logic.models() if m.starter and m.family in GENERATORS}
+    assert starters[DEFAULT_MODEL].family == "ldm"
+    for name, info in starters.items():
+        node.model = info.argument
+        widget.onParameterNodeModified()
+        assert widget.ui.restyleButton.enabled == (info.family in ("flow", "ldm")), name

@@ -166,8 +166,8 @@ def test_guidance_is_the_models_own_until_the_user_sets_one(panel, model):
 def test_generate_offers_only_what_the_model_knows_and_names_its_data(panel, tmp_path):
     folder = tmp_path / "models" / "acdc-flow"
     folder.mkdir(parents=True)
-    dataset = {"name": "ACDC", "license": "CC BY-NC-SA 4.0", "citation": "Bernard et al. 2018", "patients": 100,
-               "url": "https://www.creatis.insa-lyon.fr/Challenge/acdc/", "spacing_assumption": "1.5625 mm"}
+    shipped = Path(__file__).resolve().parents[2] / "Resources" / "models" / "acdc-flow" / "card.json"
+    dataset = {**json.loads(shipped.read_text(encoding="utf-8"))["dataset"], "patients": 100}
     (folder / "card.json").write_text(json.dumps({
         "family": "flow", "dataset": dataset, "data": {"simulated": False},
         "vocabulary": {"vendors": ["Siemens"], "groups": ["NOR", "DCM"], "phases": ["ED", "ES"]}}))
@@ -175,8 +175,9 @@ def test_generate_offers_only_what_the_model_knows_and_names_its_data(panel, tmp
     tab.model.refresh(select=str(folder))
     assert [tab.vendor.itemText(i) for i in range(tab.vendor.count())] == ["", "Siemens"]
     assert [tab.group.itemText(i) for i in range(tab.group.count())] == ["", "NOR", "DCM"]
-    assert "trained on ACDC (CC BY-NC-SA 4.0), 100 patients" in tab.model.card.text()
-    assert "Cite: Bernard et al. 2018" in tab.model.card.toolTip()
+    assert f"trained on ACDC ({dataset['license']}), 100 patients" in tab.model.card.text()
+    assert f"Spacing: {dataset['spacing']}" in tab.model.card.toolTip()
+    assert f"Cite: {dataset['citation']}" in tab.model.card.toolTip()
     phantom = next(info for info in tab.model.models if info.starter and info.simulated)
     tab.model.refresh(select=phantom.argument)
     assert "trained on a simulated phantom" in tab.model.card.text()
