@@ -33,6 +33,8 @@ def run(args, progress) -> int:
     # One file or one DICOM series: if it cannot be read there is nothing to report (exit 2, one line).
     single = cohort.layout in ("file", "dicom")
     report = inspect_cohort(cohort, fatal=single, callback=progress.update)
+    if not single:
+        report["training_split"] = training_split_of(cohort)
     problems = len(report["problems"]) + sum(len(c["problems"]) for c in report["cases"])
     progress.done(layout=report["layout"], cases=len(report["cases"]), problems=problems)
     if args.json:
@@ -41,6 +43,29 @@ def run(args, progress) -> int:
     else:
         print(format_report(report, root=str(cohort.root)))
     return 0
+
+
+def training_split_of(cohort) -> dict:
+    """The patients per part of the split ``cmrsynth train`` makes of the cohort, or the problem that stops it."""
+    from CMRSynthLib.errors import InputError
+    from CMRSynthLib.training.data import split_sizes
+
+    try:
+        return split_sizes(cohort)
+    except InputError as exc:
+        return {"problem": str(exc)}
+
+
+def _split_lines(split: dict | None) -> list[str]:
+    """The training split in words, with the N that ``cmrsynth privacy-budget --patients`` needs."""
+    if split is None:
+        return []
+    if "problem" in split:
+        return ["", f"training split: none ({split['problem']})"]
+    return ["", f"training split (cmrsynth train): {split['train']} patients to train on, {split['validation']} "
+                f"validation, {split['holdout']} held out",
+            f"  with --dp: cmrsynth privacy-budget --patients {split['train']} ... (and --batch-size at most "
+            f"{split['train']})"]
 
 
 def _indented_json(report: dict) -> str:
@@ -92,4 +117,4 @@ def format_report(report: dict, *, root: str) -> str:
     found = report["problems"] + [p for c in cases for p in c["problems"]]
     lines += ["", f"problems: {len(found)}" if found else "problems: none"]
     lines += [f"  - {p}" for p in found]
-    return "\n".join(lines)
+    return "\n".join(lines + _split_lines(report.get("training_split")))

@@ -69,7 +69,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
     run.add_argument("--epochs", type=int, default=None, help="stop after this many epochs (default 100 "
                      "when --max-steps is not given)")
-    run.add_argument("--batch-size", type=int, default=16)
+    run.add_argument("--batch-size", type=int, default=16,
+                     help="slices per step; with --dp the expected number of PATIENTS per step, at most the "
+                          "training split's patients (cmrsynth inspect DATA shows them)")
     run.add_argument("--lr", type=float, default=2e-4, help="peak learning rate (AdamW)")
     run.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="cosine")
     run.add_argument("--warmup", type=int, default=0, help="linear warm-up steps")
@@ -107,11 +109,28 @@ def generator_family(generator: str | None, init: str | None) -> str:
     return family
 
 
+def check_dp_batch(batch_size: int, data: str, train_patients: int | None) -> None:
+    """Refuse, before anything is read, a DP ``--batch-size`` (expected patients per step) above the patients
+    the run trains on: the training split's, or ``--train-patients``."""
+    from CMRSynthLib.data.cohorts import open_cohort
+    from CMRSynthLib.errors import InputError
+    from CMRSynthLib.training.data import split_sizes
+
+    cohort = open_cohort(data)
+    patients = train_patients or split_sizes(cohort)["train"]
+    if batch_size > patients:
+        raise InputError(f"--batch-size {batch_size}: with --dp it is the expected number of patients per step, at most "
+                         f"the {patients} patients the run trains on (the training split of the cohort's "
+                         f"{len(cohort.patients())}; cmrsynth inspect {data} shows it)")
+
+
 def run(args, progress) -> int:
     from CMRSynthLib.training.config import TrainConfig
     from CMRSynthLib.training.loop import Trainer
 
     args.generator = generator_family(args.generator, args.init)
+    if args.dp:
+        check_dp_batch(args.batch_size, args.data, args.train_patients)
     config = TrainConfig(
         data=args.data, family=args.generator, out=args.out, preset=args.preset, image_size=args.image_size,
         spatial_dims=args.spatial_dims, depth=args.depth, vendors=args.vendors, spacing=args.spacing, max_steps=args.max_steps, epochs=args.epochs,

@@ -130,6 +130,13 @@ def labelled_records(cohort, data) -> list:
     return records
 
 
+def split_sizes(cohort, *, seed: int = 0) -> dict[str, int]:
+    """How many patients ``cmrsynth train`` puts in each part of ``cohort``'s split (train, validation, holdout):
+    ``train`` is the N of ``cmrsynth privacy-budget --patients N`` and the most patients a DP step can expect."""
+    split = training_split(labelled_records(cohort, cohort.root), seed=seed)
+    return {"train": len(split.train), "validation": len(split.validation), "holdout": len(split.holdout)}
+
+
 def split_strata(records) -> dict[str, str]:
     """Each patient's stratum of the split: its vendor and pathology group."""
     return {r.patient: f"{r.vendor}/{r.group}" for r in records}

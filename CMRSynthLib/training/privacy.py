@@ -346,14 +346,17 @@ def add_arguments(parser) -> None:
     group = parser.add_argument_group("differential privacy (DP-SGD with Opacus; the privacy unit is the patient)")
     group.add_argument("--dp", action="store_true",
                        help="train with DP-SGD: Poisson sampling of patients (--batch-size is the expected number "
-                            "of patients per step, --epochs counts passes over the patients), per-patient clipping")
+                            "of patients per step, --epochs counts passes over the patients), per-patient clipping; "
+                            "needs --delta, --max-grad-norm and --epsilon or --noise-multiplier")
     group.add_argument("--epsilon", type=float, default=None,
-                       help="target ε: the noise is calibrated to it, and training stops before exceeding it")
-    group.add_argument("--delta", type=float, default=None, help="δ, below 1/patients")
+                       help="target ε: the noise is calibrated to it, and training stops before exceeding it "
+                            "(with --dp, this or --noise-multiplier is required)")
+    group.add_argument("--delta", type=float, default=None,
+                       help="δ, below 1/patients of the training split (required with --dp)")
     group.add_argument("--max-grad-norm", type=float, default=None,
-                       help="C: the norm each patient's gradient is clipped to")
+                       help="C: the norm each patient's gradient is clipped to (required with --dp; 1.0 is usual)")
     group.add_argument("--noise-multiplier", type=float, default=None,
-                       help="σ set by hand instead of calibrated to --epsilon")
+                       help="σ set by hand instead of calibrated to --epsilon (default: calibrated)")
     group.add_argument("--accountant", choices=ACCOUNTANTS, default="rdp",
                        help="Opacus accountant: rdp (Rényi DP) or prv (privacy random variables, tighter)")
     group.add_argument("--slice-level", action="store_true",

@@ -13,6 +13,7 @@ from cohort_fixtures import (
 
 from CMRSynthLib.data.cohort_report import orientation_code
 from CMRSynthLib.data.volume import Volume, write_volume
+from training_fixtures import phantom, tiny_flow  # noqa: F401 - fixtures
 
 KEYS = ["patient", "phase", "vendor", "group", "image", "label", "shape", "spacing", "origin", "direction",
         "volumes_ml", "problems"]
@@ -28,8 +29,9 @@ def test_acdc_json_exact(run_cli, tmp_path):
     root = make_acdc(tmp_path / "acdc")
     report = _json(run_cli, root)
 
-    assert list(report) == ["layout", "cases", "problems"]
+    assert list(report) == ["layout", "cases", "problems", "training_split"]
     assert report["layout"] == "acdc" and report["problems"] == []
+    assert "2 patients cannot fill 3 parts" in report["training_split"]["problem"]
     assert [(c["patient"], c["phase"], c["group"], c["vendor"]) for c in report["cases"]] == [
         ("patient001", "ED", "DCM", "unknown"), ("patient001", "ES", "DCM", "unknown"),
         ("patient002", "ED", "ARV", "unknown"), ("patient002", "ES", "ARV", "unknown")]
@@ -175,3 +177,16 @@ def test_orientation_code():
     assert orientation_code([[0, 0, 1], [1, 0, 0], [0, -1, 0]]) == "AIR"  # I → A, J → I(nferior), K → R
     tilt = np.radians(2.0)
     assert orientation_code([[1, 0, 0], [0, np.cos(tilt), -np.sin(tilt)], [0, np.sin(tilt), np.cos(tilt)]]) == "RAS~"
+
+
+def test_the_training_split_is_the_one_train_makes(run_cli, phantom, tiny_flow):  # noqa: F811
+    """What privacy-budget --patients needs before a DP run: the training split's size, shown by inspect, is the
+    number of patients a model trained on the cohort lists as members."""
+    card = json.loads((tiny_flow / "card.json").read_text(encoding="utf-8"))
+    split = {"train": len(card["members"]), "validation": len(card["validation"]), "holdout": len(card["holdout"])}
+    assert _json(run_cli, phantom)["training_split"] == split
+    code, out, err = run_cli("inspect", phantom)
+    assert code == 0, err
+    assert (f"training split (cmrsynth train): {split['train']} patients to train on, {split['validation']} "
+            f"validation, {split['holdout']} held out") in out
+    assert f"cmrsynth privacy-budget --patients {split['train']} " in out

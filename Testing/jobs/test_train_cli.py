@@ -1,6 +1,7 @@
 """cmrsynth train: the progress protocol, a finished run, resuming, and bad input."""
 
 import json
+import re
 
 import pytest
 
@@ -85,3 +86,38 @@ def test_a_fine_tune_keeps_its_init_models_field_of_view_and_refuses_another(run
     state_file.write_text(json.dumps(state), encoding="utf-8")
     code, _, err = run_cli(*tuned, "--out", tmp_path / "tuned")
     assert code == 0 and "already holds a finished run" in err
+
+
+def test_the_generator_is_implied_by_init_and_a_mismatch_is_refused(run_cli, phantom, tmp_path):  # noqa: F811
+    code, _, err = run_cli("train", "--data", phantom, "--out", tmp_path / "a", "--init", "phantom-tiny-flow",
+                           "--max-steps", "1", "--batch-size", "2", "--device", "cpu", "--progress", "none")
+    assert code == 0, err
+    assert json.loads((tmp_path / "a" / "card.json").read_text(encoding="utf-8"))["family"] == "flow"
+    code, _, err = run_cli("train", "--data", phantom, "--out", tmp_path / "b", "--init", "phantom-tiny-flow",
+                           "--generator", "ddpm", "--max-steps", "1", "--progress", "none")
+    assert code == 2 and "--generator ddpm: --init phantom-tiny-flow is a flow model" in err
+    code, _, err = run_cli("train", "--data", phantom, "--out", tmp_path / "c", "--progress", "none")
+    assert code == 2 and "--generator is required without --init" in err
+    assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+
+
+def test_a_dp_batch_larger_than_the_training_split_names_its_size(run_cli, phantom, tmp_path):  # noqa: F811
+    code, stdout, _ = run_cli("inspect", phantom, "--json", "--progress", "none")
+    patients = json.loads(stdout)["training_split"]["train"]
+    code, _, err = run_cli("train", "--data", phantom, "--out", tmp_path / "m", "--init", "phantom-tiny-flow",
+                           "--dp", "--delta", "1e-2", "--max-grad-norm", "1", "--epsilon", "10", "--progress", "none")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and not (tmp_path / "m").exists()
+    assert f"--batch-size 16: with --dp it is the expected number of patients per step, at most the {patients} " \
+           "patients the run trains on" in err and f"cmrsynth inspect {phantom}" in err
+
+
+def test_the_help_says_what_dp_requires(capsys):
+    from CMRSynthLib.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for flag in ("--delta", "--max-grad-norm"):
+        assert re.search(re.escape(flag) + r" \w+ [^-]*required with --dp", text), flag
+    assert "needs --delta, --max-grad-norm and --epsilon or --noise-multiplier" in text
+    assert "default with --init: the --init model's family" in text
