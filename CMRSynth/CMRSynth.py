@@ -399,12 +399,34 @@ def writeMask(segmentationNode, referenceVolumeNode, structures, path) -> int:
 
 
 def addVolumeNode(path, name, attributes):
-    """Load a CMRSynth output file as a new scalar volume node with ``CMRSynth.*`` attributes."""
+    """Load a CMRSynth output file as a new scalar volume node, marked synthetic (:func:`markSynthetic`)."""
     volume = read_volume(path)
     node = slicer.util.addVolumeFromArray(volume.array, ijkToRAS=volume.ijk_to_ras, name=name)
-    for key, value in attributes.items():
-        node.SetAttribute(ATTRIBUTE_PREFIX + key, str(value))
+    markSynthetic(node, attributes, volume.metadata)
+    storage = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLNRRDStorageNode")
+    storage.SetDefaultWriteFileExtension("nrrd")
+    node.SetAndObserveStorageNodeID(storage.GetID())
     return node
+
+
+def markSynthetic(node, attributes, header):
+    """Mark a node CMRSynth made as synthetic wherever a Save or a DICOM export looks.
+
+    * node attributes ``CMRSynth.*`` (``CMRSynth.synthetic`` = true) and the output file's own header fields as the
+      command line writes them (``descrip`` "SYNTHETIC CMRSynth ...", ``cmrsynth_*``);
+    * a volume is saved through a vtkMRMLNRRDStorageNode, which writes every node attribute into the NRRD header
+      ("pass down all MRML attributes to NRRD", Libs/MRML/Core/vtkMRMLNRRDStorageNode.cxx, WriteDataInternal);
+    * the subject-hierarchy attribute ``DICOM.SeriesDescription``, which Slicer's DICOM export uses for the series
+      description ("If series item contains tag then use that value",
+      Modules/Scripted/DICOMLib/Widgets/qSlicerDICOMTagEditorWidget.cxx).
+    """
+    for key, value in {**attributes, "synthetic": "true"}.items():
+        node.SetAttribute(ATTRIBUTE_PREFIX + key, str(value))
+    for key, value in header.items():
+        node.SetAttribute(key, str(value))
+    description = header.get("descrip") or f"SYNTHETIC CMRSynth {attributes.get('generator', '')} {node.GetName()}"
+    shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
+    shNode.SetItemAttribute(shNode.GetItemByDataNode(node), "DICOM.SeriesDescription", description[:64])
 
 
 @contextlib.contextmanager
@@ -663,14 +685,16 @@ class CMRSynthLogic(ScriptedLoadableModuleLogic):
             shutil.rmtree(workDir, ignore_errors=True)
             raise
         attributes = {"generator": info.family, "modelId": info.model_id, "model": info.argument,
-                      "epsilon": "none" if info.epsilon is None else info.epsilon, "synthetic": "true"}
+                      "epsilon": "none" if info.epsilon is None else info.epsilon}
         baseName = referenceVolumeNode.GetName() if referenceVolumeNode is not None and not newAnatomy else ""
 
         def complete(status):
             nodes = []
             for path, kind in status.artefacts:
                 if kind == "mask":  # new anatomy drawn by the stage-1 model
-                    nodes.append(slicer.util.loadSegmentation(path))
+                    segmentation = slicer.util.loadSegmentation(path)
+                    markSynthetic(segmentation, {**attributes, "anatomy": "true"}, read_volume(path).metadata)
+                    nodes.append(segmentation)
                     continue
                 outVendor, outSeed = scene.parse_synthetic_name(path)
                 name = scene.synthetic_node_name(baseName, path) if baseName else Path(path).name.split(".")[0]
@@ -698,8 +722,8 @@ class CMRSynthLogic(ScriptedLoadableModuleLogic):
         out = os.path.join(workDir, "restyled.nii.gz")
         settings = controller.RestyleSettings(model=info.argument, image=image, mask=mask, vendor=vendor, out=out,
                                               steps=steps, device=device)
-        attributes = {"generator": info.family, "modelId": info.model_id, "vendor": vendor, "restyled": "true",
-                      "source": volumeNode.GetName()}
+        attributes = {"generator": info.family, "modelId": info.model_id, "model": info.argument, "vendor": vendor,
+                      "restyled": "true", "source": volumeNode.GetName()}
         job = self.runJob(settings, lambda status: addVolumeNode(
             out, f"{volumeNode.GetName()}_restyled_{vendor}", attributes), workDir)
         return job.wait() if wait else job

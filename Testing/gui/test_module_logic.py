@@ -48,6 +48,9 @@ class VolumeNode:
     def GetParentTransformNode(self):
         return None
 
+    def SetAndObserveStorageNodeID(self, storage_id):
+        self.storage_id = storage_id
+
     def SetAttribute(self, key, value):
         self.attributes[key] = value
 
@@ -109,8 +112,17 @@ class Segmentation:
 
 
 class SegmentationNode:
-    def __init__(self, segments):
-        self.segmentation = Segmentation(segments)
+    def __init__(self, segments, name="Segmentation"):
+        self.segmentation, self.name, self.attributes = Segmentation(segments), name, {}
+
+    def GetName(self):
+        return self.name
+
+    def SetAttribute(self, key, value):
+        self.attributes[key] = value
+
+    def GetAttribute(self, key):
+        return self.attributes.get(key)
 
     def GetSegmentation(self):
         return self.segmentation
@@ -121,7 +133,7 @@ def stub_slicer(tmp_path, monkeypatch):
     """Modules ``slicer`` (and friends) and ``qt`` as far as CMRSynth.py uses them; returns (module, scene)."""
     from Qt import QtCore, QtGui, QtWidgets
 
-    scene = []
+    scene, storages, hierarchy = [], {}, {}  # data nodes; storage nodes by id; subject-hierarchy item attributes
     qt = types.ModuleType("qt")  # PythonQt's flat namespace, filled from PySide6
     for source in (QtCore, QtGui, QtWidgets):
         for name in dir(source):
@@ -142,8 +154,19 @@ def stub_slicer(tmp_path, monkeypatch):
             segmentation_node.segmentation.segments[f"Segment_{value}"] = (str(value), labelmap.array == value)
 
     def add_node(class_name):
+        if class_name == "vtkMRMLNRRDStorageNode":  # kept apart: the tests' scene lists data nodes
+            storage_id = f"vtkMRMLNRRDStorageNode{len(storages) + 1}"
+            storage = types.SimpleNamespace(GetID=lambda: storage_id)
+            storage.SetDefaultWriteFileExtension = lambda extension: setattr(storage, "extension", extension)
+            storages[storage.GetID()] = storage
+            return storage
         assert class_name == "vtkMRMLSegmentationNode"
         scene.append(SegmentationNode({}))
+        return scene[-1]
+
+    def load_segmentation(path):
+        scene.append(SegmentationNode({}, name=Path(path).name.split(".")[0]))
+        scene[-1].path = path
         return scene[-1]
 
     def temp_directory(key="__SlicerTemp__", tempDir=None, includeDateTime=True):  # Slicer's: a new folder each call
@@ -156,7 +179,7 @@ def stub_slicer(tmp_path, monkeypatch):
     util.addVolumeFromArray = add_volume
     util.tempDirectory = temp_directory
     util.startupEnvironment = lambda: dict(os.environ)
-    util.loadSegmentation = lambda path: scene.append(("segmentation", path)) or scene[-1]
+    util.loadSegmentation = load_segmentation
     util.pip_install = lambda *a, **k: pytest.fail("pip_install must not be called here")
     (tmp_path / "slicer-temp").mkdir()
     i18n = types.ModuleType("slicer.i18n")
@@ -177,6 +200,11 @@ def stub_slicer(tmp_path, monkeypatch):
     segmentations_logic = types.SimpleNamespace(ImportLabelmapToSegmentationNode=import_labelmap)
     slicer.modules = types.SimpleNamespace(segmentations=types.SimpleNamespace(logic=lambda: segmentations_logic))
     slicer.vtkMRMLScalarVolumeNode, slicer.vtkMRMLSegmentationNode = VolumeNode, SegmentationNode
+    sh_node = types.SimpleNamespace(GetItemByDataNode=lambda node: id(node),
+                                    SetItemAttribute=lambda item, key, value: hierarchy.setdefault(item, {}).update(
+                                        {key: value}))
+    slicer.vtkMRMLSubjectHierarchyNode = types.SimpleNamespace(GetSubjectHierarchyNode=lambda scene: sh_node)
+    slicer.storages, slicer.hierarchy = storages, hierarchy  # (what the tests read back)
     for name, module in (("qt", qt), ("slicer", slicer), ("slicer.util", util), ("slicer.i18n", i18n),
                          ("slicer.parameterNodeWrapper", wrapper), ("slicer.ScriptedLoadableModule", scripted)):
         monkeypatch.setitem(sys.modules, name, module)
@@ -229,6 +257,10 @@ def test_the_in_slicer_self_test_passes_against_the_stand_in(stub_slicer, tmp_pa
     assert [n.GetName() for n in synthetic] == [f"cine_synth_{model.vendors[0]}_5", f"cine_synth_{model.vendors[0]}_6"]
     for node, seed in zip(synthetic, (5, 6)):
         assert node.attributes["CMRSynth.generator"] == "flow" and node.attributes["CMRSynth.seed"] == str(seed)
+        # what the CLI writes in its headers, carried into the NRRD a Save writes and the DICOM export's description
+        assert node.attributes["CMRSynth.synthetic"] == "true" and node.attributes["descrip"].startswith("SYNTHETIC")
+        assert slicer.storages[node.storage_id].extension == "nrrd"
+        assert slicer.hierarchy[id(node)]["DICOM.SeriesDescription"] == node.attributes["descrip"][:64]
         assert node.attributes["CMRSynth.modelId"] == model.model_id and node.attributes["CMRSynth.epsilon"] == "none"
     assert not np.array_equal(synthetic[0].array, synthetic[1].array)  # two seeds, two images
     assert list((tmp_path / "slicer-temp").iterdir()) == []  # the job's files are gone
@@ -245,6 +277,9 @@ def test_restyle_adds_one_volume_in_the_target_style(stub_slicer, heart, tmp_pat
     assert scene == [node] and node.GetName() == f"cine_restyled_{model.vendors[0]}"
     assert node.array.shape == reference.array.shape and np.allclose(node.matrix, reference.matrix, atol=1e-4)
     assert node.attributes["CMRSynth.restyled"] == "true" and node.attributes["CMRSynth.source"] == "cine"
+    assert node.attributes["CMRSynth.synthetic"] == "true" and node.attributes["descrip"].startswith("SYNTHETIC")
+    assert slicer.storages[node.storage_id].extension == "nrrd"  # NRRD: every attribute goes into the header
+    assert slicer.hierarchy[id(node)]["DICOM.SeriesDescription"].startswith("SYNTHETIC CMRSynth")
     assert not np.array_equal(node.array, reference.array)
 
 
@@ -396,7 +431,9 @@ def test_new_anatomy_adds_a_segmentation_and_its_images(stub_slicer, tmp_path):
     job = logic.generate(None, None, model=model.name, vendor=model.vendors[0], seed=4, newAnatomy=1, group="HCM",
                          wait=False)
     segmentation, volume = job.wait()
-    assert segmentation == ("segmentation", str(Path(started[0].out) / "anatomy000_HCM_any_4_mask.nii.gz"))
+    assert segmentation.path == str(Path(started[0].out) / "anatomy000_HCM_any_4_mask.nii.gz")
+    assert segmentation.attributes["CMRSynth.synthetic"] == "true" and segmentation.attributes["CMRSynth.anatomy"] == "true"
+    assert slicer.hierarchy[id(segmentation)]["DICOM.SeriesDescription"].startswith("SYNTHETIC")
     assert volume.GetName() == f"anatomy000_HCM_any_4_mask_synth_{model.vendors[0]}_4"
     assert volume.attributes["CMRSynth.seed"] == "4" and volume.attributes["CMRSynth.vendor"] == model.vendors[0]
     assert scene == [segmentation, volume]
