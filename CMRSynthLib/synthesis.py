@@ -7,6 +7,10 @@ result, in [-1, 1], goes back onto the mask's grid with :meth:`SliceTransform.re
 prepared field of view: the background value) and is scaled to the intensity range the model's training
 cases had for that vendor (the card's ``intensity``: medians of the clip percentiles), so -1 ↦ lo, 1 ↦ hi.
 
+Intensities follow a reference when there is one: :func:`follow_reference` maps the model's range onto the
+reference image's values at the same clip percentiles and gives the image the reference's voxel type (an int16
+scan 0–1000 gets int16 images on its scale). Without one the image stays float32 on the model's range.
+
 Randomness: sample ``i`` of ``count`` uses a ``torch.Generator`` seeded with ``seed + i``: the same seed
 gives the same image. With the privacy filter the draw seeds are secret instead (the header says ``seed=secret``;
 :func:`~CMRSynthLib.reid.filter.secret_draw_seed`): a reproducible draw would show which slices were redrawn.
@@ -32,6 +36,7 @@ seed), never into the image.
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
@@ -47,7 +52,7 @@ if TYPE_CHECKING:
 
 DEFAULT_INTENSITY = (0.0, 1000.0)  # for a card without an intensity record
 NEW_ANATOMY_SLICE_MM = 10.0  # slice spacing given to new anatomies (a typical short-axis stack)
-ANY_VENDOR = "any"  # the file-name word for the null (unconditional) vendor
+ANY_VENDOR = "unconditional"  # the word for the null vendor in file names and headers
 PRECISIONS = ("fp32", "bf16")
 BF16_TOLERANCE = {"max": 0.1, "mean": 0.01}  # |bf16 image − fp32 image| in [-1, 1], same seed (tested)
 
@@ -107,6 +112,44 @@ def _to_stack(images: torch.Tensor, generator, k: int, start: int) -> np.ndarray
     if generator.config.spatial_dims == 3:
         return array[0, 0, -start:-start + k] if start < 0 else array[0, 0, :k]
     return array[:, 0]
+
+
+@dataclass(frozen=True)
+class ReferenceScale:
+    """What a synthetic image follows of its reference image: the voxel type and the reference's values
+    ``(lo, hi)`` at the model's clip percentiles ``percentiles``."""
+
+    dtype: np.dtype
+    lo: float
+    hi: float
+    percentiles: tuple[float, float]
+
+    @classmethod
+    def of(cls, reference: Volume, card: dict) -> "ReferenceScale":
+        """The scale of ``reference`` (non-finite voxels ignored) at ``card``'s clip percentiles."""
+        percentiles = tuple(float(p) for p in preprocessing(card).clip_percentiles)
+        values = np.asarray(reference.array)
+        finite = values[np.isfinite(values)] if values.dtype.kind == "f" else values.ravel()
+        lo, hi = (float(v) for v in np.percentile(finite, percentiles))
+        return cls(np.dtype(np.float32 if values.dtype == np.float16 else values.dtype), lo, hi, percentiles)
+
+
+def follow_reference(image: Volume, scale: ReferenceScale, card: dict, vendor: str | None) -> Volume:
+    """``image`` (float, on the model's range for ``vendor``) on its reference's scale and voxel type.
+
+    The model's range ``(lo, hi)`` (the medians of its training images' clip percentiles, :func:`intensity_range`)
+    maps linearly onto the reference's values at the same percentiles; an integer type is rounded and clipped to
+    the type's range. The header records it (``cmrsynth_intensity``).
+    """
+    lo, hi = intensity_range(card, vendor)
+    scaled = scale.lo + (np.asarray(image.array, np.float64) - lo) * ((scale.hi - scale.lo) / (hi - lo))
+    if scale.dtype.kind in "iu":
+        info = np.iinfo(scale.dtype)
+        scaled = np.clip(np.rint(scaled), info.min, info.max)
+    p_lo, p_hi = scale.percentiles
+    return image.with_array(scaled.astype(scale.dtype), cmrsynth_intensity=(
+        f"{scale.dtype.name} on the reference's scale: the model's {lo:.6g}..{hi:.6g} mapped to the reference's "
+        f"{p_lo:g}-{p_hi:g} percentiles {scale.lo:.6g}..{scale.hi:.6g}"))
 
 
 def precision_context(precision: str, device: torch.device):

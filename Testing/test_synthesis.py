@@ -106,3 +106,18 @@ def test_restyle_refuses_nan_mismatch_and_non_flow_models(model, phantom):  # no
                                                               if k in ("spatial_dims", "image_size", "vocabulary")}))
     with pytest.raises(InputError, match="needs a flow-matching model"):
         restyle(ddpm, {**card, "family": "ddpm"}, case.image, case.label, vendor="Siemens")
+
+
+def test_an_image_follows_its_reference_s_type_and_scale():
+    """The model's range (lo, hi) lands on the reference's values at the card's clip percentiles, in its type."""
+    from CMRSynthLib.synthesis import ReferenceScale, follow_reference
+
+    card = {"preprocessing": {"clip_percentiles": [0.5, 99.5], "size": [8, 8], "spacing": [1.0, 1.0]},
+            "intensity": {"*": [0.0, 1.0]}}
+    reference = Volume(np.arange(0, 1001, dtype=np.int16).reshape(1, 7, 143), np.eye(4))
+    scale = ReferenceScale.of(reference, card)
+    assert scale.dtype == np.int16 and (scale.lo, scale.hi) == pytest.approx((5.0, 995.0))
+    image = Volume(np.array([[[0.0, 0.5, 1.0, 2.0]]], np.float32), np.eye(4))
+    followed = follow_reference(image, scale, card, None)
+    assert followed.array.dtype == np.int16 and followed.array.tolist() == [[[5, 500, 995, 1985]]]
+    assert "int16" in followed.metadata["cmrsynth_intensity"]

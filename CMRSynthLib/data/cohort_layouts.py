@@ -18,6 +18,8 @@ generic    ``name.ext`` + ``name_gt.ext`` (or _label, _seg, _mask), nested or no
 from __future__ import annotations
 
 import csv
+import fnmatch
+import os
 import re
 from pathlib import Path
 
@@ -93,11 +95,21 @@ def _csv_columns(path: Path) -> set[str]:
         return {c.strip() for c in next(csv.reader(handle), [])}
 
 
-def _find(root: Path, pattern: str) -> list[Path]:
-    """Paths under ``root`` matching ``pattern`` (any depth), sorted, without hidden files or folders
-    below ``root`` (e.g. half-written ``.name.partial`` files)."""
-    return sorted(p for p in root.rglob(pattern)
-                  if not any(part.startswith(".") for part in p.relative_to(root).parts))
+def find_files(root: Path, pattern: str) -> list[Path]:
+    """Paths under ``root`` whose name matches ``pattern`` (any depth), sorted, without hidden files or folders
+    below ``root`` (e.g. half-written ``.name.partial`` files). Symlinked folders are followed (once each: a
+    link back up the tree is not walked again)."""
+    found, seen = [], set()
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found += [Path(folder) / name for name in (*dirs, *files)
+                  if not name.startswith(".") and fnmatch.fnmatchcase(name, pattern)]
+    return sorted(found)
 
 
 # -- detection ---------------------------------------------------------------------------------------
@@ -107,7 +119,7 @@ def detect_layout(root: Path) -> str | None:
         return "cmrsynth"
     if any(is_ssl4mis_name(p.name) for p in root.iterdir()):
         return "acdc-h5"
-    names = [p.name for p in _find(root, "*") if p.is_file()]
+    names = [p.name for p in find_files(root, "*") if p.is_file()]
     if any(ACDC_FRAME.match(n) for n in names):
         return "acdc"
     if any(MNMS2_IMAGE.match(n) for n in names) and "dataset_information.csv" in names:
@@ -149,7 +161,7 @@ def _read_info_cfg(path: Path) -> dict[str, str]:
 def list_acdc(root: Path) -> tuple[list[CaseRecord], list[str]]:
     records, problems = [], []
     frames_by_patient: dict[Path, dict[int, Path]] = {}
-    for path in _find(root, "patient*_frame*.nii*"):
+    for path in find_files(root, "patient*_frame*.nii*"):
         match = ACDC_FRAME.match(path.name)
         if match:  # the 4D file patientXXX_4d.nii.gz and the _gt labels do not match
             frames_by_patient.setdefault(path.parent, {})[int(match.group(2))] = path
@@ -185,14 +197,14 @@ def list_acdc(root: Path) -> tuple[list[CaseRecord], list[str]]:
 
 # -- M&Ms-2 --------------------------------------------------------------------------------------------
 def list_mnms2(root: Path) -> tuple[list[CaseRecord], list[str]]:
-    csv_path = _find(root, "dataset_information.csv")[0]
+    csv_path = find_files(root, "dataset_information.csv")[0]
     rows = {}
     for row in _read_csv(csv_path):
         code = row.get("SUBJECT_CODE", "")
         if code.isdigit():
             rows[int(code)] = row
     records, problems = [], []
-    for image in _find(root, "*_SA_E[DS].nii*"):
+    for image in find_files(root, "*_SA_E[DS].nii*"):
         match = MNMS2_IMAGE.match(image.name)
         if not match:
             continue
@@ -224,7 +236,7 @@ def _attributes(row: dict[str, str], keys) -> dict:
 # -- M&Ms-1 --------------------------------------------------------------------------------------------
 def _mnms1_csv(root: Path) -> Path | None:
     """The M&Ms-1 information CSV: in ``root`` (any depth) or up to two folders above it."""
-    candidates = _find(root, "*.csv") + [p for parent in list(root.parents)[:2]
+    candidates = find_files(root, "*.csv") + [p for parent in list(root.parents)[:2]
                                                         for p in parent.glob("*.csv")]
     for path in sorted(candidates):
         columns = _csv_columns(path)
@@ -237,7 +249,7 @@ def list_mnms1(root: Path) -> tuple[list[CaseRecord], list[str]]:
     csv_path = _mnms1_csv(root)
     rows = {row["External code"]: row for row in _read_csv(csv_path)}
     records, problems = [], []
-    for image in _find(root, "*_sa.nii*"):
+    for image in find_files(root, "*_sa.nii*"):
         match = MNMS1_IMAGE.match(image.name)
         if not match:
             continue
@@ -278,7 +290,7 @@ def _patient_and_phase(stem: str) -> tuple[str, str]:
 
 def list_generic(root: Path, label_convention: str) -> tuple[list[CaseRecord], list[str]]:
     records, problems = [], []
-    images = [p for p in _find(root, "*") if p.is_file() and is_image_file(p)
+    images = [p for p in find_files(root, "*") if p.is_file() and is_image_file(p)
               and not is_label_name(p)]
     ids = [_patient_and_phase(split_suffix(p)[0]) for p in images]
     for image, (patient, phase) in zip(images, ids):

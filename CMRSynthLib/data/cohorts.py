@@ -125,6 +125,15 @@ def read_case_image(record: CaseRecord) -> Volume:
     return _read(record.image_path, record.frame)
 
 
+def read_label(record: CaseRecord) -> Volume:
+    """The label of a case in canonical values (uint8) on its own grid, without reading its image (masks for
+    ``cmrsynth sample``). Raises :class:`InputError` naming the label file as :func:`read_case_label` does."""
+    if record.label_path is None:
+        raise InputError("the case has no label file", path=record.image_path)
+    label = _read(record.label_path, record.frame)
+    return label.with_array(to_canonical(label.array, record.label_convention, path=record.label_path))
+
+
 def read_case_label(record: CaseRecord, image: Volume) -> Volume:
     """The label of a case on ``image``'s geometry, in canonical values (uint8).
 

@@ -4,6 +4,8 @@ Labels
 ------
 Canonical (M&Ms / UK Biobank): 0 background, 1 LV blood pool, 2 LV myocardium, 3 RV blood pool.
 ACDC numbers the same structures 1 = RV, 2 = MYO, 3 = LV: reading an ACDC label swaps 1 and 3.
+A mask read in the wrong convention shows it in its shapes: the myocardium rings the LV blood pool, while the RV
+blood pool is a crescent beside the ring (:func:`looks_swapped`).
 
 Coordinates
 -----------
@@ -35,6 +37,10 @@ LABEL_CONVENTIONS: dict[str, dict[int, int]] = {
     "mnms": {0: 0, 1: 1, 2: 2, 3: 3},
     "acdc": {0: 0, 1: RV, 2: MYO, 3: LV},
 }
+
+ENCLOSED = 0.6  # share of a blood pool's in-plane border that is myocardium, from which the pool is "ringed"
+# canonical ↔ the convention that swaps LV and RV (what a swapped-looking mask was probably written in)
+SWAPPED_CONVENTION = {"canonical": "acdc", "mnms": "acdc", "acdc": "canonical"}
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -77,3 +83,30 @@ def canonical_group(name: str | None) -> str:
     if not name:
         return UNKNOWN
     return GROUP_ALIASES.get(str(name).strip().upper(), str(name).strip())
+
+
+def myocardial_border(label: np.ndarray, structure: int) -> float | None:
+    """The share of the in-plane border of ``structure`` that is myocardium (canonical values, ``(K, J, I)``).
+
+    The border is the pixels just outside the structure in its own slice (4-neighbours); None when the label
+    holds no ``structure`` voxel or no border pixel.
+    """
+    from scipy import ndimage
+
+    inside = np.asarray(label) == structure
+    if not inside.any():
+        return None
+    in_plane = np.zeros((1, 3, 3), dtype=bool)
+    in_plane[0, 1, :] = in_plane[0, :, 1] = True
+    border = ndimage.binary_dilation(inside, in_plane) & ~inside
+    return float(np.mean(np.asarray(label)[border] == MYO)) if border.any() else None
+
+
+def looks_swapped(label: np.ndarray) -> bool:
+    """Whether a canonical label map looks like one read in the wrong convention: the myocardium rings label 3
+    (canonical RV) and not label 1 (canonical LV), as when ACDC's 1 = RV, 3 = LV is read as canonical.
+
+    Says nothing (False) when neither or both pools are ringed, or one is missing and the other is not ringed.
+    """
+    lv, rv = myocardial_border(label, LV), myocardial_border(label, RV)
+    return rv is not None and rv >= ENCLOSED and (lv is None or lv < ENCLOSED)

@@ -1,7 +1,16 @@
 """``cmrsynth sample``: synthetic images for each mask, on the mask file's exact geometry (DESIGN §9).
 
-Writes ``<maskstem>_synth_<vendor>_<seed>.nii.gz`` (``.nrrd``, or a DICOM series folder of that name) per
-mask and per ``--count`` (seeds ``seed``, ``seed + 1``, ...). ``--new-anatomy N`` first draws N new masks
+``--mask`` takes a mask file, a folder of masks, or a cohort or patient folder as ``inspect`` and ``train`` read
+it (its label files, never its images; :mod:`CMRSynthLib.data.masks`), in the label convention of
+``--label-convention``, else the layout's (ACDC: 1 = RV, 3 = LV), else canonical; a mask whose myocardium rings
+label 3 rather than label 1 is warned about as looking swapped. Writes
+``<mask name>_synth_<vendor>_<seed>.nii.gz`` (``.nrrd``, or a DICOM series folder of that name) per mask and per
+``--count`` (seeds ``seed``, ``seed + 1``, ...): the mask name without its label tag (``case_gt`` → ``case``, so
+that no ``*_gt*`` glob takes an image for a label), the vendor ``unconditional`` when none is given. An image
+follows its reference (the image the mask labels, when one is found) in voxel type and intensity scale, else
+it is float32 on the model's range (:func:`CMRSynthLib.synthesis.follow_reference`). Every written path is
+printed on stdout, one a line (with ``--progress jsonl``: in the artefact events). A phantom model sampled on a
+mask whose grid looks like a real scan's is warned about. ``--new-anatomy N`` first draws N new masks
 with the stage-1 anatomy generator (``--anatomy-model``, else the checkpoint's ``anatomy/`` folder, else
 the anatomy starter matching the model's data: ``acdc-anatomy`` or ``phantom-anatomy``) and writes each mask
 (``anatomy<i>_<group>_<phase>_<seed>_mask.nii.gz``) beside its images. Every input is checked before anything is generated: bad input writes nothing.
@@ -21,12 +30,23 @@ from __future__ import annotations
 
 import argparse
 import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from CMRSynthLib.data.conventions import LABEL_CONVENTIONS
+
+if TYPE_CHECKING:
+    from CMRSynthLib.data.volume import Volume
+    from CMRSynthLib.synthesis import ReferenceScale
 
 HELP = "generate synthetic images from masks (or new anatomy) with a trained or starter model"
 FORMATS = {"nifti": ".nii.gz", "nrrd": ".nrrd", "dicom": ""}
 CALIBRATED = "calibrated"  # --privacy-filter without a value: the re-identification model's own threshold
 SIDECAR = ".privacy.json"
+# The widest field of view of a phantom image (mm): the largest vendor field (200 mm) with its ±3% jitter
+# (CMRSynthLib.data.phantom_vendors). A mask wider than this lies on a real scan's grid, not a phantom's.
+PHANTOM_FIELD_MM = 206.0
 SIDECAR_MEANING = ("Every slice of this image was checked with the generator's re-identification model and drawn "
                    "again while it lay closer than the threshold to a training patient's slice; every image of the "
                    "run was filtered alike. What the filter did to this image is not recorded in shared outputs.")
@@ -37,8 +57,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="checkpoint folder or starter name (default: acdc-ldm, the real starter; see "
                              "Resources/models/STARTERS.md)")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--mask", help="a mask file (canonical labels 0-3) or a folder of mask files")
+    source.add_argument("--mask", help="a mask file, a folder of masks, or a cohort or patient folder (ACDC, M&Ms, "
+                                       "phantom, image/label pairs; symlinks followed): its label files, whose images "
+                                       "give the outputs their voxel type and intensity scale (without one: float32 "
+                                       "on the model's intensity range, e.g. 0-1 for the ACDC models)")
     source.add_argument("--new-anatomy", type=int, metavar="N", help="draw N new masks with the anatomy generator")
+    parser.add_argument("--label-convention", choices=sorted(LABEL_CONVENTIONS), default=None,
+                        help="how the masks number LV, MYO and RV: canonical/mnms 1 LV, 2 MYO, 3 RV; acdc 1 RV, 2 MYO, "
+                             "3 LV (default: the cohort layout's, ACDC's for files named like ACDC's labels, else "
+                             "canonical)")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--vendor", default=None, help="vendor style (default: unconditional)")
     parser.add_argument("--phase", default=None, help="cardiac phase ED or ES (default: unconditional)")
@@ -99,44 +126,37 @@ def whole_field_mm(card: dict) -> tuple[float, float] | None:
 
 
 def safe_word(text: str | None) -> str:
-    """A file-name-safe spelling of a vendor or group name."""
+    """A file-name-safe spelling of a vendor or group name (``unconditional`` for none)."""
+    from CMRSynthLib.synthesis import ANY_VENDOR
+
     if not text:
-        return "any"
+        return ANY_VENDOR
     return re.sub(r"[^A-Za-z0-9.-]+", "-", text).strip("-") or "x"
 
 
-def mask_files(path: Path) -> list[Path]:
-    """The mask file, or the image files directly inside a folder (sorted; hidden files skipped)."""
-    from CMRSynthLib.data.volume import is_image_file
-    from CMRSynthLib.errors import InputError
+@dataclass(frozen=True)
+class Input:
+    """A checked mask: the outputs' name stem, the canonical mask volume, its file, and the scale of the
+    reference image its outputs follow (None: float32 on the model's range)."""
 
-    if not path.exists():
-        raise InputError("file not found", path=path)
-    if path.is_file():
-        return [path]
-    files = sorted(p for p in path.iterdir() if p.is_file() and is_image_file(p) and not p.name.startswith("."))
-    if not files:
-        raise InputError("holds no mask files (.nii.gz, .nii, .nrrd, .mha)", path=path)
-    return files
-
-
-def stem(path: Path) -> str:
-    from CMRSynthLib.files import _split_suffix
-
-    return _split_suffix(path.name)[0]
+    name: str
+    volume: Volume
+    path: Path
+    reference: ReferenceScale | None = None
 
 
 def run(args, progress) -> int:
-    from CMRSynthLib.data.volume import read_volume
     from CMRSynthLib.errors import InputError
     from CMRSynthLib.reid.filter import FilterLog
-    from CMRSynthLib.synthesis import conditions, prepare, synthesize, tokens
+    from CMRSynthLib.synthesis import conditions, follow_reference, prepare, synthesize, tokens
     from CMRSynthLib.training.checkpoint import load_checkpoint
     from CMRSynthLib.training.loop import resolve_device
     from CMRSynthLib.training.distributed import World
 
     if args.count < 1:
         raise InputError(f"--count must be a positive whole number, got {args.count}")
+    if args.label_convention is not None and args.mask is None:
+        raise InputError("--label-convention applies only with --mask")
     device = resolve_device(args.device, World())
     args.model = args.model or default_model()
     generator, card = load_checkpoint(args.model, device=device)
@@ -150,11 +170,12 @@ def run(args, progress) -> int:
     if args.new_anatomy is not None:
         masks = _new_anatomy(args, card, device, progress)
     else:
-        masks = [(stem(p), read_volume(p), p) for p in mask_files(Path(args.mask))]
-    for name, volume, path in masks:  # check every mask before generating anything
-        labels, _ = prepare(card, volume, path=path)
-        conditions(generator, labels, (0, 0, 0), path=path)  # a 3D model refuses stacks deeper than its own
-        _check_writable(volume, args.format, path)
+        masks = read_inputs(args.mask, card, convention=args.label_convention, progress=progress)
+    for mask in masks:  # check every mask before generating anything
+        labels, _ = prepare(card, mask.volume, path=mask.path)
+        conditions(generator, labels, (0, 0, 0), path=mask.path)  # a 3D model refuses stacks deeper than its own
+        _check_writable(mask.volume, args.format, mask.path)
+    _warn_phantom_on_real_grid(args.model, card, masks, progress)
 
     progress.start("sample", total=len(masks) * args.count, model=card["model_id"], masks=len(masks))
     log = None
@@ -162,27 +183,88 @@ def run(args, progress) -> int:
         _warn_outside_dp(card, progress)
         log = FilterLog(out)
         log.start(privacy_filter, model_id=card["model_id"])
-    for number, (name, volume, path) in enumerate(masks):
+    for number, mask in enumerate(masks):
         done = number * args.count
-        images = synthesize(generator, card, volume, vendor=args.vendor, phase=args.phase, group=args.group,
+        images = synthesize(generator, card, mask.volume, vendor=args.vendor, phase=args.phase, group=args.group,
                             seed=args.seed, steps=args.steps, sampler=args.sampler, guidance=args.guidance,
-                            count=args.count, path=path, precision=args.precision, privacy_filter=privacy_filter,
-                            screened=_recorder(log, name, path, args),
-                            callback=lambda d, t, base=done, label=name: progress.update(
+                            count=args.count, path=mask.path, precision=args.precision, privacy_filter=privacy_filter,
+                            screened=_recorder(log, mask.name, mask.path, args),
+                            callback=lambda d, t, base=done, label=mask.name: progress.update(
                                 base + d * args.count // t, message=f"{label}: step {d} of {t}"))
         for index, image in enumerate(images):
-            target = out / image_name(name, args.vendor, args.seed + index, args.format)
+            if mask.reference is not None:
+                image = follow_reference(image, mask.reference, card, args.vendor)
+            target = out / image_name(mask.name, args.vendor, args.seed + index, args.format)
             _write(image, target, args.format)
-            progress.artefact(str(target), "synthetic")
+            report_written(progress, target, "synthetic")
             if privacy_filter is not None:
-                sidecar = out / (image_name(name, args.vendor, args.seed + index, None) + SIDECAR)
-                progress.artefact(str(_write_sidecar(sidecar, target, privacy_filter, card)), "privacy-record")
+                sidecar = out / (image_name(mask.name, args.vendor, args.seed + index, None) + SIDECAR)
+                report_written(progress, _write_sidecar(sidecar, target, privacy_filter, card), "privacy-record")
     result = {}
     if privacy_filter is not None:
-        progress.artefact(str(log.path), "private-log")
+        report_written(progress, log.path, "private-log")
         result = {"privacy_filter": privacy_filter.describe()}
     progress.done(out=str(out), images=len(masks) * args.count, **result)
     return 0
+
+
+def read_inputs(path: str, card: dict, *, convention: str | None, progress) -> list[Input]:
+    """The masks at ``path`` (:func:`~CMRSynthLib.data.masks.find_masks`), read in canonical labels, each with
+    its reference's scale; warns about every mask whose LV and RV look swapped."""
+    from CMRSynthLib.data.masks import find_masks, read_mask, read_reference
+    from CMRSynthLib.synthesis import ReferenceScale
+
+    inputs = []
+    for source in find_masks(path, convention=convention):
+        volume = read_mask(source)
+        _warn_if_swapped(source, volume, progress)
+        reference = read_reference(source)
+        scale = None if reference is None else ReferenceScale.of(reference, card)
+        inputs.append(Input(source.name, volume, Path(source.path), scale))
+    return inputs
+
+
+def report_written(progress, path, kind: str) -> None:
+    """Say that ``path`` was written: an artefact event with ``--progress jsonl``, else the path alone on a line of
+    stdout (in every other mode, ``none`` included), so that a script can read what was written."""
+    if progress.mode == "jsonl":
+        progress.artefact(str(path), kind)
+    else:
+        print(path, flush=True)
+
+
+def _warn_if_swapped(source, volume, progress) -> None:
+    """Warn when the myocardium rings the canonical RV rather than the LV (:func:`~CMRSynthLib.data.conventions.
+    looks_swapped`): the mask was probably read in the wrong label convention."""
+    from CMRSynthLib.data.conventions import LABEL_CONVENTIONS, RV, SWAPPED_CONVENTION, looks_swapped
+
+    if not looks_swapped(volume.array):
+        return
+    ringed = next(value for value, canonical in LABEL_CONVENTIONS[source.convention].items() if canonical == RV)
+    other = SWAPPED_CONVENTION[source.convention]
+    numbering = {"acdc": "ACDC's 1 = RV, 3 = LV", "canonical": "the canonical 1 = LV, 3 = RV"}[other]
+    progress.warning(f"{source.path}: read as {source.convention} labels ({source.convention_from}), its LV and RV "
+                     f"look swapped: the myocardium (2) rings label {ringed}, which {source.convention} calls the RV. "
+                     f"If the mask numbers them as {numbering}, pass --label-convention {other}")
+
+
+def _warn_phantom_on_real_grid(model: str, card: dict, masks: list[Input], progress) -> None:
+    """Warn when a phantom model (trained on simulated patients only) is sampled on a mask whose field of view is
+    a real scan's, larger than any phantom image's."""
+    from CMRSynthLib import DEFAULT_MODEL
+
+    if not (card.get("data") or {}).get("simulated"):
+        return
+    for mask in masks:
+        rows_mm, cols_mm = (n * float(mm) for n, mm in zip(mask.volume.shape[1:], mask.volume.spacing[1::-1]))
+        if max(rows_mm, cols_mm) > PHANTOM_FIELD_MM:
+            progress.warning(
+                f"{model} is a phantom model (trained on simulated patients only), but {mask.path} lies on a real "
+                f"scan's grid ({mask.volume.shape[1]} × {mask.volume.shape[2]} pixels, a {rows_mm:.0f} × "
+                f"{cols_mm:.0f} mm field of view; phantom images cover at most {PHANTOM_FIELD_MM:.0f} mm): its "
+                f"images will look like the phantom's. For real masks use {DEFAULT_MODEL}, the default (leave out "
+                "--model)")
+            return
 
 
 def image_name(mask_name: str, vendor: str | None, seed: int, fmt: str | None) -> str:
@@ -303,9 +385,10 @@ def _new_anatomy(args, card: dict, device, progress) -> list:
                            seed=args.seed, field_mm=whole_field_mm(card))
     out, named = Path(args.out), []
     for index, mask in enumerate(masks):
-        name = f"anatomy{index:03d}_{safe_word(args.group)}_{safe_word(args.phase)}_{args.seed + index}"
+        chosen = [safe_word(word) for word in (args.group, args.phase) if word]  # unconditional parts left out
+        name = "_".join([f"anatomy{index:03d}", *chosen, str(args.seed + index)])
         path = write_volume(mask, out / f"{name}_mask.nii.gz")
-        progress.artefact(str(path), "mask")
+        report_written(progress, path, "mask")
         progress.update(index + 1)
-        named.append((name, mask, path))
+        named.append(Input(name, mask, path))
     return named

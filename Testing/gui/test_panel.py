@@ -116,7 +116,7 @@ def test_generate_from_a_mask_file_shows_the_output(panel, cohort, model, tmp_pa
     assert tab.runner.running and read(tab.job.cancel_button, "enabled")
     status = wait_for(tab.runner)
     assert status.state is JobState.DONE, status.error
-    expected = tmp_path / "out" / f"phantom000_ED_gt_synth_{vendor}_3.nii.gz"
+    expected = tmp_path / "out" / f"phantom000_ED_synth_{vendor}_3.nii.gz"
     assert expected.is_file() and tab.results.item(0).text() == expected.name
     assert tab.results.item(0).toolTip() == str(expected)
     assert read_volume(expected).same_geometry(read_volume(mask))

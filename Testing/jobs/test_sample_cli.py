@@ -155,3 +155,192 @@ def test_new_anatomy_draws_masks_then_images(run_cli, tiny_flow, tmp_path):  # n
     code, out, err = run_cli("sample", "--model", tiny_flow, "--new-anatomy", "1", "--anatomy-model", tiny_flow,
                              "--out", tmp_path / "p", "--device", "cpu")
     assert code == 2 and "not an anatomy generator" in err and not (tmp_path / "p").exists()
+
+
+# -- issue 32: outputs, masks where users keep them, label conventions, phantom models on real grids --------------
+IMAGE_MODELS = ("acdc-ldm", "acdc-flow", "acdc-ddpm", "acdc-hybrid", "phantom-flow", "phantom-ddpm", "phantom-ldm",
+                "phantom-hybrid", "phantom-tiny-flow")
+
+
+def test_every_shipped_image_model_is_covered():
+    from CMRSynthLib.training.checkpoint import models_dir
+
+    shipped = {p.name for p in models_dir().iterdir() if (p / "card.json").is_file()}
+    assert shipped - {"acdc-anatomy", "phantom-anatomy"} == set(IMAGE_MODELS)
+
+
+@pytest.mark.parametrize("model", IMAGE_MODELS)
+def test_dicom_keeps_the_grey_range_of_every_shipped_model(run_cli, model, tmp_path):
+    """The real models' images lie in [0, 1]: rounded to whole numbers they were black and white."""
+    mask = write_volume(oblique_mask(shape=(2, 48, 48), spacing=(1.5625, 1.5625, 10.0)), tmp_path / "heart.nii.gz")
+    for fmt in ("dicom", "nifti"):
+        code, out, err = run_cli("sample", "--model", model, "--mask", mask, "--out", tmp_path / fmt, "--steps", "2",
+                                 "--device", "cpu", "--format", fmt, "--progress", "none")
+        assert code == 0, err
+    float_image = read_volume(tmp_path / "nifti" / "heart_synth_unconditional_0.nii.gz").array
+    folder = tmp_path / "dicom" / "heart_synth_unconditional_0"
+    datasets = [pydicom.dcmread(f) for f in sorted(folder.iterdir())]
+    step = float(datasets[0].RescaleSlope)
+    decoded = np.stack([ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept) for ds in datasets])
+    assert len(np.unique(decoded)) > 100
+    assert np.abs(decoded - float_image).max() <= step
+    low, high = np.percentile(float_image, [1, 99])
+    width = float(datasets[0].WindowWidth)
+    assert float(datasets[0].WindowCenter) == pytest.approx((low + high) / 2, abs=step + 1e-6 * width)
+    assert width == pytest.approx(high - low, abs=step + 1e-6 * width)
+
+
+def _pair(folder, stem, label, *, image=None, spacing=(1.5, 1.5, 8.0)):
+    """``stem.nii.gz`` (int16 0-1000 image, or ``image``) and ``stem_gt.nii.gz`` (``label``) in ``folder``."""
+    matrix = np.diag([*spacing, 1.0])
+    if image is None:
+        image = np.rint(np.linspace(0, 1000, label.size).reshape(label.shape)).astype(np.int16)
+    write_volume(Volume(image, matrix), folder / f"{stem}.nii.gz")
+    return write_volume(Volume(label, matrix), folder / f"{stem}_gt.nii.gz")
+
+
+def ring_mask(shape=(2, 40, 40), lv=1, rv=3):
+    """A short-axis mask: myocardium (2) ringing the blood pool ``lv``, the crescent-like pool ``rv`` beside it."""
+    k, h, w = shape
+    yy, xx = np.mgrid[:h, :w]
+    r = np.hypot(yy - h / 2, xx - w / 2 - 4)
+    label = np.zeros(shape, np.uint8)
+    label[:, r < 9] = 2
+    label[:, r < 6] = lv
+    label[:, (np.hypot(yy - h / 2, xx - w / 2 + 8) < 7) & (r >= 9)] = rv
+    return label
+
+
+def sample_tiny(run_cli, mask, out, *extra):
+    return run_cli("sample", "--model", "phantom-tiny-flow", "--mask", mask, "--out", out, "--steps", "2",
+                   "--device", "cpu", "--vendor", "Siemens", *extra)
+
+
+def test_names_drop_the_label_tag_and_say_unconditional(run_cli, tmp_path):
+    mask = _pair(tmp_path / "in", "patient001_frame01", ring_mask())
+    assert run_cli("sample", "--model", "phantom-tiny-flow", "--mask", mask, "--out", tmp_path / "out",
+                   "--steps", "2", "--device", "cpu")[0] == 0
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["patient001_frame01_synth_unconditional_0.nii.gz"]
+    image = read_volume(tmp_path / "out" / "patient001_frame01_synth_unconditional_0.nii.gz")
+    assert "vendor=unconditional" in image.metadata["descrip"]
+
+
+@pytest.mark.parametrize("mode", ["none", "log", "bar"])
+def test_every_written_path_is_printed_on_stdout(run_cli, tmp_path, mode):
+    mask = write_volume(Volume(ring_mask(), np.eye(4)), tmp_path / "masks" / "heart.nii.gz")
+    code, out, err = sample_tiny(run_cli, mask, tmp_path / "out", "--count", "2", "--progress", mode)
+    assert code == 0, err
+    assert out.splitlines() == [str(tmp_path / "out" / f"heart_synth_Siemens_{i}.nii.gz") for i in (0, 1)]
+    assert str(tmp_path / "out") not in err
+
+
+def test_jsonl_stays_machine_readable_with_the_paths_in_artefact_events(run_cli, tmp_path):
+    mask = write_volume(Volume(ring_mask(), np.eye(4)), tmp_path / "masks" / "heart.nii.gz")
+    code, out, err = sample_tiny(run_cli, mask, tmp_path / "out", "--progress", "jsonl")
+    assert code == 0, err
+    events = [json.loads(line) for line in out.splitlines()]
+    assert [e["path"] for e in events if e["event"] == "artefact"] == [str(tmp_path / "out" / "heart_synth_Siemens_0.nii.gz")]
+
+
+def test_outputs_follow_the_umask(run_cli, tmp_path):
+    import os
+    import stat
+
+    mask = write_volume(Volume(ring_mask(), np.eye(4)), tmp_path / "masks" / "heart.nii.gz")
+    old = os.umask(0o022)
+    try:
+        for fmt in ("nifti", "dicom"):
+            assert sample_tiny(run_cli, mask, tmp_path / fmt, "--format", fmt)[0] == 0
+    finally:
+        os.umask(old)
+    mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
+    assert mode(tmp_path / "nifti" / "heart_synth_Siemens_0.nii.gz") == 0o644
+    series = tmp_path / "dicom" / "heart_synth_Siemens_0"
+    assert mode(series) == 0o755 and {mode(p) for p in series.iterdir()} == {0o644}
+
+
+def test_an_image_beside_the_mask_gives_its_type_and_range(run_cli, tmp_path):
+    mask = _pair(tmp_path / "in", "case", ring_mask())
+    code, out, err = sample_tiny(run_cli, mask, tmp_path / "out")
+    assert code == 0, err
+    image = read_volume(tmp_path / "out" / "case_synth_Siemens_0.nii.gz")
+    assert image.array.dtype == np.int16 and image.array.max() > 200 and image.array.min() >= -1000
+    assert image.metadata["descrip"].startswith("SYNTHETIC")
+    header = sitk.ReadImage(str(tmp_path / "out" / "case_synth_Siemens_0.nii.gz"))
+    assert header.GetPixelID() == sitk.sitkInt16
+    lone = write_volume(Volume(ring_mask(), np.diag([1.5, 1.5, 8.0, 1.0])), tmp_path / "lone" / "heart.nii.gz")
+    assert sample_tiny(run_cli, lone, tmp_path / "lone-out", "--format", "nrrd")[0] == 0
+    assert read_volume(tmp_path / "lone-out" / "heart_synth_Siemens_0.nrrd").array.dtype == np.float32
+
+
+def test_an_acdc_numbered_mask_is_warned_about_and_read_with_the_convention(run_cli, tmp_path):
+    canonical = write_volume(Volume(ring_mask(), np.eye(4)), tmp_path / "a" / "heart.nii.gz")
+    acdc = write_volume(Volume(ring_mask(lv=3, rv=1), np.eye(4)), tmp_path / "b" / "heart.nii.gz")
+    code, out, err = sample_tiny(run_cli, acdc, tmp_path / "swapped", "--progress", "none")
+    assert code == 0, err
+    assert (f"warning: {acdc}: read as canonical labels (the default), its LV and RV look swapped: the myocardium (2) "
+            "rings label 3, which canonical calls the RV. If the mask numbers them as ACDC's 1 = RV, 3 = LV, pass "
+            "--label-convention acdc") in err
+    code, out, err = sample_tiny(run_cli, acdc, tmp_path / "read-as-acdc", "--label-convention", "acdc")
+    assert code == 0 and "swapped" not in err, err
+    code, out, err = sample_tiny(run_cli, canonical, tmp_path / "canonical")
+    assert code == 0 and "swapped" not in err, err
+    name = "heart_synth_Siemens_0.nii.gz"
+    same = read_volume(tmp_path / "read-as-acdc" / name).array
+    assert np.array_equal(same, read_volume(tmp_path / "canonical" / name).array)
+    assert not np.array_equal(same, read_volume(tmp_path / "swapped" / name).array)
+
+
+def test_the_acdc_layout_is_read_as_acdc_labels_and_only_its_labels(run_cli, tmp_path):
+    from cohort_fixtures import make_acdc
+
+    cohort = make_acdc(tmp_path / "ACDC")
+    code, out, err = sample_tiny(run_cli, cohort / "patient002", tmp_path / "one")  # a patient folder
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "one").iterdir()) == [
+        "patient002_frame01_synth_Siemens_0.nii.gz", "patient002_frame02_synth_Siemens_0.nii.gz"]
+    code, out, err = sample_tiny(run_cli, cohort, tmp_path / "all", "--label-convention", "canonical")
+    assert code == 2 and "contradicts the detected acdc layout" in err
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / "patient001").symlink_to(cohort / "patient001", target_is_directory=True)
+    code, out, err = sample_tiny(run_cli, linked, tmp_path / "from-link")
+    assert code == 0, err
+    assert len(out.splitlines()) == 2 and all("patient001_frame0" in line for line in out.splitlines())
+
+
+def test_a_nested_folder_of_pairs_takes_the_labels(run_cli, tmp_path):
+    from cohort_fixtures import make_generic
+
+    code, out, err = sample_tiny(run_cli, make_generic(tmp_path / "generic"), tmp_path / "out")
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "caseA_ED_synth_Siemens_0.nii.gz", "caseA_ES_synth_Siemens_0.nii.gz", "caseB_synth_Siemens_0.nii.gz",
+        "caseC_synth_Siemens_0.nii.gz"]
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda root: __import__("cohort_fixtures").write_dicom_series(root / "sax", np.zeros((1, 2, 16, 16), np.int16)),
+     "is a DICOM image series, not a mask"),
+    (lambda root: (_pair(root, "case", ring_mask()), root / "case.nii.gz")[1],
+     "is an image with its label case_gt.nii.gz beside it; give the label with --mask"),
+])
+def test_what_is_not_a_mask_is_refused_in_one_line(run_cli, tmp_path, make, message):
+    code, out, err = sample_tiny(run_cli, make(tmp_path), tmp_path / "out")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_phantom_model_on_a_real_scan_grid_is_warned_about(run_cli, tmp_path):
+    real = np.zeros((1, 216, 256), np.uint8)
+    real[:, 88:128, 108:148] = ring_mask((1, 40, 40))[0]
+    mask = write_volume(Volume(real, np.diag([1.5625, 1.5625, 10.0, 1.0])), tmp_path / "real" / "heart.nii.gz")
+    code, out, err = sample_tiny(run_cli, mask, tmp_path / "out", "--progress", "none")
+    assert code == 0, err
+    assert (f"warning: phantom-tiny-flow is a phantom model (trained on simulated patients only), but {mask} lies on "
+            "a real scan's grid (216 × 256 pixels, a 338 × 400 mm field of view; phantom images cover at most 206 mm): "
+            "its images will look like the phantom's. For real masks use acdc-ldm, the default (leave out --model)"
+            ) in err
+    small = write_volume(Volume(ring_mask(), np.diag([1.5625, 1.5625, 10.0, 1.0])), tmp_path / "small" / "h.nii.gz")
+    code, out, err = sample_tiny(run_cli, small, tmp_path / "out2")
+    assert code == 0 and "phantom model" not in err, err
