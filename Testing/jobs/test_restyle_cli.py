@@ -1,4 +1,7 @@
-"""cmrsynth restyle: round trip to the same vendor, another vendor, and bad input."""
+"""cmrsynth restyle: round trip to the same vendor, another vendor, an output folder in every format, and bad
+input."""
+
+import os
 
 import numpy as np
 import pytest
@@ -56,3 +59,26 @@ def test_bad_input_exits_2_and_writes_nothing(run_cli, tiny_flow, case, tmp_path
     code, stdout, err = run_cli("restyle", "--image", image, "--mask", mask, "--model", tiny_flow, "--vendor", "Hitachi",
                                 "--out", tmp_path / "o.nii.gz")
     assert code == 2 and "unknown vendor 'Hitachi'" in err
+
+
+@pytest.mark.parametrize("fmt, suffix", [("nifti", ".nii.gz"), ("nrrd", ".nrrd"), ("dicom", "")])
+def test_out_is_a_folder_as_samples_in_every_format(run_cli, tiny_flow, case, tmp_path, fmt, suffix):  # noqa: F811
+    image, mask, vendor = case
+    code, stdout, err = run_cli("restyle", "--model", tiny_flow, "--image", image, "--mask", mask, "--vendor", vendor,
+                                "--steps", "2", "--out", tmp_path / "restyled", "--format", fmt, "--device", "cpu")
+    assert code == 0, err
+    name = os.path.basename(image).split(".")[0]
+    written = tmp_path / "restyled" / f"{name}_restyled_{vendor}{suffix}"
+    assert [p.name for p in (tmp_path / "restyled").iterdir()] == [written.name]
+    if fmt == "dicom":  # a series folder, one file per slice
+        assert len(list(written.glob("*.dcm"))) == read_volume(image).array.shape[0]
+    else:
+        assert read_volume(written).same_geometry(read_volume(image), atol=1e-4)
+
+
+def test_a_file_out_of_another_format_is_refused(run_cli, tiny_flow, case, tmp_path):  # noqa: F811
+    image, mask, _ = case
+    code, _, err = run_cli("restyle", "--model", tiny_flow, "--image", image, "--mask", mask, "--vendor", "GE",
+                           "--out", tmp_path / "o.nii.gz", "--format", "dicom")
+    assert code == 2 and "--format dicom: --out names a file of another format" in err
+    assert not (tmp_path / "o.nii.gz").exists()
