@@ -183,8 +183,8 @@ class CMRSynthWidget(ScriptedLoadableModuleWidget):
         node = self._parameterNode
         if not node.segmentation:
             node.segmentation = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLSegmentationNode")
-        if not node.referenceVolume:
-            node.referenceVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+        if not node.referenceVolume and node.segmentation:  # its own grid, never the scene's first volume
+            node.referenceVolume = self.logic.referenceVolumeFor(node.segmentation)
 
     def setParameterNode(self, parameterNode) -> None:
         if self._parameterNode:
@@ -226,6 +226,8 @@ class CMRSynthWidget(ScriptedLoadableModuleWidget):
                 setattr(node, field, chosen)
         anatomy = bool(node.segmentation and node.referenceVolume)
         idle = bool(info and self._job is None)
+        if self._job is None and node.newAnatomy == 0:
+            self.ui.statusLabel.text = self.logic.referenceNote(node.segmentation, node.referenceVolume)
         self.ui.generateButton.enabled = idle and (anatomy or node.newAnatomy > 0)
         self.ui.restyleButton.enabled = idle and anatomy and info.family in controller.RESTYLE_FAMILIES
         self.ui.cancelButton.enabled = self._job is not None
@@ -627,6 +629,29 @@ class CMRSynthLogic(ScriptedLoadableModuleLogic):
             found[segmentation.GetNthSegmentID(index)] = (segment.GetName(), terminology or "")
         return found
 
+    def referenceVolumeFor(self, segmentationNode):
+        """The volume whose grid ``segmentationNode`` was drawn on (its reference image geometry node), or None."""
+        role = segmentationNode.GetReferenceImageGeometryReferenceRole()
+        node = segmentationNode.GetNodeReference(role)
+        return node if node is not None and node.IsA("vtkMRMLScalarVolumeNode") else None
+
+    def referenceNote(self, segmentationNode, referenceVolumeNode) -> str:
+        """What a person must know about the grid the images will get: "" when it is the segmentation's own."""
+        if segmentationNode is None:
+            return _("Choose a segmentation of the heart (or set New anatomy in Advanced).")
+        own = self.referenceVolumeFor(segmentationNode)
+        if referenceVolumeNode is None:
+            return _("Choose a reference volume: {segmentation} names no volume it was drawn on, and the synthetic "
+                     "images need a grid (the cine volume you segmented).").format(segmentation=segmentationNode.GetName())
+        if own is None:
+            return _("The images will be on {volume}'s grid ({segmentation} names no volume it was drawn on).").format(
+                volume=referenceVolumeNode.GetName(), segmentation=segmentationNode.GetName())
+        if own is not referenceVolumeNode:
+            return _("The images will be on {volume}'s grid, not on {own}, the volume {segmentation} was drawn "
+                     "on.").format(volume=referenceVolumeNode.GetName(), own=own.GetName(),
+                                   segmentation=segmentationNode.GetName())
+        return ""
+
     def structuresFromParameterNode(self, node):
         return {label: getattr(node, field) for label, field in SEGMENT_FIELDS.items() if getattr(node, field)}
 
@@ -670,6 +695,9 @@ class CMRSynthLogic(ScriptedLoadableModuleLogic):
             if not newAnatomy:
                 if segmentationNode is None or referenceVolumeNode is None:
                     raise ValueError("generate needs a segmentation node and a reference volume node")
+                note = self.referenceNote(segmentationNode, referenceVolumeNode)
+                if note:
+                    logging.warning(f"CMRSynth: {note}")
                 structures = structures or scene.guess_mapping(self.segments(segmentationNode))
                 mask = os.path.join(workDir, "mask.nii.gz")
                 overlap = writeMask(segmentationNode, referenceVolumeNode, structures, mask)

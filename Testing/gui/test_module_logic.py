@@ -112,8 +112,16 @@ class Segmentation:
 
 
 class SegmentationNode:
-    def __init__(self, segments, name="Segmentation"):
+    def __init__(self, segments, name="Segmentation", reference=None):
         self.segmentation, self.name, self.attributes = Segmentation(segments), name, {}
+        self.references = {"referenceImageGeometryRef": reference}
+
+    @staticmethod
+    def GetReferenceImageGeometryReferenceRole():  # vtkMRMLSegmentationNode's role name
+        return "referenceImageGeometryRef"
+
+    def GetNodeReference(self, role):
+        return self.references.get(role)
 
     def GetName(self):
         return self.name
@@ -684,6 +692,7 @@ def widget(stub_slicer, tmp_path):
         modelCardLabel=types.SimpleNamespace(text="", toolTip=""), modelComboBox=Combo(), vendorComboBox=Combo(),
         groupComboBox=Combo(), lvSegmentComboBox=Combo(), myoSegmentComboBox=Combo(), rvSegmentComboBox=Combo(),
         generateButton=types.SimpleNamespace(enabled=False), restyleButton=types.SimpleNamespace(enabled=False),
+        statusLabel=types.SimpleNamespace(text=""),
         cancelButton=types.SimpleNamespace(enabled=False))
     w.logic = module.CMRSynthLogic(modelFolder=tmp_path / "models")
     w.logic.python = sys.executable
@@ -799,3 +808,31 @@ def test_the_default_model_is_the_librarys_and_restyle_is_offered_for_it(widget,
         node.model = info.argument
         widget.onParameterNodeModified()
         assert widget.ui.restyleButton.enabled == (info.family in ("flow", "ldm")), name
+
+
+def test_the_reference_is_the_segmentations_own_grid_and_any_other_is_said(stub_slicer, widget, heart, monkeypatch):
+    """Item 4: the default reference is the volume the segmentation names (its reference image geometry node),
+    never the scene's first volume; without one Generate stays off and says why; another volume's grid is named."""
+    module, scene, slicer = stub_slicer
+    reference, segmentation = heart
+    labelmap = VolumeNode(np.zeros((3, 32, 32)), np.eye(4), "labels", "vtkMRMLLabelMapVolumeNode")
+    monkeypatch.setattr(slicer.mrmlScene, "GetFirstNodeByClass",
+                        lambda class_name: labelmap if "Volume" in class_name else segmentation, raising=False)
+    widget.logic.getParameterNode = lambda: widget._parameterNode
+    widget.setParameterNode = lambda node: None
+    widget.initializeParameterNode()
+    widget.refreshModels()
+    node = widget._parameterNode
+    assert node.segmentation is segmentation and node.referenceVolume is None  # not the hidden labelmap
+    widget.onParameterNodeModified()
+    assert not widget.ui.generateButton.enabled
+    assert widget.ui.statusLabel.text.startswith("Choose a reference volume: Segmentation names no volume")
+    segmentation.references["referenceImageGeometryRef"] = reference
+    node.referenceVolume = None
+    widget.initializeParameterNode()
+    widget.onParameterNodeModified()
+    assert node.referenceVolume is reference and widget.ui.generateButton.enabled and widget.ui.statusLabel.text == ""
+    node.referenceVolume = labelmap
+    widget.onParameterNodeModified()
+    assert widget.ui.statusLabel.text == ("The images will be on labels's grid, not on cine, the volume Segmentation "
+                                          "was drawn on.")
