@@ -38,16 +38,30 @@ COMMANDS: dict[str, str] = {  # in the order of DESIGN §9
 }
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless the help already says what it is (or that the option is
+    required): a default that is None (decided at run time: "the model's") must be worded in the help itself."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        unset = default is None or default is False or default is argparse.SUPPRESS or default == []
+        if not action.option_strings or unset or "default" in text.lower() or "required" in text.lower():
+            return text
+        return f"{text} (default: {default})" if text else "(default: %(default)s)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cmrsynth",
-        description="Synthetic cardiac MRI from masks and vendor style, with differential privacy and an audit.",
+        description="Synthetic cardiac MRI from masks, with differential privacy and an audit; in a vendor's style "
+                    "where the model knows vendors (the real acdc- models know one, Siemens: cmrsynth models).",
     )
     parser.add_argument("--version", action="version", version=f"cmrsynth {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module_name in COMMANDS.items():
         module = importlib.import_module(f"CMRSynthLib.jobs.{module_name}")
-        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP, formatter_class=HelpFormatter)
         p.add_argument("--progress", choices=MODES, default=None,
                        help="how to report progress: a bar on a terminal (default), plain lines a minute "
                             "apart (default when stderr is not a terminal: batch jobs, nohup), JSON lines for "

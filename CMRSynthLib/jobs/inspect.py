@@ -21,7 +21,8 @@ def add_arguments(parser) -> None:
                         help="label numbering of a generic folder or single file (default canonical: "
                              "1 LV, 2 MYO, 3 RV; acdc: 1 RV, 2 MYO, 3 LV); ACDC and M&Ms layouts have their own")
     parser.add_argument("--frame", type=int, default=None,
-                        help="the cardiac phase (0-based frame) to read from a DICOM cine series")
+                        help="the cardiac phase (0-based frame) to read from a DICOM cine series (default: none; a cine series "
+                             "then asks for it)")
 
 
 def run(args, progress) -> int:

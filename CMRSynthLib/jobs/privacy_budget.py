@@ -9,12 +9,12 @@ HELP = "plan differential privacy before training: ε for a given noise, or the 
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--patients", type=int, required=True, help="number of patients in the private training set")
+    parser.add_argument("--patients", type=int, required=True, help="number of patients in the private training set: the training split's, which cmrsynth inspect DATA shows")
     parser.add_argument("--batch-size", type=int, required=True,
                         help="expected number of patients per step (Poisson sampling rate = batch size / patients)")
     parser.add_argument("--epochs", type=float, required=True, help="passes over the patients (steps = epochs / rate)")
-    parser.add_argument("--noise-multiplier", type=float, default=None, help="σ: give it to get ε")
-    parser.add_argument("--epsilon", type=float, default=None, help="target ε: give it to get the noise needed")
+    parser.add_argument("--noise-multiplier", type=float, default=None, help="σ: give it to get ε (one of --noise-multiplier and --epsilon is required)")
+    parser.add_argument("--epsilon", type=float, default=None, help="target ε: give it to get the noise needed (one of --noise-multiplier and --epsilon is required)")
     parser.add_argument("--delta", type=float, required=True, help="δ, below 1/patients")
     parser.add_argument("--accountant", choices=("rdp", "prv"), default="rdp",
                         help="Opacus accountant: rdp (Rényi DP) or prv (privacy random variables, tighter)")

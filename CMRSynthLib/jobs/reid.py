@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="the cohort the model was trained on")
     parser.add_argument("--lineage-data", action="append", default=[], metavar="DIR",
                         help="a cohort holding patients that the models it was fine-tuned from (--init, ...) trained "
-                             "on, when --data does not (repeatable); the filter screens for every one of them")
+                             "on, when --data does not (repeatable; default: none); the filter screens for every one of them")
     parser.add_argument("--out", default=None, help="where to write it (default: <model folder>.PRIVATE-reid beside "
                                                     "the checkpoint folder; never inside the model folder, which is "
                                                     "shareable)")
@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--false-match-rate", type=float, default=DEFAULT_FALSE_MATCH_RATE,
                         help="share of held-out patients' slices the threshold may call a training patient (default 0.01)")
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="contrastive training steps")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seeds the embedding's training")
     parser.add_argument("--device", choices=DEVICES, default="auto", help="where to train the embedding")
 
 

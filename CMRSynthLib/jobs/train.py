@@ -28,9 +28,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="checkpoint folder to write (or to resume)")
     model = parser.add_argument_group("model")
     model.add_argument("--preset", choices=PRESETS, default=None,
-                       help="network size: tiny (tests), small (CPU, default), base (GPU)")
-    model.add_argument("--image-size", type=int, default=None, help="prepared in-plane size in pixels (default 64)")
-    model.add_argument("--spatial-dims", type=int, choices=(2, 3), default=None, help="2D slices (default) or 3D stacks")
+                       help="network size: tiny (tests), small (CPU), base (GPU) (default: the --init model's, else small)")
+    model.add_argument("--image-size", type=int, default=None, help="prepared in-plane size in pixels (default: the --init model's, else 64, the phantom's "
+                            "heart crop; the ACDC starters use 96 or 192)")
+    model.add_argument("--spatial-dims", type=int, choices=(2, 3), default=None, help="2D slices or 3D stacks (default: the --init model's, else 2)")
     model.add_argument("--depth", type=int, default=None,
                        help="3D only: slices per stack (default: the deepest stack, rounded up to a multiple of 8)")
     model.add_argument("--vendors", type=lambda text: tuple(v.strip() for v in text.split(",")), default=None,
@@ -40,7 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "patients of a vendor the model does not know train its null (vendor-free) token, with a "
                             "warning: the model learns their images, not their vendor's style")
     model.add_argument("--spacing", type=float, default=None,
-                       help="prepared in-plane pixel size in mm (default: a 192 mm field of view)")
+                       help="prepared in-plane pixel size in mm (default: the --init model's, else 192 mm / "
+                            "--image-size, 3 mm at 64 px, sized for the phantom's hearts; the ACDC starters use "
+                            "1.5625 mm, the pixel of the ACDC images)")
     model.add_argument("--field-of-view", choices=("heart", "whole"), default=None,
                        help="heart (default for a new model): learn and generate a heart-centred crop; whole: learn "
                             "from tiles of the whole field of view (--image-size) and generate the reference's "
@@ -48,7 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--autoencoder-patch", type=int, default=None,
                        help="LDM: train the autoencoder on random squares of this many pixels (default 96 with "
                             "--field-of-view whole, else whole images)")
-    model.add_argument("--init", default=None, help="checkpoint (or starter name) to fine-tune from")
+    model.add_argument("--init", default=None,
+                       help="checkpoint (or starter name) to fine-tune from; it implies --generator, --preset, "
+                            "--image-size, --spacing and the vendors (default: train a new model)")
     model.add_argument("--mask-dropout", type=float, default=None,
                        help="flow/LDM: share of training samples given no mask and no tokens, so that guidance "
                             "(--guidance > 1) pulls images towards their mask (default: the --init model's, else 0)")
@@ -66,27 +71,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--adversarial-weight", type=float, default=None,
                        help="--stage decoder: weight of the adversarial term beside L1 (default 0.05)")
     run = parser.add_argument_group("optimisation")
-    run.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
+    run.add_argument("--max-steps", type=int, default=None,
+                     help="stop after this many optimizer steps (default: --epochs decides)")
     run.add_argument("--epochs", type=int, default=None, help="stop after this many epochs (default 100 "
                      "when --max-steps is not given)")
     run.add_argument("--batch-size", type=int, default=16,
                      help="slices per step; with --dp the expected number of PATIENTS per step, at most the "
                           "training split's patients (cmrsynth inspect DATA shows them)")
     run.add_argument("--lr", type=float, default=2e-4, help="peak learning rate (AdamW)")
-    run.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="cosine")
+    run.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="cosine", help="learning-rate schedule after warm-up")
     run.add_argument("--warmup", type=int, default=0, help="linear warm-up steps")
-    run.add_argument("--weight-decay", type=float, default=0.0)
+    run.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
     run.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm (0 = off)")
-    run.add_argument("--ema-decay", type=float, default=0.999)
+    run.add_argument("--ema-decay", type=float, default=0.999, help="decay of the weights' moving average (saved)")
     run.add_argument("--autoencoder-fraction", type=float, default=None,
                      help="ldm only: share of the steps for the autoencoder stage (default 0.3)")
-    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--seed", type=int, default=0,
+                     help="seeds the split, the initial weights and the loss's noise (under --dp not the DP noise)")
     run.add_argument("--train-patients", type=int, default=None,
-                     help="train on only N patients of the training split (the card lists them)")
+                     help="train on only N patients of the training split (the card lists them; default: all)")
     where = parser.add_argument_group("execution")
-    where.add_argument("--device", choices=DEVICES, default="auto")
+    where.add_argument("--device", choices=DEVICES, default="auto", help="where to train (auto: CUDA, MPS, else CPU)")
     where.add_argument("--precision", choices=PRECISIONS, default="auto",
-                       help="mixed precision on CUDA (auto: bf16 or fp16); fp32 elsewhere")
+                       help="training precision: auto is bf16 (or fp16 without --dp) on CUDA and fp32 elsewhere; "
+                            "fp16 and bf16 need CUDA (cmrsynth sample --precision bf16 also runs on a CPU)")
     where.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (0: only at the end)")
     where.add_argument("--force", action="store_true", help="start over even if --out holds a run")
     privacy.add_arguments(parser)
