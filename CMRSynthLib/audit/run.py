@@ -407,7 +407,7 @@ def run_audit(models: Sequence[str], data, out, *, synthetic=None, members=None,
                         f"(the membership attacks use all of them), {plan.slices_per_case or 'all'} heart slices "
                         "per image")
     sections, names = [], _names(models)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, private=not redact) as tmp:  # a report showing real training images is owner-only
         for name, model, (generator, card) in zip(names, models, loaded):
             preprocessing = PreprocessConfig.from_dict(card["preprocessing"])
             if card["config"].get("spatial_dims", 2) != 2:

@@ -7,6 +7,7 @@ One module fixture trains a tiny flow-matching model to memorise 8 phantom patie
 
 import csv
 import json
+import os
 import shutil
 
 import numpy as np
@@ -112,6 +113,7 @@ def test_audit_writes_a_truthful_report(workspace):
     assert html.index("no differential privacy") < html.index("Fidelity") < html.index("id=verdict")
     assert sorted(p.name for p in (out / "figures").iterdir()) == sorted(
         f"memoriser-{k}.png" for k in ("samples", "nearest-neighbours", "intensity", "roc", "timesteps"))
+    assert out.stat().st_mode & 0o055 == 0o055 & ~os.umask(os.umask(0))  # redacted: shareable, follows the umask
 
 
 def test_capped_audit_still_attacks_every_patient(workspace):
@@ -125,6 +127,10 @@ def test_capped_audit_still_attacks_every_patient(workspace):
                 for side in ("members", "non_members")}
     assert sorted(attacked["members"]) == MEMBERS and sorted(attacked["non_members"]) == HOLDOUT
     assert model["membership"]["attacks"][0]["evaluation"]["auc"].value >= 0.9  # the memoriser is still caught
+    # it shows real training images (not redacted): owner-only whatever the umask; the redacted one is not
+    import stat
+
+    assert stat.S_IMODE((workspace["root"] / "report-capped").stat().st_mode) == 0o700
 
 
 def test_too_few_patients_for_discriminability_is_a_warning_not_a_crash(workspace, tmp_path):
