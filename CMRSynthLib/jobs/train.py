@@ -137,7 +137,8 @@ def run(args, progress) -> int:
     from CMRSynthLib.training.loop import Trainer
 
     args.generator = generator_family(args.generator, args.init)
-    if args.dp:
+    dp = privacy.from_args(args)
+    if dp is not None:
         check_dp_batch(args.batch_size, args.data, args.train_patients)
     config = TrainConfig(
         data=args.data, family=args.generator, out=args.out, preset=args.preset, image_size=args.image_size,
@@ -150,7 +151,7 @@ def run(args, progress) -> int:
         seed=args.seed,
         train_patients=args.train_patients, init=args.init, device=args.device, precision=args.precision,
         save_every=args.save_every, force=args.force)
-    result = Trainer(config, progress=progress, privacy=privacy.from_args(args)).run()
+    result = Trainer(config, progress=progress, privacy=dp).run()
     if result.already_finished:
         progress.warning(f"{result.out} already holds a finished run ({result.steps} steps); nothing to do "
                          "(use --force to train again)")

@@ -104,7 +104,7 @@ def test_the_generator_is_implied_by_init_and_a_mismatch_is_refused(run_cli, pha
 def test_a_dp_batch_larger_than_the_training_split_names_its_size(run_cli, phantom, tmp_path):  # noqa: F811
     code, stdout, _ = run_cli("inspect", phantom, "--json", "--progress", "none")
     patients = json.loads(stdout)["training_split"]["train"]
-    code, _, err = run_cli("train", "--data", phantom, "--out", tmp_path / "m", "--init", "phantom-tiny-flow",
+    code, _, err = run_cli("train", "--data", phantom, "--out", tmp_path / "m", "--generator", "flow",
                            "--dp", "--delta", "1e-2", "--max-grad-norm", "1", "--epsilon", "10", "--progress", "none")
     assert code == 2 and len(err.strip().splitlines()) == 1 and not (tmp_path / "m").exists()
     assert f"--batch-size 16: with --dp it is the expected number of patients per step, at most the {patients} " \
