@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from CMRSynthLib.errors import InputError
+from CMRSynthLib.training.config import DEVICES
 
 HELP = ("the whole walk on the phantom cohort (or a real one with --data): cohort → train (with and without DP) → "
         "generate → restyle → audit")
@@ -77,10 +78,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", required=True, help="folder for the cohort, models, synthetic images and report")
     parser.add_argument("--quick", action="store_true",
                         help="fine-tune the starter models briefly (a few minutes on 2 CPU cores)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
+    parser.add_argument("--device", choices=DEVICES, default="auto",
+                        help="where training and sampling run (auto: CUDA, else MPS, else the CPU)")
     parser.add_argument("--data", default=None,
                         help="a real cohort (ACDC, M&Ms, image/label pairs) to walk instead of the phantom: fine-tunes "
-                             "the real starter on it (never needed by the tests; make demo stays on the phantom)")
+                             "the real starter on it (default: the built-in phantom cohort; make demo stays on it)")
 
 
 class Stages:

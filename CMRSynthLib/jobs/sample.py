@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from CMRSynthLib.data.conventions import LABEL_CONVENTIONS
+from CMRSynthLib.training.config import DEVICES
 
 if TYPE_CHECKING:
     from CMRSynthLib.data.volume import Volume
@@ -69,7 +70,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--vendor", default=None, help="vendor style (default: unconditional)")
     parser.add_argument("--phase", default=None, help="cardiac phase ED or ES (default: unconditional)")
-    parser.add_argument("--group", default=None, help="pathology group NOR, DCM, HCM, MINF, ARV")
+    parser.add_argument("--group", default=None,
+                        help="pathology group NOR, DCM, HCM, MINF, ARV (default: unconditional)")
     parser.add_argument("--count", type=int, default=1, help="images per mask (seeds seed, seed+1, ...)")
     parser.add_argument("--steps", type=int, default=None,
                         help="sampler steps (default: the model's; a model with a coarse stage takes them from its "
@@ -77,13 +79,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sampler", default=None, help="sampler name (default: the model's)")
     parser.add_argument("--guidance", type=float, default=None,
                         help="classifier-free guidance weight (≥ 0; default: the model's own, its card's config.guidance)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the first image (the next ones: seed+1, ...); with --privacy-filter the draws "
+                             "are seeded in secret and this only numbers the files")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                         help="bf16 runs the network in bfloat16 (about 2x faster on recent CPUs; same seed gives the "
                              "fp32 image within 0.1, recorded in the header)")
-    parser.add_argument("--format", choices=tuple(FORMATS), default="nifti")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
-    parser.add_argument("--anatomy-model", default=None, help="stage-1 mask generator for --new-anatomy")
+    parser.add_argument("--format", choices=tuple(FORMATS), default="nifti", help="file format of the images")
+    parser.add_argument("--device", choices=DEVICES, default="auto", help="where the network runs (auto: CUDA, else "
+                        "MPS, else the CPU)")
+    parser.add_argument("--anatomy-model", default=None,
+                        help="stage-1 mask generator for --new-anatomy (default: the model's anatomy/ folder, else "
+                             "acdc-anatomy for a real model or phantom-anatomy for a phantom one)")
     privacy = parser.add_argument_group("privacy filter")
     privacy.add_argument("--privacy-filter", nargs="?", const=CALIBRATED, default=None, metavar="THRESHOLD",
                          help="redraw every slice that re-identifies a training patient (the model's re-identification "
@@ -147,6 +154,7 @@ class Input:
 
 def run(args, progress) -> int:
     from CMRSynthLib.errors import InputError
+    from CMRSynthLib.jobs.reid import print_filter_summary
     from CMRSynthLib.reid.filter import FilterLog
     from CMRSynthLib.synthesis import conditions, follow_reference, prepare, synthesize, tokens
     from CMRSynthLib.training.checkpoint import load_checkpoint
@@ -183,23 +191,26 @@ def run(args, progress) -> int:
         _warn_outside_dp(card, progress)
         log = FilterLog(out)
         log.start(privacy_filter, model_id=card["model_id"])
-    for number, mask in enumerate(masks):
-        done = number * args.count
-        images = synthesize(generator, card, mask.volume, vendor=args.vendor, phase=args.phase, group=args.group,
-                            seed=args.seed, steps=args.steps, sampler=args.sampler, guidance=args.guidance,
-                            count=args.count, path=mask.path, precision=args.precision, privacy_filter=privacy_filter,
-                            screened=_recorder(log, mask.name, mask.path, args),
-                            callback=lambda d, t, base=done, label=mask.name: progress.update(
-                                base + d * args.count // t, message=f"{label}: step {d} of {t}"))
-        for index, image in enumerate(images):
-            if mask.reference is not None:
-                image = follow_reference(image, mask.reference, card, args.vendor)
-            target = out / image_name(mask.name, args.vendor, args.seed + index, args.format)
-            _write(image, target, args.format)
-            report_written(progress, target, "synthetic")
-            if privacy_filter is not None:
-                sidecar = out / (image_name(mask.name, args.vendor, args.seed + index, None) + SIDECAR)
-                report_written(progress, _write_sidecar(sidecar, target, privacy_filter, card), "privacy-record")
+    try:
+        for number, mask in enumerate(masks):
+            done = number * args.count
+            images = synthesize(generator, card, mask.volume, vendor=args.vendor, phase=args.phase, group=args.group,
+                                seed=args.seed, steps=args.steps, sampler=args.sampler, guidance=args.guidance,
+                                count=args.count, path=mask.path, precision=args.precision, privacy_filter=privacy_filter,
+                                screened=_recorder(log, mask.name, mask.path, args),
+                                callback=lambda d, t, base=done, label=mask.name: progress.update(
+                                    base + d * args.count // t, message=f"{label}: step {d} of {t}"))
+            for index, image in enumerate(images):
+                if mask.reference is not None:
+                    image = follow_reference(image, mask.reference, card, args.vendor)
+                target = out / image_name(mask.name, args.vendor, args.seed + index, args.format)
+                _write(image, target, args.format)
+                report_written(progress, target, "synthetic")
+                if privacy_filter is not None:
+                    sidecar = out / (image_name(mask.name, args.vendor, args.seed + index, None) + SIDECAR)
+                    report_written(progress, _write_sidecar(sidecar, target, privacy_filter, card), "privacy-record")
+    finally:  # the operator's summary (stderr only), a withheld image included
+        print_filter_summary(log)
     result = {}
     if privacy_filter is not None:
         report_written(progress, log.path, "private-log")

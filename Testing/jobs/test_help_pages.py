@@ -24,12 +24,7 @@ def options(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
             if a.option_strings and not a.required and a not in either_or and a.nargs != 0}
 
 
-OWNED_ELSEWHERE = {"sample": "--group, --anatomy-model", "demo": "--data"}  # their help: jobs/sample.py, demo.py
-
-
-@pytest.mark.parametrize("command", [
-    pytest.param(c, marks=pytest.mark.xfail(strict=True, reason=f"{OWNED_ELSEWHERE[c]}: help to word in its file"))
-    if c in OWNED_ELSEWHERE else c for c in COMMANDS])
+@pytest.mark.parametrize("command", COMMANDS)
 def test_every_option_shows_its_default(command):
     parser = subparsers()[command]
     formatter = HelpFormatter(command)

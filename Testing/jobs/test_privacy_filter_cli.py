@@ -219,7 +219,9 @@ def test_an_image_that_always_reidentifies_is_withheld(run_cli, tiny_flow, reid_
                             "--reid", reid_folder, "--privacy-retries", "1")
     assert code == 2
     assert "still re-identifies a training patient after 1 redraws" in err and "withheld" in err
-    assert str(member_mask) in err and "slice" not in err  # which slices: in the private log only
+    error = err.strip().splitlines()[-1]
+    assert str(member_mask) in error and "slice" not in error  # which slices: in the private log only
+    assert "privacy filter: 0 images written, 4 slices redrawn, 1 image withheld" in err  # the operator's summary
     assert not list((tmp_path / "out").glob("*.nrrd"))
     _, log = private_log(tmp_path / "out")
     assert log[-1]["withheld"] and log[-1]["refused_slices"] == list(range(4)) and log[-1]["rejected_draws"] == 8
