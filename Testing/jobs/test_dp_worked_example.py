@@ -4,20 +4,30 @@ shown before training, the planner fed that size, and a DP fine-tune of a starte
 import json
 import re
 import shlex
+from pathlib import Path
 
 import pytest
 
 pytestmark = pytest.mark.filterwarnings("ignore:Full backward hook is firing")
 
-# The README block, word for word (README.md, "A DP fine-tune, step by step").
-EXAMPLE = r"""
-cmrsynth phantom --out private --patients 12 --seed 7     # stands in for a hospital's cohort (other patients than the starters')
-cmrsynth inspect private                                  # ... training split (cmrsynth train): 8 patients to train on, ...
-cmrsynth privacy-budget --patients 8 --batch-size 4 --epochs 5 --epsilon 10 --delta 1e-3
-cmrsynth train --data private --init phantom-tiny-flow --out models/flow-dp \
-         --dp --epsilon 10 --delta 1e-3 --max-grad-norm 1.0 --batch-size 4 --epochs 5
-cmrsynth models models/flow-dp                            # its card: the ε spent, the model it was fine-tuned from
-"""
+README = Path(__file__).resolve().parents[2] / "README.md"
+HEADING = "A DP fine-tune, step by step"
+
+
+def readme_example() -> str:
+    """The first ```bash block after the README heading that contains HEADING: the README itself is what runs,
+    so the example and the test cannot drift apart."""
+    lines = README.read_text(encoding="utf-8").splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith("#") and HEADING in line), None)
+    assert start is not None, f"README.md has no heading containing {HEADING!r}"
+    opening = next((i for i in range(start + 1, len(lines)) if lines[i].strip() == "```bash"), None)
+    assert opening is not None, f"README.md: no ```bash block after the heading {HEADING!r}"
+    closing = next((i for i in range(opening + 1, len(lines)) if lines[i].strip() == "```"), None)
+    assert closing is not None, "README.md: the example's ```bash block is not closed"
+    return "\n".join(lines[opening + 1:closing]) + "\n"
+
+
+EXAMPLE = readme_example()
 
 
 def commands(block: str) -> list[list[str]]:
