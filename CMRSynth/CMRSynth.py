@@ -50,7 +50,7 @@ if unsupportedPythonMessage():  # refuse here, in words, before the library fail
 from CMRSynthLib import DEFAULT_MODEL  # noqa: E402 (after the version check)
 from CMRSynthLib.data.conventions import LV, MYO, RV  # noqa: E402
 from CMRSynthLib.data.volume import Volume, read_volume, write_volume  # noqa: E402
-from CMRSynthLib.gui import catalogue, controller, dependencies, scene  # noqa: E402
+from CMRSynthLib.gui import catalogue, controller, dependencies, reader_study, scene  # noqa: E402
 from CMRSynthLib.gui.controller import JobState  # noqa: E402
 from CMRSynthLib.gui.jobs import JobRunner  # noqa: E402
 
@@ -224,12 +224,12 @@ class CMRSynthWidget(ScriptedLoadableModuleWidget):
             chosen = _setItems(combo, ["", *known], getattr(node, field))
             if chosen != getattr(node, field):  # a vendor or group this model does not know is not kept
                 setattr(node, field, chosen)
-        anatomy = bool(node.segmentation and node.referenceVolume)
         idle = bool(info and self._job is None)
         if self._job is None and node.newAnatomy == 0:
             self.ui.statusLabel.text = self.logic.referenceNote(node.segmentation, node.referenceVolume)
-        self.ui.generateButton.enabled = idle and (anatomy or node.newAnatomy > 0)
-        self.ui.restyleButton.enabled = idle and anatomy and info.family in controller.RESTYLE_FAMILIES
+        self.ui.generateButton.enabled = idle and bool(node.segmentation or node.newAnatomy > 0)
+        self.ui.restyleButton.enabled = (idle and bool(node.segmentation and node.referenceVolume)
+                                         and info.family in controller.RESTYLE_FAMILIES)
         self.ui.cancelButton.enabled = self._job is not None
 
     def _segmentCombos(self):
@@ -391,13 +391,44 @@ def volumeFromNode(volumeNode) -> Volume:
 
 
 def writeMask(segmentationNode, referenceVolumeNode, structures, path) -> int:
-    """Write the mapped segments as a canonical label map on the reference geometry; returns overlap voxels."""
+    """Write the mapped segments as a canonical label map on the reference volume's geometry (None: on the
+    segmentation's own reference image geometry, :func:`segmentationGeometry`); returns overlap voxels."""
+    if referenceVolumeNode is None:
+        with segmentationGeometry(segmentationNode, structures.values()) as labelmap:
+            return writeMask(segmentationNode, labelmap, structures, path)
     reference = volumeFromNode(referenceVolumeNode)
     binaries = {label: slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, referenceVolumeNode)
                 for label, segmentId in structures.items()}
     mask, overlap = scene.mask_volume(binaries, reference.ijk_to_ras)
     write_volume(mask, path)
     return overlap
+
+
+@contextlib.contextmanager
+def segmentationGeometry(segmentationNode, segmentIds):
+    """A temporary labelmap node of ``segmentIds`` on the segmentation's own reference image geometry, its whole
+    extent: the grid of a segmentation that names no volume (a .seg.nrrd loaded alone, its volume deleted).
+
+    Without a reference volume, ExportSegmentsToLabelmapNode takes the segmentation's reference image geometry
+    (its conversion parameter) and, with EXTENT_REFERENCE_GEOMETRY, that geometry's whole extent, oversampled as
+    the segments are (vtkSegmentation::DetermineCommonLabelmapGeometry, Libs/vtkSegmentationCore/vtkSegmentation.cxx).
+    The node and the color table the export adds to the scene for it are removed afterwards, as
+    slicer.util.arrayFromSegmentBinaryLabelmap removes its own temporary labelmap (Base/Python/slicer/util.py).
+    """
+    ids = vtk.vtkStringArray()
+    for segmentId in segmentIds:
+        ids.InsertNextValue(segmentId)
+    labelmap = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__CMRSynth_geometry__")
+    try:
+        if not slicer.modules.segmentations.logic().ExportSegmentsToLabelmapNode(
+                segmentationNode, ids, labelmap, None, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY):
+            raise RuntimeError(f"{segmentationNode.GetName()}'s segments could not be exported to a labelmap on its "
+                               "reference geometry: choose a reference volume")
+        yield labelmap
+    finally:
+        if labelmap.GetDisplayNode():
+            slicer.mrmlScene.RemoveNode(labelmap.GetDisplayNode().GetColorNode())
+        slicer.mrmlScene.RemoveNode(labelmap)
 
 
 def addVolumeNode(path, name, attributes):
@@ -641,8 +672,8 @@ class CMRSynthLogic(ScriptedLoadableModuleLogic):
             return _("Choose a segmentation of the heart (or set New anatomy in Advanced).")
         own = self.referenceVolumeFor(segmentationNode)
         if referenceVolumeNode is None:
-            return _("Choose a reference volume: {segmentation} names no volume it was drawn on, and the synthetic "
-                     "images need a grid (the cine volume you segmented).").format(segmentation=segmentationNode.GetName())
+            return _("The images will be on the geometry {segmentation} was drawn on (no reference volume is "
+                     "chosen; Restyle needs one).").format(segmentation=segmentationNode.GetName())
         if own is None:
             return _("The images will be on {volume}'s grid ({segmentation} names no volume it was drawn on).").format(
                 volume=referenceVolumeNode.GetName(), segmentation=segmentationNode.GetName())
@@ -677,7 +708,8 @@ class CMRSynthLogic(ScriptedLoadableModuleLogic):
     def generate(self, segmentationNode, referenceVolumeNode, model=DEFAULT_MODEL, vendor="", count=1, seed=0,
                  steps=None, sampler="", guidance=None, device="auto", structures=None, newAnatomy=0, group="",
                  wait=True):
-        """Synthetic volumes for a segmentation, on the reference volume's geometry.
+        """Synthetic volumes for a segmentation, on the reference volume's geometry (``referenceVolumeNode`` None:
+        on the geometry the segmentation was drawn on, its reference image geometry).
 
         Returns the new volume nodes, named ``<volume>_synth_<vendor>_<seed>`` for seeds ``seed`` to
         ``seed + count - 1`` (or, with ``wait=False``, a :class:`CMRSynthJob` whose ``wait()`` returns them).
@@ -693,8 +725,8 @@ class CMRSynthLogic(ScriptedLoadableModuleLogic):
         mask = ""
         try:
             if not newAnatomy:
-                if segmentationNode is None or referenceVolumeNode is None:
-                    raise ValueError("generate needs a segmentation node and a reference volume node")
+                if segmentationNode is None:
+                    raise ValueError("generate needs a segmentation node (or newAnatomy > 0)")
                 note = self.referenceNote(segmentationNode, referenceVolumeNode)
                 if note:
                     logging.warning(f"CMRSynth: {note}")
@@ -714,7 +746,8 @@ class CMRSynthLogic(ScriptedLoadableModuleLogic):
             raise
         attributes = {"generator": info.family, "modelId": info.model_id, "model": info.argument,
                       "epsilon": "none" if info.epsilon is None else info.epsilon}
-        baseName = referenceVolumeNode.GetName() if referenceVolumeNode is not None and not newAnatomy else ""
+        grid = segmentationNode if referenceVolumeNode is None else referenceVolumeNode
+        baseName = "" if newAnatomy else grid.GetName()
 
         def complete(status):
             nodes = []
@@ -785,13 +818,15 @@ class CMRSynthLogic(ScriptedLoadableModuleLogic):
 
     # -- reader study display ------------------------------------------------------------------------
     def showReaderSlice(self, image, label):
-        """Show one blinded 2D slice (H, W) of the reader study in the Red slice view."""
+        """Show one blinded 2D slice (H, W) of the reader study in the Red slice view, the way up the standalone
+        tab draws it: row 0 at the top, column 0 at the left (``reader_study.DISPLAY_IJK_TO_RAS``)."""
         name = "CMRSynth reader study"
         node = slicer.mrmlScene.GetFirstNodeByName(name)
         array = image.reshape(1, *image.shape)
         if node is None:
-            node = slicer.util.addVolumeFromArray(array, name=name)
-        else:
+            node = slicer.util.addVolumeFromArray(array, ijkToRAS=reader_study.DISPLAY_IJK_TO_RAS, name=name)
+        else:  # a node kept from an earlier scene may hold another matrix
+            node.SetIJKToRASMatrix(scene.array_to_matrix(reader_study.DISPLAY_IJK_TO_RAS))
             slicer.util.updateVolumeFromArray(node, array)
         node.SetAttribute(ATTRIBUTE_PREFIX + "readerItem", str(label))
         slicer.util.setSliceViewerLayers(background=node, fit=True)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from CMRSynthLib.data.conventions import LPS_TO_RAS
 from CMRSynthLib.data.volume import is_image_file, read_volume
 from CMRSynthLib.errors import InputError
 from CMRSynthLib.files import atomic_write_text
@@ -28,6 +29,13 @@ ANSWERS = ("real", "synthetic")
 CONFIDENCE = (1, 2, 3, 4, 5)
 COLUMNS = ("reader", "item", "answer", "confidence", "truth", "source", "slice")
 _LABEL_FILE = re.compile(r"(_gt|label|mask|seg)", re.IGNORECASE)
+# Where a viewer that places images in patient space (Slicer's slice views) puts a study slice: its IJK-to-RAS
+# matrix. Column i runs toward the patient's left and row j toward posterior (ITK's identity direction, LPS, as
+# RAS: how Slicer places a NIfTI slice written with that direction, e.g. an ACDC volume as data/ssl4mis.py reads
+# it). Slicer's axial view shows patient right on the screen's left and anterior up, so voxel (0, 0), the
+# right-anterior corner, is at the top left: row 0 at the top, column 0 at the left, as the standalone tab draws
+# the array. (An identity matrix put (0, 0) at the left-posterior corner: the bottom right, turned 180°.)
+DISPLAY_IJK_TO_RAS = LPS_TO_RAS
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ import vtk
 
 from CMRSynthLib import DEFAULT_MODEL
 from CMRSynthLib.data.conventions import LV, MYO, RV
+from CMRSynthLib.data.volume import read_volume
 from CMRSynthLib.gui import catalogue, dependencies
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,8 +46,14 @@ class VolumeNode:
             for c in range(4):
                 matrix.SetElement(r, c, self.matrix[r, c])
 
+    def SetIJKToRASMatrix(self, matrix):
+        self.matrix = np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+
     def GetParentTransformNode(self):
         return None
+
+    def GetDisplayNode(self):  # set by the export, the only display node the module reads
+        return getattr(self, "display", None)
 
     def SetAndObserveStorageNodeID(self, storage_id):
         self.storage_id = storage_id
@@ -67,6 +74,18 @@ class Segment:
 
 
 SEGMENT_ADDED, SEGMENT_REMOVED, SEGMENT_MODIFIED = "SegmentAdded", "SegmentRemoved", "SegmentModified"
+EXTENT_REFERENCE_GEOMETRY, EXTENT_UNION_OF_EFFECTIVE_SEGMENTS = 0, 3  # vtkSegmentation's extent computation modes
+
+
+def on_grid(array, geometry, reference):
+    """A segment's KJI array on ``reference``'s grid: the same as the segmentation's geometry, or a box of it (the
+    only resampling the stand-in does); a segmentation without a geometry has its segments on the reference's."""
+    if geometry is None:
+        return array.copy()
+    corner = np.linalg.solve(geometry[0], reference.matrix[:, 3])[:3]  # the reference's voxel 0 in the segmentation
+    assert np.allclose(geometry[0][:3, :3], reference.matrix[:3, :3]) and np.allclose(corner, corner.round())
+    (i, j, k), (depth, rows, columns) = corner.round().astype(int), reference.array.shape
+    return array[k:k + depth, j:j + rows, i:i + columns].copy()
 
 
 class Segmentation:
@@ -112,9 +131,14 @@ class Segmentation:
 
 
 class SegmentationNode:
-    def __init__(self, segments, name="Segmentation", reference=None):
+    """``geometry`` (IJK-to-RAS, KJI shape) is its reference image geometry, which Slicer keeps as a conversion
+    parameter of the segmentation, also when no volume node is referenced (a .seg.nrrd loaded alone). The
+    segments' arrays lie on it."""
+
+    def __init__(self, segments, name="Segmentation", reference=None, geometry=None):
         self.segmentation, self.name, self.attributes = Segmentation(segments), name, {}
         self.references = {"referenceImageGeometryRef": reference}
+        self.geometry = geometry
 
     @staticmethod
     def GetReferenceImageGeometryReferenceRole():  # vtkMRMLSegmentationNode's role name
@@ -150,7 +174,15 @@ def stub_slicer(tmp_path, monkeypatch):
     slicer = types.ModuleType("slicer")
     util = types.ModuleType("slicer.util")
     util.arrayFromVolume = lambda node: node.array
-    util.arrayFromSegmentBinaryLabelmap = lambda seg, segment_id, ref: seg.segmentation.segments[segment_id][1].copy()
+
+    def segment_array(seg, segment_id, reference=None):  # Base/Python/slicer/util.py, resampled to the reference
+        reference = reference or seg.GetNodeReference(seg.GetReferenceImageGeometryReferenceRole())
+        if reference is None:
+            raise RuntimeError("No reference volume is found in the input segmentationNode, therefore a valid "
+                               "referenceVolumeNode input is required.")
+        return on_grid(seg.segmentation.segments[segment_id][1], seg.geometry, reference)
+
+    util.arrayFromSegmentBinaryLabelmap = segment_array
 
     def add_volume(array, ijkToRAS=None, name=None, nodeClassName="vtkMRMLScalarVolumeNode"):
         node = VolumeNode(np.array(array), np.eye(4) if ijkToRAS is None else ijkToRAS, name, nodeClassName)
@@ -161,7 +193,10 @@ def stub_slicer(tmp_path, monkeypatch):
         for value in np.unique(labelmap.array[labelmap.array > 0]):
             segmentation_node.segmentation.segments[f"Segment_{value}"] = (str(value), labelmap.array == value)
 
-    def add_node(class_name):
+    def add_node(class_name, name=""):
+        if class_name == "vtkMRMLLabelMapVolumeNode":
+            scene.append(VolumeNode(np.zeros((0, 0, 0), np.int16), np.eye(4), name, class_name))
+            return scene[-1]
         if class_name == "vtkMRMLNRRDStorageNode":  # kept apart: the tests' scene lists data nodes
             storage_id = f"vtkMRMLNRRDStorageNode{len(storages) + 1}"
             storage = types.SimpleNamespace(GetID=lambda: storage_id)
@@ -183,8 +218,13 @@ def stub_slicer(tmp_path, monkeypatch):
         folder.mkdir(parents=True, exist_ok=True)
         return str(folder)
 
+    def update_volume(node, array):
+        node.array = np.array(array)
+
     temporary = str(tmp_path / "slicer-temp")
     util.addVolumeFromArray = add_volume
+    util.updateVolumeFromArray = update_volume
+    util.setSliceViewerLayers = lambda **layers: slicer.layers.append(layers)
     util.tempDirectory = temp_directory
     util.startupEnvironment = lambda: dict(os.environ)
     util.loadSegmentation = load_segmentation
@@ -201,11 +241,36 @@ def stub_slicer(tmp_path, monkeypatch):
     scripted.ScriptedLoadableModuleTest = type("ScriptedLoadableModuleTest", (unittest.TestCase,),
                                                {"delayDisplay": lambda self, message: None})
     slicer.util, slicer.i18n, slicer.parameterNodeWrapper, slicer.ScriptedLoadableModule = util, i18n, wrapper, scripted
-    slicer.mrmlScene = types.SimpleNamespace(Clear=scene.clear, AddNewNodeByClass=add_node, RemoveObserver=None)
+    slicer.mrmlScene = types.SimpleNamespace(
+        Clear=scene.clear, AddNewNodeByClass=add_node, RemoveObserver=None, RemoveNode=scene.remove,
+        GetFirstNodeByName=lambda name: next((node for node in scene if node.GetName() == name), None))
+    slicer.layers = []  # every setSliceViewerLayers call
     slicer.app = types.SimpleNamespace(temporaryPath=temporary)
     slicer.vtkSegmentation = types.SimpleNamespace(SegmentAdded=SEGMENT_ADDED, SegmentRemoved=SEGMENT_REMOVED,
-                                                   SegmentModified=SEGMENT_MODIFIED)
-    segmentations_logic = types.SimpleNamespace(ImportLabelmapToSegmentationNode=import_labelmap)
+                                                   SegmentModified=SEGMENT_MODIFIED,
+                                                   EXTENT_REFERENCE_GEOMETRY=EXTENT_REFERENCE_GEOMETRY)
+    def export_labelmap(seg, segment_ids, labelmap, reference=None, extent=EXTENT_UNION_OF_EFFECTIVE_SEGMENTS):
+        """vtkSlicerSegmentationsModuleLogic::ExportSegmentsToLabelmapNode without a reference volume: the segments
+        painted 1, 2, ... (VTK_SHORT) on the segmentation's reference image geometry, its whole extent with
+        EXTENT_REFERENCE_GEOMETRY, else cropped to the segments (vtkSegmentation::DetermineCommonLabelmapGeometry);
+        a color table made for the labelmap is added to the scene."""
+        assert reference is None, "the stand-in exports only onto the segmentation's own geometry"
+        matrix, shape = seg.geometry
+        labels = np.zeros(shape, np.int16)
+        for value, n in enumerate(range(segment_ids.GetNumberOfValues()), 1):
+            labels[seg.segmentation.segments[segment_ids.GetValue(n)][1]] = value
+        if extent != EXTENT_REFERENCE_GEOMETRY:
+            (k0, j0, i0), (k1, j1, i1) = np.argwhere(labels).min(axis=0), np.argwhere(labels).max(axis=0) + 1
+            labels, matrix = labels[k0:k1, j0:j1, i0:i1], matrix.copy()
+            matrix[:3, 3] = (seg.geometry[0] @ [i0, j0, k0, 1])[:3]
+        labelmap.array, labelmap.matrix = labels, matrix
+        color = VolumeNode(np.zeros((0, 0, 0)), np.eye(4), f"{seg.GetName()}_ColorTable", "vtkMRMLColorTableNode")
+        scene.append(color)
+        labelmap.display = types.SimpleNamespace(GetColorNode=lambda: color)
+        return True
+
+    segmentations_logic = types.SimpleNamespace(ImportLabelmapToSegmentationNode=import_labelmap,
+                                                ExportSegmentsToLabelmapNode=export_labelmap)
     slicer.modules = types.SimpleNamespace(segmentations=types.SimpleNamespace(logic=lambda: segmentations_logic))
     slicer.vtkMRMLScalarVolumeNode, slicer.vtkMRMLSegmentationNode = VolumeNode, SegmentationNode
     sh_node = types.SimpleNamespace(GetItemByDataNode=lambda node: id(node),
@@ -241,7 +306,8 @@ def heart():
     r = np.broadcast_to(np.hypot(yy - 16, xx - 12), shape)
     segmentation = SegmentationNode({
         "Segment_1": ("Left ventricle", r < 5), "Segment_2": ("Myocardium", (r >= 5) & (r < 8)),
-        "Segment_3": ("RV", np.broadcast_to(np.hypot(yy - 16, xx - 22) < 5, shape) & (r >= 8))})
+        "Segment_3": ("RV", np.broadcast_to(np.hypot(yy - 16, xx - 22) < 5, shape) & (r >= 8))},
+        geometry=(ijk_to_ras, shape))
     return reference, segmentation
 
 
@@ -812,7 +878,8 @@ def test_the_default_model_is_the_librarys_and_restyle_is_offered_for_it(widget,
 
 def test_the_reference_is_the_segmentations_own_grid_and_any_other_is_said(stub_slicer, widget, heart, monkeypatch):
     """Item 4: the default reference is the volume the segmentation names (its reference image geometry node),
-    never the scene's first volume; without one Generate stays off and says why; another volume's grid is named."""
+    never the scene's first volume; without one Generate uses the segmentation's own geometry and says so (Restyle,
+    which restyles a volume, stays off); another volume's grid is named."""
     module, scene, slicer = stub_slicer
     reference, segmentation = heart
     labelmap = VolumeNode(np.zeros((3, 32, 32)), np.eye(4), "labels", "vtkMRMLLabelMapVolumeNode")
@@ -825,8 +892,9 @@ def test_the_reference_is_the_segmentations_own_grid_and_any_other_is_said(stub_
     node = widget._parameterNode
     assert node.segmentation is segmentation and node.referenceVolume is None  # not the hidden labelmap
     widget.onParameterNodeModified()
-    assert not widget.ui.generateButton.enabled
-    assert widget.ui.statusLabel.text.startswith("Choose a reference volume: Segmentation names no volume")
+    assert widget.ui.generateButton.enabled and not widget.ui.restyleButton.enabled
+    assert widget.ui.statusLabel.text == ("The images will be on the geometry Segmentation was drawn on (no reference "
+                                          "volume is chosen; Restyle needs one).")
     segmentation.references["referenceImageGeometryRef"] = reference
     node.referenceVolume = None
     widget.initializeParameterNode()
@@ -836,3 +904,90 @@ def test_the_reference_is_the_segmentations_own_grid_and_any_other_is_said(stub_
     widget.onParameterNodeModified()
     assert widget.ui.statusLabel.text == ("The images will be on labels's grid, not on cine, the volume Segmentation "
                                           "was drawn on.")
+
+
+def test_a_segmentation_without_a_volume_generates_on_its_own_geometry(stub_slicer, heart, tmp_path):
+    """Issue 29: a segmentation that names no volume (a .seg.nrrd loaded alone) generates: its segments are exported
+    to a labelmap on its reference image geometry, whole extent, whose grid the images get (not the segments' box);
+    the labelmap and the color table the export made leave the scene."""
+    module, scene, slicer = stub_slicer
+    reference, segmentation = heart
+    assert segmentation.GetNodeReference(segmentation.GetReferenceImageGeometryReferenceRole()) is None
+    logic = module.CMRSynthLogic(modelFolder=tmp_path / "models")
+    logic.python = sys.executable
+    nodes = logic.generate(segmentation, None, model=starter().name, seed=4, steps=2, device="cpu")
+    assert scene == nodes and [n.GetName()[:len("Segmentation_synth_")] for n in nodes] == ["Segmentation_synth_"]
+    assert nodes[0].array.shape == reference.array.shape and np.allclose(nodes[0].matrix, reference.matrix, atol=1e-4)
+    mask = tmp_path / "mask.nii.gz"
+    structures = {LV: "Segment_1", MYO: "Segment_2", RV: "Segment_3"}
+    assert module.writeMask(segmentation, None, structures, str(mask)) == 0 and scene == nodes
+    labels = read_volume(mask)
+    expected = sum(label * segmentation.segmentation.segments[segment][1] for label, segment in structures.items())
+    assert np.array_equal(labels.array, expected) and np.allclose(labels.ijk_to_ras, reference.matrix, atol=1e-4)
+
+
+# -- the reader study in the Red slice view -------------------------------------------------------------------
+# Slicer's Red view is axial: its slice-to-RAS orientation (vtkMRMLSliceNode::GetAxialSliceToRASMatrix with
+# patientRightIsScreenLeft) sends the screen's x (rightward) to the patient's left (-R) and its y (upward) to
+# anterior (+A). Screen x = its first row · RAS, screen y = its second row · RAS (the matrix is orthonormal).
+AXIAL_SLICE_TO_RAS = np.array([[-1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]])
+
+
+def red_view_corners(ijk_to_ras, rows, columns):
+    """Which voxel (row, column) of a one-slice volume the Red view shows at its top-left, top-right, bottom-left
+    and bottom-right corners, from the volume's IJK-to-RAS matrix alone."""
+    corners = [(j, i) for j in (0, rows - 1) for i in (0, columns - 1)]
+    screen = {corner: AXIAL_SLICE_TO_RAS.T @ (ijk_to_ras @ [corner[1], corner[0], 0, 1])[:3] for corner in corners}
+    left, right = min(x for x, _, _ in screen.values()), max(x for x, _, _ in screen.values())
+    bottom, top = min(y for _, y, _ in screen.values()), max(y for _, y, _ in screen.values())
+    at = {(x, y): corner for corner, (x, y, _) in screen.items()}
+    return at[left, top], at[right, top], at[left, bottom], at[right, bottom]
+
+
+def test_the_red_view_corners_of_the_matrices_that_matter():
+    """The geometry check itself: identity (the module before issue 29) turns the slice 180°; ITK's identity
+    direction as RAS (a NIfTI slice as ssl4mis reads ACDC) puts the array's [0, 0] top-left."""
+    from CMRSynthLib.data.conventions import LPS_TO_RAS
+
+    rows, columns = 3, 5
+    assert red_view_corners(np.eye(4), rows, columns) == ((2, 4), (2, 0), (0, 4), (0, 0))
+    assert red_view_corners(LPS_TO_RAS, rows, columns) == ((0, 0), (0, 4), (2, 0), (2, 4))
+    # [0, 0] lands on RAS (0, 0, 0), the slice's most right and most anterior corner: patient right is screen left,
+    # anterior is up
+    ras = {(j, i): (LPS_TO_RAS @ [i, j, 0, 1])[:3] for j in (0, rows - 1) for i in (0, columns - 1)}
+    assert max(ras, key=lambda corner: (ras[corner][0], ras[corner][1])) == (0, 0)
+
+
+def test_a_reader_study_slice_shows_the_same_way_up_in_slicer_as_in_the_standalone_tab(stub_slicer, tmp_path):
+    """Issue 29: reader-study slices were turned 180° in Slicer. The same study, one tab drawing the slice itself
+    (standalone) and one handing it to the module's Logic: the four corners show the same pixels."""
+    from CMRSynthLib.data.volume import Volume, write_volume
+    from CMRSynthLib.gui import reader_study as rs
+    from CMRSynthLib.gui.reader_tab import ReaderStudyTab
+
+    module, scene, slicer = stub_slicer
+    quadrants = np.zeros((40, 60), np.float32)  # rows × columns, four distinct corners (and no transpose)
+    quadrants[:20, 30:], quadrants[20:, :30], quadrants[20:, 30:] = 1.0, 2.0, 3.0
+    for truth in ("real", "synthetic"):
+        (tmp_path / truth).mkdir()
+        write_volume(Volume(np.stack([quadrants] * 3), np.diag([-1.5, -1.5, 8.0, 1.0])), tmp_path / truth / "v.nii.gz")
+    logic = module.CMRSynthLogic(modelFolder=tmp_path / "models")
+    standalone, inSlicer = ReaderStudyTab(), ReaderStudyTab(show_slice=logic.showReaderSlice)
+    for tab in (standalone, inSlicer):
+        tab.real.set_path(str(tmp_path / "real"))
+        tab.synthetic.set_path(str(tmp_path / "synthetic"))
+        tab.per_class.setValue(1)
+        tab.reader.setText("A")
+        tab.results.set_path(str(tmp_path / f"{id(tab)}.csv"))
+        tab.start()
+    expected = rs.display_image(quadrants)
+    drawn = standalone.image.pixmap().toImage()
+    w, h = drawn.width() - 1, drawn.height() - 1
+    on_screen = [drawn.pixelColor(x, y).red() for x, y in ((0, 0), (w, 0), (0, h), (w, h))]
+    assert on_screen == [expected[0, 0], expected[0, -1], expected[-1, 0], expected[-1, -1]]  # row 0 on top
+    node = scene[-1]
+    assert slicer.layers[-1]["background"] is node and node.array.shape == (1, 40, 60)
+    corners = red_view_corners(node.matrix, 40, 60)
+    assert [node.array[0, j, i] for j, i in corners] == on_screen
+    inSlicer.answer("real")  # the next slice reuses the node and keeps it the same way up
+    assert scene == [node] and red_view_corners(node.matrix, 40, 60) == ((0, 0), (0, 59), (39, 0), (39, 59))
