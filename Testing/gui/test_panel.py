@@ -1,7 +1,9 @@
 """The standalone panel under offscreen Qt (PySide6 via Qt.py), driving real ``cmrsynth`` subprocesses.
 
 Set ``CMRSYNTH_SCREENSHOTS=1`` to refresh the README's screenshots in docs/images/ (otherwise they go to a
-temporary folder; each is still grabbed, saved and checked for content).
+temporary folder; each is still grabbed, saved and checked for content). Set ``CMRSYNTH_SCREENSHOT_DATA`` to an
+SSL4MIS ACDC folder (``.../ACDC_H5/data``, outside the repository) and the Generate test runs the default real model
+on a real mask, so its screenshot shows what users get; without it (CI has no real data) it runs the phantom's.
 """
 
 import json
@@ -13,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from CMRSynthLib import DEFAULT_MODEL
 from CMRSynthLib.data.volume import read_volume, write_volume
 from CMRSynthLib.gui import catalogue
 from CMRSynthLib.gui.controller import JobState
@@ -21,6 +24,7 @@ from CMRSynthLib.gui.qt import QtCore, QtWidgets, read
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="uses POSIX process groups")
 ROOT = Path(__file__).resolve().parents[2]
 SHAPE = (4, 48, 48)
+SCREENSHOT_DATA = os.environ.get("CMRSYNTH_SCREENSHOT_DATA")
 
 
 def wait_for(runner, seconds=240.0):
@@ -76,6 +80,27 @@ def model(cohort, tmp_path_factory) -> str:
     return str(out)
 
 
+def real_mask(data: Path, folder: Path) -> Path:
+    """The first val.list case of an SSL4MIS ACDC folder (never a test.list patient) as ACDC's NIfTI pair in
+    ``folder``: its label ``<case>_gt.nii.gz`` (ACDC's numbering, told by the name) and its image beside it."""
+    from CMRSynthLib.data.ssl4mis import LABEL_KEY, read_ssl4mis
+
+    case = (data / "val.list").read_text(encoding="utf-8").split()[0]
+    assert case[:10] not in (data / "test.list").read_text(encoding="utf-8"), "test.list patients are reserved"
+    source = str(data / f"{case}.h5")
+    write_volume(read_ssl4mis(source), folder / f"{case}.nii.gz")
+    return write_volume(read_ssl4mis(source + LABEL_KEY), folder / f"{case}_gt.nii.gz")
+
+
+@pytest.fixture(scope="module")
+def generate_case(cohort, tmp_path_factory, request):
+    """(mask, model, steps) of the Generate test: the phantom's mask and flow model in two steps, or with
+    CMRSYNTH_SCREENSHOT_DATA the default real model, at its own number of steps, on a real mask."""
+    if SCREENSHOT_DATA:
+        return real_mask(Path(SCREENSHOT_DATA), tmp_path_factory.mktemp("acdc")), DEFAULT_MODEL, 0
+    return cohort / "phantom000" / "phantom000_ED_gt.nii.gz", request.getfixturevalue("model"), 2
+
+
 @pytest.fixture
 def panel(tmp_path, monkeypatch):
     monkeypatch.setenv("CMRSYNTH_MODEL_FOLDER", str(tmp_path / "models"))
@@ -100,15 +125,15 @@ def choose_model(tab, model: str) -> None:
     assert tab.model.argument() == model
 
 
-def test_generate_from_a_mask_file_shows_the_output(panel, cohort, model, tmp_path):
+def test_generate_from_a_mask_file_shows_the_output(panel, generate_case, tmp_path):
     tab = panel.generate
-    mask = cohort / "phantom000" / "phantom000_ED_gt.nii.gz"
+    mask, model, steps = generate_case
     tab.mask.set_path(str(mask))
     choose_model(tab, model)
     vendors = [tab.vendor.itemText(i) for i in range(tab.vendor.count())]
     assert vendors[0] == "" and len(vendors) > 1  # unconditional, then the model's vendors
     vendor = read(tab.vendor, "currentText")
-    tab.steps.setValue(2)
+    tab.steps.setValue(steps)
     tab.seed.setValue(3)
     tab.device.setCurrentIndex(tab.device.findText("cpu"))
     tab.out.set_path(str(tmp_path / "out"))
@@ -116,7 +141,7 @@ def test_generate_from_a_mask_file_shows_the_output(panel, cohort, model, tmp_pa
     assert tab.runner.running and read(tab.job.cancel_button, "enabled")
     status = wait_for(tab.runner)
     assert status.state is JobState.DONE, status.error
-    expected = tmp_path / "out" / f"phantom000_ED_synth_{vendor}_3.nii.gz"
+    expected = tmp_path / "out" / f"{mask.name.removesuffix('_gt.nii.gz')}_synth_{vendor}_3.nii.gz"
     assert expected.is_file() and tab.results.item(0).text() == expected.name
     assert tab.results.item(0).toolTip() == str(expected)
     assert read_volume(expected).same_geometry(read_volume(mask))
