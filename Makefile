@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 OUT    ?= demo-output
 
-.PHONY: install demo demo-quick test bench starters clean
+.PHONY: install demo demo-quick demo-full test bench starters clean
 
 install: $(STAMP)
 
@@ -18,7 +18,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
+# make demo: the short tour (minutes); make demo-full: the whole walk from scratch
 demo: $(STAMP)
+	$(BIN)/cmrsynth demo --tour --out $(OUT)
+
+demo-full: $(STAMP)
 	$(BIN)/cmrsynth demo --out $(OUT)
 
 demo-quick: $(STAMP)

@@ -68,6 +68,26 @@ def sample_grid(synthetic: Slices, path: Path, *, per_vendor: int = 6, seed: int
     return _save(fig, path)
 
 
+def stack_figure(stacks: list[tuple[str, np.ndarray, np.ndarray]], path: Path, *, title: str, per_stack: int = 3,
+                 ) -> Path:
+    """One row per ``(name, image (K, H, W), mask (K, H, W))``: ``per_stack`` slices through the LV from base to apex, each
+    scaled by its own 1st-99th percentiles, with the mask's contours."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(stacks), per_stack, figsize=(2.6 * per_stack, 2.7 * len(stacks)), squeeze=False)
+    for row, (name, image, mask) in enumerate(stacks):
+        hearts = np.flatnonzero((mask == STRUCTURES["LV"]).reshape(len(mask), -1).any(1))
+        for col, k in enumerate(hearts[np.linspace(0, len(hearts) - 1, per_stack).round().astype(int)]):
+            ax = axes[row, col]
+            _blank(ax)
+            low, high = np.percentile(image[k], (1, 99))
+            ax.imshow(image[k], cmap="gray", vmin=low, vmax=high)
+            _contours(ax, mask[k])
+        axes[row, 0].set_ylabel(name, fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def roc_figure(attacks: list[dict], path: Path, *, title: str = "") -> Path:
     """ROC curves of each attack on the evaluation patients, linear and log-log."""
     plt = _pyplot()

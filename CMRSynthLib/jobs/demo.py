@@ -1,5 +1,10 @@
 """``cmrsynth demo``: the whole walk on the phantom cohort, ending in a receipt (DESIGN §2, issue 8).
 
+``--tour`` (what ``make demo`` runs; minutes) shows what the product is for, in three stages (:func:`run_tour`):
+real-looking hearts from the default real model (``acdc-ldm``) drawn around held-out phantom masks, with a
+picture; a DP fine-tune of a public phantom starter on the phantom patients at ε = 10, planned first; and the
+receipt of that DP model. The whole walk below is ``make demo-full``.
+
 1. a phantom cohort (four vendors, five pathology groups), split by patient into a public and a private part
    (the private part's own training split keeps a held-out set: the card records who was in and who was not);
 2. the DP planner's numbers; a flow model and a DDPM trained on the private part without DP; a flow model
@@ -78,6 +83,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", required=True, help="folder for the cohort, models, synthetic images and report")
     parser.add_argument("--quick", action="store_true",
                         help="fine-tune the starter models briefly (a few minutes on 2 CPU cores)")
+    parser.add_argument("--tour", action="store_true",
+                        help="the short tour (what make demo runs): the default real model's hearts on phantom masks, "
+                             "a DP fine-tune with its ε, its receipt")
     parser.add_argument("--device", choices=DEVICES, default="auto",
                         help="where training and sampling run (auto: CUDA, else MPS, else the CPU)")
     parser.add_argument("--data", default=None,
@@ -254,6 +262,8 @@ def _real_heldout_masks(cohort, card: dict, folder: Path, *, count: int) -> Path
 def run(args, progress) -> int:
     if args.data is not None:
         return run_real(args, progress)
+    if args.tour:
+        return run_tour(args, progress)
     out = Path(args.out).resolve()
     plan = PLANS["quick" if args.quick else "full"]
     mode = "none" if progress.mode == "none" else progress.mode
@@ -324,6 +334,81 @@ def run(args, progress) -> int:
     progress.artefact(report, "report")
     progress.done(report=str(report))
     return 0
+
+
+TOUR = DemoPlan(patients=32, public_fraction=0.0, preset="tiny", image_size=32, train_steps=0, train_batch=0,
+                public_steps=0, dp_epochs=3, dp_batch=4, from_starters=True, heldout_masks=2, new_anatomies=0)
+TOUR_INIT = "phantom-tiny-flow"  # public for the tour's patients: trained on another phantom cohort (seed 0)
+
+
+def run_tour(args, progress) -> int:
+    """The short tour (see the module notes): every stage a ``cmrsynth`` command, printed before it runs."""
+    from CMRSynthLib.data.cohorts import open_cohort
+    from CMRSynthLib.training.data import split_sizes
+
+    if args.quick:
+        raise InputError("--tour and --quick are two different walks; choose one")
+    out = Path(args.out).resolve()
+    stages = Stages(out, "none" if progress.mode == "none" else progress.mode)
+    device = ["--device", args.device]
+    cohort = out / "phantom"
+    stages.run("cohort", "phantom", "--out", cohort, "--patients", TOUR.patients, "--seed", COHORT_SEED)
+
+    masks = tour_masks(cohort, out / "heldout-masks", count=TOUR.heldout_masks)
+    stages.run("sample-default", "sample", "--mask", masks, "--out", out / "default-model", "--vendor", "Siemens",
+               *device)
+    picture = hearts_figure(out / "default-model", masks, out / "default-model.png")
+    progress.artefact(picture, "figure")
+    _say(f"[sample-default] the default real model's hearts around held-out phantom masks: {picture}")
+
+    patients = split_sizes(open_cohort(cohort))["train"]
+    dp = ["--epsilon", EPSILON, "--delta", DELTA]
+    stages.run("plan-dp", "privacy-budget", "--patients", patients, "--batch-size", TOUR.dp_batch, "--epochs",
+               TOUR.dp_epochs, *dp)
+    dp_model = out / "models" / "flow-dp"
+    stages.run("train-dp", "train", "--data", cohort, "--init", TOUR_INIT, "--out", dp_model, "--dp", *dp,
+               "--max-grad-norm", MAX_GRAD_NORM, "--batch-size", TOUR.dp_batch, "--epochs", TOUR.dp_epochs, "--seed", 0,
+               *device)
+    stages.run("audit", "audit", "--model", dp_model, "--data", cohort, "--holdout", "validation+holdout", "--out",
+               out / "report", "--quick", *device)
+    report = out / "report" / "report.html"
+    _print_verdicts(out / "report" / "report.json")
+    print(f"\nThe default model's hearts: {picture}\nThe receipt of the DP model: {report}")
+    progress.artefact(report, "report")
+    progress.done(report=str(report), figure=str(picture))
+    return 0
+
+
+def tour_masks(cohort: Path, folder: Path, *, count: int) -> Path:
+    """A folder of links to the ED labels of the first ``count`` patients that ``cmrsynth train`` holds out of
+    ``cohort`` (no model of the tour trains on them)."""
+    from CMRSynthLib.data.cohorts import open_cohort
+    from CMRSynthLib.training.data import labelled_records, training_split
+
+    opened = open_cohort(cohort)
+    records = labelled_records(opened, opened.root)
+    held_out = set(training_split(records, seed=0).holdout)
+    labels = sorted((r.patient, r.label_path) for r in records if r.patient in held_out and r.phase == "ED")
+    folder.mkdir(parents=True, exist_ok=True)
+    for _, label in labels[:count]:
+        link = folder / Path(label).name
+        if not link.exists():
+            link.symlink_to(label)
+    return folder
+
+
+def hearts_figure(images: Path, masks: Path, path: Path) -> Path:
+    """Three slices of each synthetic stack in ``images`` beside its mask's contours (``masks``)."""
+    from CMRSynthLib.audit.figures import stack_figure
+    from CMRSynthLib.data.volume import read_volume
+
+    pairs = []
+    for mask_path in sorted(masks.iterdir()):
+        stem = mask_path.name.split(".")[0].removesuffix("_gt")
+        image = next(images.glob(f"{stem}_synth_*"))
+        pairs.append((stem, read_volume(image).array, read_volume(mask_path).array))
+    return stack_figure(pairs, path, title="acdc-ldm (the default real model) around held-out phantom masks "
+                                           "(red LV, green MYO, blue RV)")
 
 
 def _training_patients(model_dir: Path) -> int:
