@@ -121,3 +121,19 @@ def test_an_image_follows_its_reference_s_type_and_scale():
     followed = follow_reference(image, scale, card, None)
     assert followed.array.dtype == np.int16 and followed.array.tolist() == [[[5, 500, 995, 1985]]]
     assert "int16" in followed.metadata["cmrsynth_intensity"]
+
+
+def test_the_default_model_loads_and_samples_without_importing_diffusers():
+    """Start-up of every `cmrsynth sample` process: diffusers (about 1.5 s to import, with torch._dynamo) is needed
+    only by DDPM samplers, not by the default latent flow model."""
+    import subprocess
+    import sys
+
+    script = ("import sys\nfrom CMRSynthLib.training.checkpoint import load_checkpoint\n"
+              "from CMRSynthLib import synthesis\n"
+              "generator, card = load_checkpoint('acdc-ldm')\n"
+              "assert 'diffusers' not in sys.modules, 'diffusers imported'\n"
+              "load_checkpoint('phantom-ddpm')\n"
+              "assert 'diffusers' in sys.modules\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr

@@ -25,7 +25,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
 from CMRSynthLib.errors import InputError
 from CMRSynthLib.generators.base import Conditions, Generator, ProgressCallback, Vocabulary
@@ -95,7 +94,12 @@ class DDPMGenerator(Generator):
                              persistent=False)
 
     def scheduler(self, sampler: str):
-        """A fresh diffusers scheduler for ``sampler`` (schedulers keep per-run state, so one per call)."""
+        """A fresh diffusers scheduler for ``sampler`` (schedulers keep per-run state, so one per call).
+
+        diffusers is imported here, not with the module: importing it costs about 1.5 s (it loads torch._dynamo),
+        which every ``cmrsynth`` process paid, also for the default latent flow model that never uses it."""
+        from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+
         common = dict(num_train_timesteps=self.config.num_train_timesteps, beta_schedule=self.config.beta_schedule,
                       prediction_type=self.config.prediction_type, timestep_spacing="trailing")
         if sampler == "ancestral":
