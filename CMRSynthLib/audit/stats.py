@@ -120,18 +120,9 @@ def bootstrap(statistic: Callable[[np.ndarray], float], n_units: int, *, strata=
     Returns:
         ``(low, high)``, or ``(None, None)`` when fewer than 2 units (per stratum) or no valid draw.
     """
-    if not 0.0 < level < 1.0:
-        raise ValueError(f"level must be in (0, 1), got {level}")
-    groups = _strata(n_units, strata)
-    if n_units == 0 or min(len(g) for g in groups) < 2:
-        return None, None
-    rng = np.random.default_rng(seed)
-    values = np.empty(n_boot)
-    for b in range(n_boot):
-        draw = np.concatenate([rng.choice(g, size=len(g), replace=True) for g in groups])
-        values[b] = statistic(draw)
-    values = values[np.isfinite(values)]
-    if values.size == 0:
+    values = _resampled(statistic, n_units, strata, level=level, seed=seed, n_draws=n_boot,
+                        draw=lambda rng, units: rng.choice(units, size=len(units), replace=True))
+    if values is None:
         return None, None
     alpha = (1.0 - level) / 2.0
     low, high = np.quantile(values, [alpha, 1.0 - alpha])
@@ -166,20 +157,29 @@ def half_sample_interval(statistic: Callable[[np.ndarray], float], n_units: int,
     Returns:
         ``(low, high)``, or ``(None, None)`` when a stratum has fewer than 2 units or no draw is valid.
     """
-    if not 0.0 < level < 1.0:
-        raise ValueError(f"level must be in (0, 1), got {level}")
-    groups = _strata(n_units, strata)
-    if n_units == 0 or min(len(g) for g in groups) < 2:
-        return None, None
-    rng = np.random.default_rng(seed)
-    values = np.array([statistic(np.concatenate([rng.choice(g, size=len(g) // 2, replace=False) for g in groups]))
-                       for _ in range(n_draws)])
-    values = values[np.isfinite(values)]
-    if values.size == 0:
+    values = _resampled(statistic, n_units, strata, level=level, seed=seed, n_draws=n_draws,
+                        draw=lambda rng, units: rng.choice(units, size=len(units) // 2, replace=False))
+    if values is None:
         return None, None
     alpha = (1.0 - level) / 2.0
     low, high = estimate + np.quantile(values - values.mean(), [alpha, 1.0 - alpha])
     return float(low), float(high)
+
+
+def _resampled(statistic: Callable[[np.ndarray], float], n_units: int, strata, *, level: float, seed: int,
+               n_draws: int, draw: Callable) -> np.ndarray | None:
+    """The finite values of ``statistic`` over ``n_draws`` resamples, each made of ``draw(rng, units)`` of every
+    stratum's units; None when a stratum has fewer than 2 units or no draw gives a value."""
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    groups = _strata(n_units, strata)
+    if n_units == 0 or min(len(g) for g in groups) < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    values = np.array([statistic(np.concatenate([draw(rng, units) for units in groups])) for _ in range(n_draws)],
+                      dtype=float)
+    values = values[np.isfinite(values)]
+    return values if values.size else None
 
 
 def _strata(n_units: int, strata) -> list[np.ndarray]:
