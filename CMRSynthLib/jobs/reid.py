@@ -105,7 +105,7 @@ def run(args, progress) -> int:
     calibration_record = model.record["calibration"]
     fmr, tmr = calibration_record["false_match_rate"], calibration_record["true_match_rate"]
     slices = calibration_record["slices"]
-    rate = measured_false_match_rate(model.calibration_distances, model.threshold)
+    rate = measured_false_match_rate(model.calibration_distances, model.threshold, args.false_match_rate)
     rate_text = (f"{format_rate(fmr)} on {slices} slices" if rate is not None else
                  not_measurable(slices, args.false_match_rate))
     print(f"threshold {model.threshold:.4g} ({calibration_record['patients']} held-out patients): false-match rate "

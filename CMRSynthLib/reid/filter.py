@@ -102,7 +102,8 @@ class PrivacyFilter:
     def false_match_rate(self) -> float | None:
         """The held-out calibration slices' false-match rate at this threshold (None: not measurable, see
         :func:`measured_false_match_rate`)."""
-        return measured_false_match_rate(self.reid.calibration_distances, self.threshold)
+        return measured_false_match_rate(self.reid.calibration_distances, self.threshold,
+                                         self.reid.record["calibration"]["target_false_match_rate"])
 
     def describe(self) -> dict:
         """What a shared output (sidecar, done event) may say about the filter: only what is true of every image

@@ -86,13 +86,17 @@ def match_rate(matched: np.ndarray, patients: np.ndarray, *, method: str, n_boot
                     warning=small_sample_warning(len(ids)))
 
 
-def measured_false_match_rate(calibration_distances: np.ndarray, threshold: float) -> float | None:
+def measured_false_match_rate(calibration_distances: np.ndarray, threshold: float, rate: float) -> float | None:
     """The share of the ``(M,)`` held-out calibration slices' nearest-gallery distances below ``threshold`` (each
-    a false match), or None when there is none: with M slices a rate below 1/M cannot be observed, so no false
-    match measures nothing, not 0%. For the calibrated threshold (the ⌊rate·M⌋-th distance) that is exactly
-    M < 1/rate, the rule :func:`CMRSynthLib.audit.stats.tpr_measurable` applies to the TPR at a low FPR."""
-    matches = int(np.count_nonzero(np.asarray(calibration_distances) < threshold))
-    return matches / len(calibration_distances) if matches else None
+    a false match), or None when there is none among fewer than 1/``rate`` slices: with M slices a rate below 1/M
+    cannot be observed, so there no false match measures nothing, not 0% (the rule
+    :func:`CMRSynthLib.audit.stats.tpr_measurable` applies to the TPR at a low FPR). ``rate`` is the false-match
+    rate the threshold was calibrated for; with at least 1/``rate`` slices, none below the threshold is 0.0."""
+    distances = np.asarray(calibration_distances)
+    matches = int(np.count_nonzero(distances < threshold))
+    if not matches and len(distances) * rate < 1 - 1e-9:
+        return None
+    return matches / len(distances)
 
 
 def not_measurable(slices: int, rate: float | None = None) -> str:
@@ -202,7 +206,7 @@ def build_reid(card: dict, members: Slices, calibration: Slices, *, others: Slic
     false_match = match_rate(held_out < threshold, calibration.patients, n_boot=n_boot, method=(
         "share of held-out patients' slices closer than the threshold to some training patient's slice "
         "(each one a false match); bootstrap over held-out patients"))
-    if measured_false_match_rate(held_out, threshold) is None:  # no false match among too few slices: not 0%
+    if measured_false_match_rate(held_out, threshold, false_match_rate) is None:  # no false match among too few slices: not 0%
         false_match = replace(false_match, low=None, high=None,
                               warning=not_measurable(len(held_out), false_match_rate))
     true_match = match_rate(own < threshold, calibration.patients, n_boot=n_boot, method=(

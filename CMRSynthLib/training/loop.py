@@ -39,6 +39,7 @@ draw with no patient: a step all the same, taken as the optimizer's ``noise_only
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -417,7 +418,9 @@ class Trainer:
                 return None
             raise InputError("--out holds a checkpoint without trainer state (it cannot be resumed); use "
                              "--force to replace it or choose another folder", path=out)
-        stored = _effective_field_of_view(named(previous.trainer_state.info.get("arguments", {})))
+        recorded = previous.trainer_state.info.get("arguments", {})
+        stored = _effective_field_of_view({**named(recorded), "sources": recorded.get("sources") or _sources(
+            recorded.get("data", ""), recorded.get("init"))})  # a record from before "sources": its full paths
         mine = _effective_field_of_view(self._identity())
         # an argument added after the run started is absent from its record: at its default (None), the same run
         differ = sorted(k for k in set(stored) | set(mine) if stored.get(k) != mine.get(k))
@@ -428,7 +431,8 @@ class Trainer:
         return previous
 
     def _identity(self) -> dict:
-        identity = {**self.config.identity(), "world_size": self.world.size}
+        identity = {**self.config.identity(), "world_size": self.world.size,
+                    "sources": _sources(self.config.data, self.config.init)}
         if self.privacy is not None:
             identity["privacy"] = self.privacy.identity()
         return identity
@@ -622,6 +626,21 @@ class Trainer:
         by_epochs = epochs and (self.privacy.steps_for(loader, epochs) if self.privacy is not None
                                 else epochs * steps_per_epoch)
         return int(min(n for n in (c.max_steps, by_epochs) if n))
+
+
+def _sources(data: str, init: str | None) -> dict:
+    """What a resumed run must share exactly, though its identity names folders only (``data``/``init`` by name):
+    a digest of the data folder's absolute path, and the ``--init`` model's ``model_id``. Another cohort or init
+    of the same folder name would otherwise resume the run, and its card would name the wrong lineage."""
+    import hashlib
+
+    model = None
+    if init:
+        try:
+            model = ckpt.read_card(ckpt.resolve_model(init))["model_id"]
+        except InputError:
+            model = f"missing: {without_path(init)}"
+    return {"data": hashlib.sha256(os.path.abspath(data).encode()).hexdigest()[:16], "init": model}
 
 
 def _effective_field_of_view(arguments: dict) -> dict:

@@ -93,9 +93,11 @@ def test_a_false_match_rate_below_one_calibration_slice_is_not_measurable(reid):
     from CMRSynthLib.reid.model import calibrate_threshold, measured_false_match_rate, not_measurable
 
     distances = np.arange(1.0, 201.0)
-    assert measured_false_match_rate(distances, calibrate_threshold(distances, 0.01)) == 0.01  # 2 of 200
-    assert measured_false_match_rate(distances[:99], calibrate_threshold(distances[:99], 0.01)) is None
-    assert measured_false_match_rate(distances[:100], calibrate_threshold(distances[:100], 0.01)) == 0.01
+    assert measured_false_match_rate(distances, calibrate_threshold(distances, 0.01), 0.01) == 0.01  # 2 of 200
+    assert measured_false_match_rate(distances[:99], calibrate_threshold(distances[:99], 0.01), 0.01) is None
+    assert measured_false_match_rate(distances[:100], calibrate_threshold(distances[:100], 0.01), 0.01) == 0.01
+    # a threshold below every distance, on enough slices, measures a rate of 0 (review: it said "not measurable")
+    assert measured_false_match_rate(distances, 0.5, 0.01) == 0.0
     assert not_measurable(99, 0.01) == "not measurable with 99 calibration slices (a 1.0% rate needs at least 100)"
     described = PrivacyFilter.of(reid).describe()  # 3 held-out patients: far fewer than 100 slices
     assert described == {"threshold": reid.threshold, "false_match_rate": None,

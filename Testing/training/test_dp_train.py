@@ -315,3 +315,19 @@ def test_a_shareable_card_names_folders_and_does_not_locate_them(dp_model, publi
     assert card["training"]["command"][0] == "cmrsynth" or "/" not in card["training"]["command"][0]
     private = read_membership(dp_model)
     assert private["paths"]["init"] == str(public_model)
+
+
+def test_a_run_resumes_only_with_the_same_data_and_init_not_merely_their_names(phantom, tmp_path):  # noqa: F811
+    """Review of this issue's change: the identity names folders, so an --init (or a cohort) of the same folder name
+    resumed another's run, and the card named the wrong lineage (before: resumed)."""
+    from CMRSynthLib.errors import InputError
+
+    inits = []
+    for place, seed in (("a", 1), ("b", 2)):
+        Trainer(train_config(phantom, tmp_path / place / "model", max_steps=1, seed=seed)).run()
+        inits.append(tmp_path / place / "model")
+    run = tmp_path / "run"
+    run_stopped_at_step(Trainer(train_config(phantom, run, max_steps=4, save_every=1, init=str(inits[0]))), 3)
+    with pytest.raises(InputError, match="other arguments.*sources"):
+        Trainer(train_config(phantom, run, max_steps=4, save_every=1, init=str(inits[1]))).run()
+    assert Trainer(train_config(phantom, run, max_steps=4, save_every=1, init=str(inits[0]))).run().steps == 4
