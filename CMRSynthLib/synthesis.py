@@ -202,7 +202,8 @@ def synthesize(generator, card: dict, mask: Volume, *, vendor: str | None, phase
     if privacy_filter is not None:
         from CMRSynthLib.reid.filter import secret_draw_seed
     for index in range(count):
-        draw_seed = seed + index if privacy_filter is None else secret_draw_seed()
+        # a filtered draw's seed is secret (module notes): the header says so instead of naming it
+        draw_seed, shown_seed = (seed + index,) * 2 if privacy_filter is None else (secret_draw_seed(), "secret")
         rng = torch.Generator(device=device).manual_seed(draw_seed)
         relay = None if callback is None else (lambda done, total, i=index: callback(i * total + done, count * total))
         with precision_context(precision, device):
@@ -217,7 +218,7 @@ def synthesize(generator, card: dict, mask: Volume, *, vendor: str | None, phase
         restored = transform.restore(stack, order=1, fill=-1.0).array
         scaled = (lo + (restored.astype(np.float64) + 1.0) * 0.5 * (hi - lo)).astype(np.float32)
         volumes.append(Volume(scaled, mask.ijk_to_ras, marker(
-            card, seed=seed + index if privacy_filter is None else "secret", vendor=vendor, phase=phase, group=group, sampler=sampler, steps=steps,
+            card, seed=shown_seed, vendor=vendor, phase=phase, group=group, sampler=sampler, steps=steps,
             guidance=guidance, precision=precision, **filter_fields)))
     return volumes
 

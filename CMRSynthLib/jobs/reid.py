@@ -120,36 +120,6 @@ def default_calibration(splits: dict[str, list[str]]) -> str:
     return "validation" if splits.get("validation") else "holdout"
 
 
-def print_filter_summary(log) -> None:
-    """Tell the operator, on stderr, what the privacy filter did in this run: images written, slices redrawn,
-    images withheld, and where the private log is. Read back from ``log``'s lines of this run
-    (:class:`~CMRSynthLib.reid.filter.FilterLog`; None: no filter, nothing to say). The counts tell whether
-    masks' patients were training patients, so they go to the console only, never to a shared output."""
-    import sys
-
-    if log is None:
-        return
-    images = [entry for entry in _last_run(log) if entry["event"] == "image"]
-    withheld = sum(entry["withheld"] for entry in images)
-    redrawn = sum(len(entry["redrawn_slices"]) for entry in images)
-    print(f"privacy filter: {_count(len(images) - withheld, 'image')} written, {_count(redrawn, 'slice')} redrawn, "
-          f"{_count(withheld, 'image')} withheld; what it did to each image: {log.path} (private: keep it inside "
-          "the hospital)", file=sys.stderr)
-
-
-def _count(number: int, noun: str) -> str:
-    return f"{number} {noun}{'' if number == 1 else 's'}"
-
-
-def _last_run(log) -> list[dict]:
-    """The lines of ``log`` from its last ``run`` line into this output folder on (runs into it append)."""
-    import json
-
-    entries = [json.loads(line) for line in log.path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    starts = [i for i, entry in enumerate(entries) if entry["event"] == "run" and entry["out"] == str(log.out)]
-    return entries[starts[-1]:] if starts else []
-
-
 def gallery_patients(chain, folder) -> list[str]:
     """Every patient a model of ``chain`` (:func:`~CMRSynthLib.training.membership.lineage`) trained on; refused
     when some model's patients are not known here."""

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -154,7 +155,6 @@ class Input:
 
 def run(args, progress) -> int:
     from CMRSynthLib.errors import InputError
-    from CMRSynthLib.jobs.reid import print_filter_summary
     from CMRSynthLib.reid.filter import FilterLog
     from CMRSynthLib.synthesis import conditions, follow_reference, prepare, synthesize, tokens
     from CMRSynthLib.training.checkpoint import load_checkpoint
@@ -210,7 +210,8 @@ def run(args, progress) -> int:
                     sidecar = out / (image_name(mask.name, args.vendor, args.seed + index, None) + SIDECAR)
                     report_written(progress, _write_sidecar(sidecar, target, privacy_filter, card), "privacy-record")
     finally:  # the operator's summary (stderr only), a withheld image included
-        print_filter_summary(log)
+        if log is not None:
+            print(log.summary(), file=sys.stderr)
     result = {}
     if privacy_filter is not None:
         report_written(progress, log.path, "private-log")

@@ -117,7 +117,7 @@ def generator_family(generator: str | None, init: str | None) -> str:
     return family
 
 
-def check_dp_batch(batch_size: int, data: str, train_patients: int | None) -> None:
+def check_dp_batch(batch_size: int, data: str, train_patients: int | None, *, seed: int) -> None:
     """Refuse, before anything is read, a DP ``--batch-size`` (expected patients per step) above the patients
     the run trains on: the training split's, or ``--train-patients``."""
     from CMRSynthLib.data.cohorts import open_cohort
@@ -125,7 +125,7 @@ def check_dp_batch(batch_size: int, data: str, train_patients: int | None) -> No
     from CMRSynthLib.training.data import split_sizes
 
     cohort = open_cohort(data)
-    patients = train_patients or split_sizes(cohort)["train"]
+    patients = train_patients or split_sizes(cohort, seed=seed)["train"]
     if batch_size > patients:
         raise InputError(f"--batch-size {batch_size}: with --dp it is the expected number of patients per step, at most "
                          f"the {patients} patients the run trains on (the training split of the cohort's "
@@ -139,7 +139,7 @@ def run(args, progress) -> int:
     args.generator = generator_family(args.generator, args.init)
     dp = privacy.from_args(args)
     if dp is not None:
-        check_dp_batch(args.batch_size, args.data, args.train_patients)
+        check_dp_batch(args.batch_size, args.data, args.train_patients, seed=args.seed)
     config = TrainConfig(
         data=args.data, family=args.generator, out=args.out, preset=args.preset, image_size=args.image_size,
         spatial_dims=args.spatial_dims, depth=args.depth, vendors=args.vendors, spacing=args.spacing, max_steps=args.max_steps, epochs=args.epochs,

@@ -175,6 +175,22 @@ class FilterLog:
                       "redrawn_slices": redrawn, "refused_slices": list(screening.refused),
                       "rounds": screening.rounds, "min_distance": screening.min_distance})
 
+    def summary(self) -> str:
+        """What the filter did in the last run into this output folder, for the operator's console only (the
+        counts tell whether masks' patients were training patients: never into a shared output)."""
+        images = [entry for entry in self._last_run() if entry["event"] == "image"]
+        withheld = sum(entry["withheld"] for entry in images)
+        redrawn = sum(len(entry["redrawn_slices"]) for entry in images)
+        return (f"privacy filter: {_count(len(images) - withheld, 'image')} written, {_count(redrawn, 'slice')} "
+                f"redrawn, {_count(withheld, 'image')} withheld; what it did to each image: {self.path} (private: "
+                "keep it inside the hospital)")
+
+    def _last_run(self) -> list[dict]:
+        """The lines from the last ``run`` line into this output folder on (runs into it append)."""
+        entries = [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        starts = [i for i, entry in enumerate(entries) if entry["event"] == "run" and entry["out"] == str(self.out)]
+        return entries[starts[-1]:] if starts else []
+
     def _append(self, entry: dict) -> None:
         line = json.dumps({"time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                            **entry}) + "\n"
@@ -185,3 +201,7 @@ class FilterLog:
             os.write(descriptor, line.encode("utf-8"))
         finally:
             os.close(descriptor)
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"

@@ -467,8 +467,11 @@ class Trainer:
             if self.privacy is not None:
                 info["privacy"] = self.privacy.state_dict()
                 self._save_private(parts, info, card)
-            elif any(ancestor.privacy is not None for ancestor in parts.lineage):
-                write_membership(self.out, self._private_record(parts))  # whom its DP ancestors saw
+            else:  # the paths of this machine and, for a DP ancestor, whom it saw: not in the card
+                write_membership(self.out, self._private_record(parts))
+                if any(ancestor.privacy is not None for ancestor in parts.lineage):
+                    card["membership"] = (f"whom its DP ancestors saw is kept beside this folder, not in it: "
+                                          f"{membership_path(self.out).name}")
             ckpt.save_checkpoint(self.out, parts.generator, card, ema=parts.ema.state_dict(),
                                  trainer_state=ckpt.TrainerState(tensors, info))
             self.progress.artefact(str(self.out), "checkpoint")
@@ -485,6 +488,11 @@ class Trainer:
         info["history"], info["final_loss"] = [], None
         card["membership"] = f"kept beside this folder, not in it: {membership_path(self.out).name}"
         write_membership(self.out, private)
+
+    def _epochs(self, step: int, steps_per_epoch: int) -> float:
+        """Passes over the data after ``step`` steps: under DP ``step · q`` (each step draws each patient with
+        probability q; the loader's pass of round(1/q) steps is only a rounding of it)."""
+        return step * self.privacy.sample_rate if self.privacy is not None else step / steps_per_epoch
 
     def _private_record(self, parts: "_Parts") -> dict:
         """What the membership file beside the folder keeps of any run: whom each ancestor saw, and the command
@@ -506,7 +514,7 @@ class Trainer:
             "privacy": self.privacy.ledger() if self.privacy is not None else None,
             "lineage": descendant_lineage(parts.lineage, dp=self.privacy is not None)[0],
             "training": {
-                "steps": step, "total_steps": total, "epochs": round(step / steps_per_epoch, 3),
+                "steps": step, "total_steps": total, "epochs": round(self._epochs(step, steps_per_epoch), 3),
                 "steps_per_epoch": steps_per_epoch, "seed": c.seed, "batch_size": c.batch_size,
                 "autoencoder_steps": self.switch_step,
                 "world_size": self.world.size, "device": self.device.type, "precision": str(parts.precision),

@@ -112,6 +112,7 @@ def test_a_run_by_epochs_spends_what_the_planner_predicted(public_model, phantom
     ledger = Ledger.from_dict(card["privacy"])
     plan = plan_epsilon(ledger.patients, 1, 3, 1.3, 1e-2)
     assert ledger.steps == plan.steps == card["training"]["steps"] == 3 * ledger.patients
+    assert card["training"]["epochs"] == pytest.approx(3)  # steps · q, not steps / round(1/q)
     assert ledger.epsilon == pytest.approx(plan.epsilon, rel=1e-12)
 
 
@@ -279,6 +280,7 @@ def test_a_dp_fine_tune_refuses_patients_a_non_dp_ancestor_saw(tmp_path, run_cli
     code, _, err = _dp_fine_tune(run_cli, tmp_path / "A", p1, tmp_path / "B")
     assert code == 0, err
     a, b = card_of(tmp_path / "A"), card_of(tmp_path / "B")
+    assert read_membership(tmp_path / "A")["paths"]["data"] == str(p0) and str(p0) not in json.dumps(a)
     assert [entry["model_id"] for entry in b["lineage"]] == [a["model_id"]] and b["lineage"][0]["privacy"] is None
     assert "members" not in b["lineage"][0]  # a DP card names no patient, not even its public ancestors'
     code, _, err = _dp_fine_tune(run_cli, tmp_path / "B", p0, tmp_path / "C")
