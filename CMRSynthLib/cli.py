@@ -20,6 +20,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from CMRSynthLib import __version__
 from CMRSynthLib.errors import InputError
 from CMRSynthLib.jobs.progress import MODES, Progress
+from CMRSynthLib.memory import keep_freed_memory
 
 # Command name → module in CMRSynthLib.jobs. Each module has HELP, add_arguments(parser), run(args, progress).
 COMMANDS: dict[str, str] = {  # in the order of DESIGN §9
@@ -77,6 +78,7 @@ def _terminate(signum, frame):  # SIGTERM (GUI Cancel) unwinds like Ctrl-C, so a
 
 
 def main(argv: list[str] | None = None) -> int:
+    keep_freed_memory()  # before the first network evaluation (CMRSynthLib.memory)
     parser = build_parser()
     args = parser.parse_args(argv)
     mode = args.progress or ("bar" if sys.stderr.isatty() else "log")
