@@ -12,16 +12,19 @@ more peak memory. PyTorch's CPU allocator has no cache of its own to do this.
 from __future__ import annotations
 
 import ctypes
+import os
 import sys
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
 KEEP_BYTES = 1 << 30  # blocks below this come from the heap, and the heap is not trimmed below it
+RELEASE_ENV = "CMRSYNTH_RELEASE_FREED_MEMORY"  # "1": keep glibc's defaults (less peak memory, more page faults)
 
 
 def keep_freed_memory() -> bool:
     """On Linux with glibc, raise the mmap and trim thresholds to :data:`KEEP_BYTES` (``mallopt``); elsewhere do
-    nothing. Returns whether it applied. Call it early: it governs allocations made after it."""
-    if not sys.platform.startswith("linux"):
+    nothing, and nothing either when :data:`RELEASE_ENV` is "1". Returns whether it applied. Call it early: it
+    governs allocations made after it."""
+    if not sys.platform.startswith("linux") or os.environ.get(RELEASE_ENV) == "1":
         return False
     try:
         mallopt = ctypes.CDLL("libc.so.6").mallopt

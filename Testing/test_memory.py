@@ -43,3 +43,10 @@ def test_the_command_line_keeps_freed_memory(monkeypatch):
     with pytest.raises(SystemExit):
         cli.main(["--version"])
     assert calls == [1]
+
+
+def test_a_user_short_of_memory_can_keep_the_defaults(monkeypatch):
+    from CMRSynthLib.memory import RELEASE_ENV, keep_freed_memory
+
+    monkeypatch.setenv(RELEASE_ENV, "1")
+    assert keep_freed_memory() is False

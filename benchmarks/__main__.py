@@ -35,9 +35,10 @@ SECTIONS = {
     "memory": ("benchmarks.memory", "run"),
     "scaling": ("benchmarks.scaling", "run"),
     "optimisations": ("benchmarks.optimisations", "run"),
+    "first-hour": ("benchmarks.first_hour", "run"),
 }
 # studies that train many models: full and smoke runs include them, a quick run only when asked (--only)
-STUDIES = ("solvers", "privacy-utility", "privacy-filter")
+STUDIES = ("solvers", "privacy-utility", "privacy-filter", "first-hour")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
