@@ -32,7 +32,8 @@ def test_two_processes_train_and_checkpoint(phantom, tmp_path):  # noqa: F811
     assert sum(e["event"] == "done" for e in events) == 1  # only rank 0 reports
     generator, card = load_checkpoint(out)
     assert card["training"]["world_size"] == 2 and card["training"]["steps"] == 3
-    assert sorted(p.name for p in out.parent.iterdir()) == ["model"]  # no partial folder
+    # no partial folder; beside it, the private record of its paths (training/loop.py, _private_record)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["model", "model.PRIVATE-membership.json"]
 
 
 def test_sampler_shards_and_skips_consistently():
