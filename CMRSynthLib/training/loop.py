@@ -38,6 +38,7 @@ draw with no patient: a step all the same, taken as the optimizer's ``noise_only
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import sys
@@ -430,9 +431,14 @@ class Trainer:
                              "resume it, --force to start over, or choose another folder", path=out)
         return previous
 
+    @functools.cached_property
+    def _exact_sources(self) -> dict:
+        """This run's :func:`_sources`, read once (the identity is written with every checkpoint)."""
+        return _sources(self.config.data, self.config.init)
+
     def _identity(self) -> dict:
         identity = {**self.config.identity(), "world_size": self.world.size,
-                    "sources": _sources(self.config.data, self.config.init)}
+                    "sources": self._exact_sources}
         if self.privacy is not None:
             identity["privacy"] = self.privacy.identity()
         return identity
